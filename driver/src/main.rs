@@ -1,0 +1,422 @@
+//! `driver`: Spate's command line.
+
+mod broker;
+mod demo;
+mod produce;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use spate_engine::kafka::KafkaAdmin;
+use spate_proto::client_service_client::ClientServiceClient;
+use spate_proto::{JobInfo, ListJobsRequest, ListWorkersRequest, StopJobRequest, SubmitJobRequest};
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the master at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{0}")]
+    Master(String),
+    #[error("{0}")]
+    Kafka(String),
+    #[error(transparent)]
+    Engine(#[from] spate_engine::EngineError),
+    #[error(transparent)]
+    MasterStart(#[from] spate_master::MasterError),
+}
+
+impl From<tonic::Status> for DriverError {
+    fn from(status: tonic::Status) -> Self {
+        DriverError::Master(status.message().to_string())
+    }
+}
+
+/// Spate: streaming SQL on a cluster. Submit jobs, watch them, feed Kafka.
+#[derive(Parser, Debug)]
+#[command(name = "driver", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct MasterArgs {
+    /// The master's gRPC URL.
+    #[arg(long, env = "SPATE_MASTER", default_value = "http://localhost:7077")]
+    master: String,
+    /// Shared secret, when the master has one.
+    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, default_value = "")]
+    secret: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, global = true, env = "SPATE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    bootstrap: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit a streaming job from a SQL file (resumes it if its checkpoint exists).
+    Submit {
+        /// The job file: CREATE EXTERNAL TABLE ..., SET spate.* ..., INSERT INTO ... SELECT ...
+        file: PathBuf,
+        /// The job's name (default: the file's name without .sql).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the job's progress until it ends (Ctrl-C stops following, not the job).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        master: MasterArgs,
+    },
+    /// List jobs.
+    Jobs {
+        #[command(flatten)]
+        master: MasterArgs,
+    },
+    /// Stop a job after its running batch commits; submit it again to resume.
+    Stop {
+        job: String,
+        #[command(flatten)]
+        master: MasterArgs,
+    },
+    /// List workers.
+    Workers {
+        #[command(flatten)]
+        master: MasterArgs,
+    },
+    /// Write records to a Kafka topic: generated sales records, or a JSON-lines file.
+    Produce {
+        /// The topic to write.
+        #[arg(long, default_value = "sales")]
+        topic: String,
+        /// Records per second (0: as fast as possible).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Stop after this many records (default: run until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Create the topic with this many partitions when it does not exist.
+        #[arg(long)]
+        partitions: Option<i32>,
+        /// Produce each line of this JSON-lines file instead of generated sales.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Seed for reproducible generated records.
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// List or create Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsAction,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
+    /// Run the in-memory development Kafka broker (librdkafka's mock cluster).
+    ///
+    /// For tests, the demo and trying Spate without Kafka. It keeps data in
+    /// memory with a small retention (5 MiB per partition) and loses it on
+    /// exit: it is no production broker.
+    Broker {
+        /// Where clients connect.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: SocketAddr,
+        /// The address the broker announces to clients (default: the listen address).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Topics to create at start, as NAME or NAME:PARTITIONS (default 4 partitions).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+    /// One process with Kafka, master, two workers, a sales generator and a sample job.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicsAction {
+    /// List topics with their partition counts.
+    List,
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,datafusion=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> Result<(), DriverError> {
+    match command {
+        Command::Submit {
+            file,
+            name,
+            follow,
+            master,
+        } => submit(&file, name, follow, &master).await,
+        Command::Jobs { master } => {
+            let jobs = connect(&master.master).await?.list_jobs(ListJobsRequest {}).await?.into_inner().jobs;
+            println!("{}", jobs_table(&jobs));
+            Ok(())
+        }
+        Command::Stop { job, master } => {
+            connect(&master.master)
+                .await?
+                .stop_job(StopJobRequest {
+                    job_id: job.clone(),
+                    secret: master.secret.clone(),
+                })
+                .await?;
+            println!("stopping job {job}: the running batch commits first; submit it again to resume");
+            Ok(())
+        }
+        Command::Workers { master } => {
+            let workers = connect(&master.master)
+                .await?
+                .list_workers(ListWorkersRequest {})
+                .await?
+                .into_inner()
+                .workers;
+            println!("{}", workers_table(&workers));
+            Ok(())
+        }
+        Command::Produce {
+            topic,
+            rate,
+            count,
+            partitions,
+            file,
+            seed,
+            kafka,
+        } => {
+            if let Some(partitions) = partitions {
+                ensure_topic(&kafka.bootstrap, &topic, partitions).await?;
+            }
+            let sent = match file {
+                Some(path) => produce::produce_file(&kafka.bootstrap, &topic, &path, false).await?,
+                None => {
+                    let (stop, stopped) = tokio::sync::watch::channel(false);
+                    tokio::spawn(async move {
+                        let _ = tokio::signal::ctrl_c().await;
+                        let _ = stop.send(true);
+                    });
+                    produce::produce_sales(&kafka.bootstrap, &topic, rate, count, seed, false, stopped).await?
+                }
+            };
+            println!("produced {sent} records to topic '{topic}' at {}", kafka.bootstrap);
+            Ok(())
+        }
+        Command::Topics { action, kafka } => {
+            let admin = KafkaAdmin::new(&kafka.bootstrap, &Default::default());
+            match action {
+                TopicsAction::List => {
+                    let mut table = table(&["Topic", "Partitions"]);
+                    for (name, partitions) in admin.list_topics().await? {
+                        table.add_row(vec![Cell::new(name), num(partitions)]);
+                    }
+                    println!("{table}");
+                }
+                TopicsAction::Create { name, partitions } => {
+                    create_topic(&admin, &name, partitions).await?;
+                    println!("created topic '{name}' with {partitions} partitions");
+                }
+            }
+            Ok(())
+        }
+        Command::Broker {
+            listen,
+            advertise,
+            topics,
+        } => {
+            let served = broker::serve(listen, advertise.as_deref()).await?;
+            for spec in &topics {
+                let (name, partitions) = broker::parse_topic(spec)?;
+                served.broker.create_topic(&name, partitions)?;
+            }
+            println!(
+                "development Kafka broker on {} (in memory, small retention, not for production); Ctrl-C stops it",
+                served.listen
+            );
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+async fn create_topic(admin: &KafkaAdmin, name: &str, partitions: i32) -> Result<(), DriverError> {
+    admin.create_topic(name, partitions).await.map_err(|e| {
+        let text = e.to_string();
+        // The development broker answers CreateTopics with silence, not an error.
+        if text.contains("nsupported") || text.contains("Timed out") {
+            DriverError::Kafka(format!(
+                "{text}\nthis broker does not create topics over the protocol; Spate's development broker makes them with `driver broker --topic {name}:{partitions}`, or auto-creates them with 4 partitions on first write"
+            ))
+        } else {
+            DriverError::Kafka(text)
+        }
+    })
+}
+
+async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DriverError> {
+    let admin = KafkaAdmin::new(bootstrap, &Default::default());
+    match admin.partition_offsets(topic).await {
+        Ok(existing) if existing.len() as i32 != partitions => {
+            eprintln!("note: topic '{topic}' exists with {} partitions", existing.len());
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(_) => create_topic(&admin, topic, partitions).await,
+    }
+}
+
+async fn connect(url: &str) -> Result<ClientServiceClient<Channel>, DriverError> {
+    let endpoint = Channel::from_shared(url.to_string())
+        .map_err(|e| DriverError::Usage(format!("--master '{url}': {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|e| DriverError::Connect {
+        url: url.to_string(),
+        message: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+    })?;
+    Ok(ClientServiceClient::new(channel))
+}
+
+async fn submit(file: &Path, name: Option<String>, follow: bool, master: &MasterArgs) -> Result<(), DriverError> {
+    let sql = std::fs::read_to_string(file)
+        .map_err(|e| DriverError::Usage(format!("cannot read {}: {e}", file.display())))?;
+    let name = name.unwrap_or_else(|| {
+        file.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "job".to_string())
+    });
+    let mut client = connect(&master.master).await?;
+    let response = client
+        .submit_job(SubmitJobRequest {
+            sql,
+            name,
+            origin: file.display().to_string(),
+            secret: master.secret.clone(),
+        })
+        .await
+        .map_err(|s| DriverError::Master(format!("{}: {}", file.display(), s.message())))?
+        .into_inner();
+    println!(
+        "submitted job {}{}",
+        response.job_id,
+        if response.resumed { " (resuming from its checkpoint)" } else { "" }
+    );
+    if follow {
+        follow_job(&mut client, &response.job_id).await?;
+    }
+    Ok(())
+}
+
+async fn follow_job(client: &mut ClientServiceClient<Channel>, job: &str) -> Result<(), DriverError> {
+    let mut last = None;
+    loop {
+        let jobs = client.list_jobs(ListJobsRequest {}).await?.into_inner().jobs;
+        let Some(info) = jobs.into_iter().find(|j| j.job_id == job) else {
+            return Err(DriverError::Master(format!("job {job} disappeared")));
+        };
+        let line = format!(
+            "{}  batches {}  rows in {}  rows out {}{}",
+            info.state,
+            info.batches,
+            info.input_rows,
+            info.output_rows,
+            if info.error.is_empty() { String::new() } else { format!("  ({})", info.error) }
+        );
+        if last.as_ref() != Some(&line) {
+            println!("{line}");
+            last = Some(line);
+        }
+        if !matches!(info.state.as_str(), "RUNNING" | "WAITING") {
+            return if info.state == "FAILED" {
+                Err(DriverError::Master(format!("job {job} failed: {}", info.error)))
+            } else {
+                Ok(())
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
+    table
+}
+
+fn num(n: impl std::fmt::Display) -> Cell {
+    Cell::new(n).set_alignment(CellAlignment::Right)
+}
+
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+pub fn jobs_table(jobs: &[JobInfo]) -> Table {
+    let mut t = table(&["Job", "State", "Submitted", "Batches", "Rows in", "Rows out", "Error"]);
+    for j in jobs {
+        t.add_row(vec![
+            Cell::new(&j.job_id),
+            Cell::new(&j.state),
+            Cell::new(format_ms(j.submitted_at_ms)),
+            num(j.batches),
+            num(j.input_rows),
+            num(j.output_rows),
+            Cell::new(&j.error),
+        ]);
+    }
+    t
+}
+
+fn workers_table(workers: &[spate_proto::WorkerInfo]) -> Table {
+    let mut t = table(&["Worker", "Host", "State", "Slots used/total", "Memory", "Last heartbeat", "Tasks done", "Failed"]);
+    for w in workers {
+        t.add_row(vec![
+            Cell::new(&w.worker_id),
+            Cell::new(&w.host),
+            Cell::new(&w.state),
+            num(format!("{}/{}", w.slots_used, w.slots)),
+            num(format!("{} MiB", w.memory_bytes >> 20)),
+            Cell::new(format_ms(w.last_heartbeat_ms)),
+            num(w.tasks_succeeded),
+            num(w.tasks_failed),
+        ]);
+    }
+    t
+}

@@ -1,0 +1,81 @@
+//! A job's checkpoint: the write-ahead log of batch offsets and the log of
+//! committed batches, under `_spate/checkpoints/<job>/`. A batch in
+//! `offsets/` but not in `commits/` is re-run with the same ranges.
+
+use serde::{Deserialize, Serialize};
+
+use crate::OffsetRange;
+use crate::error::Result;
+use crate::workspace::{SPATE_DIR, Workspace};
+
+/// Written before any task of the batch runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsetsEntry {
+    pub batch: u64,
+    pub ranges: Vec<OffsetRange>,
+    /// Unix milliseconds when the batch was planned.
+    pub created_ms: i64,
+}
+
+/// Written after the sink committed the batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    pub batch: u64,
+    pub committed_ms: i64,
+    pub input_rows: u64,
+    pub output_rows: u64,
+    /// Totals over every batch up to this one, so a restarted master needs
+    /// only the latest entry.
+    pub total_input_rows: u64,
+    pub total_output_rows: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    ws: Workspace,
+    dir: String,
+}
+
+impl Checkpoint {
+    pub fn new(ws: &Workspace, job: &str) -> Self {
+        Checkpoint {
+            ws: ws.clone(),
+            dir: format!("{SPATE_DIR}/checkpoints/{job}"),
+        }
+    }
+
+    async fn latest_in(&self, log: &str) -> Result<Option<u64>> {
+        let names = self.ws.list_names(&format!("{}/{log}", self.dir)).await?;
+        Ok(names.iter().filter_map(|n| n.parse::<u64>().ok()).max())
+    }
+
+    pub async fn latest_offsets(&self) -> Result<Option<OffsetsEntry>> {
+        match self.latest_in("offsets").await? {
+            Some(batch) => self.offsets(batch).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn offsets(&self, batch: u64) -> Result<Option<OffsetsEntry>> {
+        self.ws.get_json(&format!("{}/offsets/{batch}", self.dir)).await
+    }
+
+    pub async fn write_offsets(&self, entry: &OffsetsEntry) -> Result<()> {
+        self.ws
+            .put_json(&format!("{}/offsets/{}", self.dir, entry.batch), entry)
+            .await
+    }
+
+    pub async fn latest_commit(&self) -> Result<Option<CommitEntry>> {
+        match self.latest_in("commits").await? {
+            Some(batch) => self.ws.get_json(&format!("{}/commits/{batch}", self.dir)).await,
+            None => Ok(None),
+        }
+    }
+
+    pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
+        self.ws
+            .put_json(&format!("{}/commits/{}", self.dir, entry.batch), entry)
+            .await
+    }
+}

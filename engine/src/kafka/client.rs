@@ -1,0 +1,222 @@
+//! Kafka client work outside the scan: offsets for the coordinator, topic
+//! administration for the driver, and the Kafka sink's producer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{KEY_COLUMN, KafkaSinkSpec};
+use crate::error::{EngineError, Result};
+
+/// How long one metadata or offsets request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn client_config(bootstrap: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (k, v) in options {
+        config.set(k, v);
+    }
+    config
+}
+
+/// The offsets of one partition: records live in `[low, high)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Metadata and offsets requests against one cluster.
+pub struct KafkaAdmin {
+    bootstrap: String,
+    options: BTreeMap<String, String>,
+}
+
+impl KafkaAdmin {
+    pub fn new(bootstrap: &str, options: &BTreeMap<String, String>) -> Self {
+        KafkaAdmin {
+            bootstrap: bootstrap.to_string(),
+            options: options.clone(),
+        }
+    }
+
+    fn error(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Kafka {
+            bootstrap: self.bootstrap.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer> {
+        client_config(&self.bootstrap, &self.options)
+            .create()
+            .map_err(|e| self.error(e.to_string()))
+    }
+
+    /// Partitions of `topic` with their low and high watermarks. A missing
+    /// topic is an error that names it.
+    pub async fn partition_offsets(&self, topic: &str) -> Result<Vec<PartitionOffsets>> {
+        let consumer = self.consumer()?;
+        let topic = topic.to_string();
+        let bootstrap = self.bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            let error = |message: String| EngineError::Kafka {
+                bootstrap: bootstrap.clone(),
+                message,
+            };
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
+                .map_err(|e| error(format!("cannot read metadata of topic '{topic}': {e}")))?;
+            let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(error(format!("topic '{topic}' does not exist")));
+            };
+            if let Some(e) = found.error() {
+                let code = RDKafkaErrorCode::from(e);
+                return Err(match code {
+                    RDKafkaErrorCode::UnknownTopicOrPartition => {
+                        error(format!("topic '{topic}' does not exist"))
+                    }
+                    other => error(format!("topic '{topic}': {other}")),
+                });
+            }
+            if found.partitions().is_empty() {
+                return Err(error(format!("topic '{topic}' does not exist")));
+            }
+            let mut offsets = Vec::with_capacity(found.partitions().len());
+            for p in found.partitions() {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p.id(), REQUEST_TIMEOUT)
+                    .map_err(|e| {
+                        error(format!("cannot read offsets of topic '{topic}' partition {}: {e}", p.id()))
+                    })?;
+                offsets.push(PartitionOffsets {
+                    partition: p.id(),
+                    low,
+                    high,
+                });
+            }
+            offsets.sort_by_key(|o| o.partition);
+            Ok(offsets)
+        })
+        .await
+        .map_err(|e| self.error(e.to_string()))?
+    }
+
+    /// Every topic with its partition count, internal topics left out.
+    pub async fn list_topics(&self) -> Result<Vec<(String, usize)>> {
+        let consumer = self.consumer()?;
+        let bootstrap = self.bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer
+                .fetch_metadata(None, REQUEST_TIMEOUT)
+                .map_err(|e| EngineError::Kafka {
+                    bootstrap: bootstrap.clone(),
+                    message: format!("cannot list topics: {e}"),
+                })?;
+            let mut topics: Vec<(String, usize)> = metadata
+                .topics()
+                .iter()
+                .filter(|t| !t.name().starts_with("__"))
+                .map(|t| (t.name().to_string(), t.partitions().len()))
+                .collect();
+            topics.sort();
+            Ok(topics)
+        })
+        .await
+        .map_err(|e| self.error(e.to_string()))?
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = client_config(&self.bootstrap, &self.options)
+            .create()
+            .map_err(|e| self.error(e.to_string()))?;
+        let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(|e| self.error(format!("cannot create topic '{topic}': {e}")))?;
+        for result in results {
+            if let Err((name, code)) = result {
+                return Err(self.error(match code {
+                    RDKafkaErrorCode::TopicAlreadyExists => format!("topic '{name}' already exists"),
+                    other => format!("cannot create topic '{name}': {other}"),
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes rows to a Kafka topic as JSON objects, one record per row, and
+/// waits until the broker acknowledged every one. A `_key` column becomes the
+/// record key and is left out of the value.
+pub async fn produce_batches(sink: &KafkaSinkSpec, batches: &[RecordBatch]) -> Result<u64> {
+    let error = |e: KafkaError| EngineError::Kafka {
+        bootstrap: sink.bootstrap_servers.clone(),
+        message: format!("cannot write to topic '{}': {e}", sink.topic),
+    };
+    let producer: FutureProducer = client_config(&sink.bootstrap_servers, &sink.client_options)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(error)?;
+    let mut deliveries = Vec::new();
+    let mut rows = 0u64;
+    for batch in batches {
+        let (keys, values) = split_key(batch)?;
+        let mut buffer = Vec::with_capacity(values.get_array_memory_size());
+        {
+            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut buffer);
+            writer.write(&values)?;
+            writer.finish()?;
+        }
+        for (row, line) in buffer.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+            let key = keys.as_ref().and_then(|k| (!k.is_null(row)).then(|| k.value(row).to_string()));
+            let mut record = FutureRecord::<String, [u8]>::to(&sink.topic).payload(line);
+            if let Some(key) = key.as_ref() {
+                record = record.key(key);
+            }
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| error(e))?;
+            deliveries.push(delivery);
+            rows += 1;
+        }
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(error(e)),
+            Err(_) => return Err(error(KafkaError::Canceled)),
+        }
+    }
+    Ok(rows)
+}
+
+fn split_key(batch: &RecordBatch) -> Result<(Option<StringArray>, RecordBatch)> {
+    let Ok(index) = batch.schema().index_of(KEY_COLUMN) else {
+        return Ok((None, batch.clone()));
+    };
+    let keys = cast(batch.column(index), &DataType::Utf8)?;
+    let keys = keys
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8 gives a StringArray")
+        .clone();
+    let mut values = batch.clone();
+    values.remove_column(index);
+    Ok((Some(keys), values))
+}

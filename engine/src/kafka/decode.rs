@@ -1,0 +1,246 @@
+//! Kafka records to Arrow: the declared columns are decoded from each
+//! record's value (JSON, CSV or raw), the metadata columns come from the
+//! record itself. Only projected columns are decoded.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::{csv, json};
+
+use super::{KafkaSourceSpec, RecordFormat};
+use crate::error::{EngineError, Result};
+
+/// Where a record sits in its topic, for error messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordPosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+enum ValueDecoder {
+    /// No declared column is projected: values are not decoded at all.
+    Skip,
+    Json(json::reader::Decoder),
+    Csv(csv::reader::Decoder),
+    Raw(StringBuilder),
+}
+
+#[derive(Clone, Copy)]
+enum OutputColumn {
+    /// Index into the decoded value batch.
+    Value(usize),
+    Key,
+    Partition,
+    Offset,
+    Timestamp,
+}
+
+pub(crate) struct RecordDecoder {
+    topic: String,
+    output_schema: SchemaRef,
+    columns: Vec<OutputColumn>,
+    values: ValueDecoder,
+    keys: StringBuilder,
+    partitions: Int32Builder,
+    offsets: Int64Builder,
+    timestamps: TimestampMillisecondBuilder,
+    rows: usize,
+    first: Option<RecordPosition>,
+    last: Option<RecordPosition>,
+}
+
+impl RecordDecoder {
+    pub fn new(
+        spec: &KafkaSourceSpec,
+        projection: &[usize],
+        output_schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let value_count = spec.value_column_count();
+        let value_indices: Vec<usize> = projection
+            .iter()
+            .copied()
+            .filter(|i| *i < value_count)
+            .collect();
+        let mut columns = Vec::with_capacity(projection.len());
+        let mut next_value = 0;
+        for &i in projection {
+            columns.push(match i.checked_sub(value_count) {
+                None => {
+                    let position = value_indices.iter().position(|v| *v == i).unwrap_or(next_value);
+                    next_value += 1;
+                    OutputColumn::Value(position)
+                }
+                Some(0) => OutputColumn::Key,
+                Some(1) => OutputColumn::Partition,
+                Some(2) => OutputColumn::Offset,
+                _ => OutputColumn::Timestamp,
+            });
+        }
+        let values = if value_indices.is_empty() {
+            ValueDecoder::Skip
+        } else {
+            let decoded_schema = Arc::new(spec.schema.project(&value_indices)?);
+            match spec.format {
+                RecordFormat::Json => ValueDecoder::Json(
+                    json::ReaderBuilder::new(decoded_schema)
+                        .with_batch_size(batch_size.max(1))
+                        .build_decoder()?,
+                ),
+                RecordFormat::Csv => {
+                    // CSV is positional: the decoder sees every declared
+                    // column and keeps the projected ones.
+                    let all_values: Vec<usize> = (0..value_count).collect();
+                    let csv_schema = Arc::new(spec.schema.project(&all_values)?);
+                    ValueDecoder::Csv(
+                        csv::ReaderBuilder::new(csv_schema)
+                            .with_batch_size(batch_size.max(1))
+                            .with_projection(value_indices.clone())
+                            .build_decoder(),
+                    )
+                }
+                RecordFormat::Raw => ValueDecoder::Raw(StringBuilder::new()),
+            }
+        };
+        Ok(RecordDecoder {
+            topic: spec.topic.clone(),
+            output_schema,
+            columns,
+            values,
+            keys: StringBuilder::new(),
+            partitions: Int32Builder::new(),
+            offsets: Int64Builder::new(),
+            timestamps: TimestampMillisecondBuilder::new(),
+            rows: 0,
+            first: None,
+            last: None,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn malformed(&self, at: RecordPosition, reason: impl Into<String>) -> EngineError {
+        EngineError::MalformedRecord {
+            topic: self.topic.clone(),
+            partition: at.partition,
+            offset: at.offset,
+            reason: reason.into(),
+        }
+    }
+
+    /// Adds one record; a value that does not decode is an error naming its offset.
+    pub fn push(
+        &mut self,
+        at: RecordPosition,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<()> {
+        let value = value.unwrap_or_default();
+        match &mut self.values {
+            ValueDecoder::Skip => {}
+            ValueDecoder::Json(decoder) => {
+                let before = decoder.len();
+                let payload: &[u8] = if value.iter().all(u8::is_ascii_whitespace) {
+                    b"{}"
+                } else {
+                    value
+                };
+                let fed = decoder.decode(payload).and_then(|_| decoder.decode(b"\n"));
+                if let Err(e) = fed {
+                    return Err(self.malformed(at, e.to_string()));
+                }
+                if decoder.has_partial_record() || decoder.len() != before + 1 {
+                    return Err(self.malformed(at, "the value is not exactly one JSON object"));
+                }
+            }
+            ValueDecoder::Csv(decoder) => {
+                let line = value.strip_suffix(b"\n").unwrap_or(value);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.contains(&b'\n') {
+                    return Err(self.malformed(at, "a CSV value must be a single line"));
+                }
+                let fed = decoder.decode(line).and_then(|_| decoder.decode(b"\n"));
+                if let Err(e) = fed {
+                    return Err(self.malformed(at, e.to_string()));
+                }
+            }
+            ValueDecoder::Raw(builder) => builder.append_value(String::from_utf8_lossy(value)),
+        }
+        match key {
+            Some(k) => self.keys.append_value(String::from_utf8_lossy(k)),
+            None => self.keys.append_null(),
+        }
+        self.partitions.append_value(at.partition);
+        self.offsets.append_value(at.offset);
+        self.timestamps.append_option(timestamp_ms);
+        self.rows += 1;
+        self.first.get_or_insert(at);
+        self.last = Some(at);
+        Ok(())
+    }
+
+    /// Emits the buffered records as one batch of the projected schema.
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let (first, last) = (self.first.take(), self.last.take());
+        let values: Option<RecordBatch> = match &mut self.values {
+            ValueDecoder::Skip => None,
+            ValueDecoder::Json(d) => d.flush()?,
+            ValueDecoder::Csv(d) => d.flush()?,
+            ValueDecoder::Raw(b) => Some(RecordBatch::try_new(
+                Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
+                    "value",
+                    datafusion::arrow::datatypes::DataType::Utf8,
+                    true,
+                )])),
+                vec![Arc::new(b.finish()) as ArrayRef],
+            )?),
+        }
+        .map_or(Ok(None), |b| Ok::<_, EngineError>(Some(b)))
+        .map_err(|e| {
+            let at = first.unwrap_or(RecordPosition { partition: -1, offset: -1 });
+            let to = last.map(|l| l.offset).unwrap_or(at.offset);
+            self.malformed(at, format!("{e} (somewhere in offsets {}..={to})", at.offset))
+        })?;
+        if let Some(v) = &values
+            && v.num_rows() != rows
+        {
+            let at = first.unwrap_or(RecordPosition { partition: -1, offset: -1 });
+            return Err(self.malformed(
+                at,
+                format!("decoded {} rows from {rows} records", v.num_rows()),
+            ));
+        }
+        let keys: ArrayRef = Arc::new(self.keys.finish());
+        let partitions: ArrayRef = Arc::new(self.partitions.finish());
+        let offsets: ArrayRef = Arc::new(self.offsets.finish());
+        let timestamps: ArrayRef = Arc::new(self.timestamps.finish());
+        let arrays: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|c| match c {
+                OutputColumn::Value(i) => Arc::clone(values.as_ref().expect("values decoded").column(*i)),
+                OutputColumn::Key => Arc::clone(&keys),
+                OutputColumn::Partition => Arc::clone(&partitions),
+                OutputColumn::Offset => Arc::clone(&offsets),
+                OutputColumn::Timestamp => Arc::clone(&timestamps),
+            })
+            .collect();
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
+        Ok(Some(RecordBatch::try_new_with_options(
+            Arc::clone(&self.output_schema),
+            arrays,
+            &options,
+        )?))
+    }
+}

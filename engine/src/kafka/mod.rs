@@ -1,0 +1,296 @@
+//! Kafka as a DataFusion table: `CREATE EXTERNAL TABLE t (...) STORED AS KAFKA
+//! LOCATION 'topic' OPTIONS (...)`. The table is a source (read exact offset
+//! ranges) and a sink (rows encoded as JSON).
+
+mod broker;
+mod client;
+mod decode;
+mod scan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::datasource::TableType;
+use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::CreateExternalTable;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::Expr;
+use serde::{Deserialize, Serialize};
+
+pub use broker::DevBroker;
+pub use client::{KafkaAdmin, PartitionOffsets, produce_batches};
+pub use scan::KafkaScanExec;
+
+use crate::error::{EngineError, Result};
+
+/// Metadata columns every Kafka table has besides the declared ones.
+pub const KEY_COLUMN: &str = "_key";
+pub const PARTITION_COLUMN: &str = "_partition";
+pub const OFFSET_COLUMN: &str = "_offset";
+pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+
+/// How record values are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    Json,
+    Csv,
+    /// The value as one UTF-8 string column, `value`.
+    Raw,
+}
+
+/// Where a stream starts when its job has no checkpoint yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartingOffsets {
+    Earliest,
+    Latest,
+    /// Per partition; -2 means earliest and -1 latest, as in Spark.
+    Specific(BTreeMap<i32, i64>),
+}
+
+/// Everything needed to read a Kafka table: the topic, how to reach it, how
+/// to decode it and where a new stream starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaSourceSpec {
+    pub table: String,
+    pub topic: String,
+    pub bootstrap_servers: String,
+    pub format: RecordFormat,
+    /// Passed to librdkafka as they are (`kafka.` prefix removed).
+    pub client_options: BTreeMap<String, String>,
+    /// Declared columns followed by the metadata columns.
+    pub schema: Schema,
+    pub starting_offsets: StartingOffsets,
+    /// Caps a batch's size, summed over partitions.
+    pub max_offsets_per_trigger: Option<u64>,
+}
+
+impl KafkaSourceSpec {
+    /// Number of declared (value) columns at the front of the schema.
+    pub fn value_column_count(&self) -> usize {
+        self.schema.fields().len() - 4
+    }
+}
+
+/// A Kafka topic written by a job, rows encoded as JSON. A `_key` column in
+/// the rows becomes the record key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaSinkSpec {
+    pub topic: String,
+    pub bootstrap_servers: String,
+    pub client_options: BTreeMap<String, String>,
+}
+
+const KNOWN_OPTIONS: &str = "bootstrap.servers, format (json, csv, raw), starting_offsets \
+(earliest, latest, or {\"<topic>\":{\"<partition>\":<offset>}}), max_offsets_per_trigger, kafka.<librdkafka option>";
+
+/// Builds Kafka tables from `CREATE EXTERNAL TABLE ... STORED AS KAFKA`.
+#[derive(Debug)]
+pub struct KafkaTableFactory {
+    /// Used when a table omits `bootstrap.servers`.
+    pub default_bootstrap_servers: String,
+}
+
+#[async_trait]
+impl TableProviderFactory for KafkaTableFactory {
+    async fn create(
+        &self,
+        _state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let spec = self.source_spec(cmd)?;
+        Ok(Arc::new(KafkaTable { spec }))
+    }
+}
+
+impl KafkaTableFactory {
+    fn source_spec(&self, cmd: &CreateExternalTable) -> Result<KafkaSourceSpec> {
+        let table = cmd.name.to_string();
+        let topic = crate::files::single_location(&table, &cmd.locations)?.trim().to_string();
+        if topic.is_empty() {
+            return Err(EngineError::plan(format!(
+                "table '{table}': LOCATION must name the Kafka topic"
+            )));
+        }
+        let options = normalized_options(&cmd.options);
+        let mut bootstrap = self.default_bootstrap_servers.clone();
+        let mut format = RecordFormat::Json;
+        let mut starting_offsets = StartingOffsets::Earliest;
+        let mut max_offsets_per_trigger = None;
+        let mut client_options = BTreeMap::new();
+        for (key, value) in &options {
+            match key.as_str() {
+                "bootstrap.servers" | "kafka.bootstrap.servers" => bootstrap = value.clone(),
+                "format" => {
+                    format = match value.to_lowercase().as_str() {
+                        "json" => RecordFormat::Json,
+                        "csv" => RecordFormat::Csv,
+                        "raw" => RecordFormat::Raw,
+                        other => {
+                            return Err(EngineError::plan(format!(
+                                "table '{table}': option 'format' is '{other}'; use json, csv or raw"
+                            )));
+                        }
+                    }
+                }
+                "starting_offsets" | "startingoffsets" => {
+                    starting_offsets = parse_starting_offsets(&table, &topic, value)?
+                }
+                "max_offsets_per_trigger" | "maxoffsetspertrigger" => {
+                    let n: u64 = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        EngineError::plan(format!(
+                            "table '{table}': option 'max_offsets_per_trigger' is '{value}'; use a positive whole number"
+                        ))
+                    })?;
+                    max_offsets_per_trigger = Some(n);
+                }
+                k if k.starts_with("kafka.") => {
+                    client_options.insert(k["kafka.".len()..].to_string(), value.clone());
+                }
+                other => {
+                    return Err(EngineError::plan(format!(
+                        "table '{table}': unknown option '{other}' for STORED AS KAFKA; known options: {KNOWN_OPTIONS}"
+                    )));
+                }
+            }
+        }
+        let schema = table_schema(&table, cmd.schema.as_arrow(), format)?;
+        Ok(KafkaSourceSpec {
+            table,
+            topic,
+            bootstrap_servers: bootstrap,
+            format,
+            client_options,
+            schema,
+            starting_offsets,
+            max_offsets_per_trigger,
+        })
+    }
+}
+
+/// DataFusion prefixes option keys without a dot by `format.` and lowercases
+/// them; Kafka users write them bare, so undo the prefix.
+fn normalized_options(options: &HashMap<String, String>) -> BTreeMap<String, String> {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let key = k.strip_prefix("format.").unwrap_or(k).to_lowercase();
+            (key, v.clone())
+        })
+        .collect()
+}
+
+fn parse_starting_offsets(table: &str, topic: &str, value: &str) -> Result<StartingOffsets> {
+    match value.trim().to_lowercase().as_str() {
+        "earliest" => return Ok(StartingOffsets::Earliest),
+        "latest" => return Ok(StartingOffsets::Latest),
+        _ => {}
+    }
+    let bad = |why: String| {
+        EngineError::plan(format!(
+            "table '{table}': option 'starting_offsets' is '{value}': {why}; use earliest, latest, or {{\"{topic}\":{{\"0\":42,\"1\":-2}}}}"
+        ))
+    };
+    let parsed: BTreeMap<String, BTreeMap<String, i64>> =
+        serde_json::from_str(value).map_err(|e| bad(e.to_string()))?;
+    let partitions = parsed
+        .get(topic)
+        .ok_or_else(|| bad(format!("it does not name topic '{topic}'")))?;
+    let mut offsets = BTreeMap::new();
+    for (partition, offset) in partitions {
+        let p: i32 = partition
+            .parse()
+            .map_err(|_| bad(format!("'{partition}' is not a partition number")))?;
+        offsets.insert(p, *offset);
+    }
+    Ok(StartingOffsets::Specific(offsets))
+}
+
+/// The declared columns plus the metadata columns.
+fn table_schema(table: &str, declared: &Schema, format: RecordFormat) -> Result<Schema> {
+    let metadata = [
+        KEY_COLUMN,
+        PARTITION_COLUMN,
+        OFFSET_COLUMN,
+        TIMESTAMP_COLUMN,
+    ];
+    let mut fields: Vec<Field> = Vec::new();
+    for f in declared.fields() {
+        if metadata.contains(&f.name().as_str()) {
+            // Declared metadata columns are accepted and placed with the others.
+            continue;
+        }
+        fields.push(f.as_ref().clone().with_nullable(true));
+    }
+    if fields.is_empty() {
+        if format == RecordFormat::Raw {
+            fields.push(Field::new("value", DataType::Utf8, true));
+        } else {
+            return Err(EngineError::plan(format!(
+                "table '{table}': declare the record's columns, e.g. CREATE EXTERNAL TABLE {table} (id BIGINT, name VARCHAR) STORED AS KAFKA ..."
+            )));
+        }
+    }
+    if format == RecordFormat::Raw
+        && (fields.len() != 1 || !matches!(fields[0].data_type(), DataType::Utf8 | DataType::Utf8View))
+    {
+        return Err(EngineError::plan(format!(
+            "table '{table}': format 'raw' has one VARCHAR column (the record value)"
+        )));
+    }
+    fields.push(Field::new(KEY_COLUMN, DataType::Utf8, true));
+    fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
+    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+    fields.push(Field::new(
+        TIMESTAMP_COLUMN,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        true,
+    ));
+    Ok(Schema::new(fields))
+}
+
+/// A Kafka topic as a table.
+#[derive(Debug)]
+pub struct KafkaTable {
+    pub spec: KafkaSourceSpec,
+}
+
+impl KafkaTable {
+    pub fn sink_spec(&self) -> KafkaSinkSpec {
+        KafkaSinkSpec {
+            topic: self.spec.topic.clone(),
+            bootstrap_servers: self.spec.bootstrap_servers.clone(),
+            client_options: self.spec.client_options.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for KafkaTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::new(self.spec.schema.clone())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // The ranges are filled in per task, when the worker decodes the plan.
+        Ok(Arc::new(KafkaScanExec::new(
+            Arc::new(self.spec.clone()),
+            projection.cloned(),
+            Vec::new(),
+        )?))
+    }
+}

@@ -1,0 +1,51 @@
+//! Spate's engine: SQL to tasks and running them. Kafka tables, file tables
+//! and sinks, the plan codec, the checkpoint log. It does no networking of
+//! its own beyond talking to Kafka and the workspace; master and worker
+//! carry its types over the wire.
+
+pub mod checkpoint;
+pub mod codec;
+pub mod error;
+pub mod files;
+pub mod job;
+pub mod kafka;
+pub mod task;
+pub mod workspace;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{EngineError, Result};
+pub use workspace::Workspace;
+
+/// An exact range of one Kafka partition: offsets `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OffsetRange {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl OffsetRange {
+    pub fn len(&self) -> u64 {
+        (self.end - self.start).max(0) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Resolves once a stop signal turns true (or its sender is gone). The
+/// watch guard is dropped inside, so callers' futures stay `Send`.
+pub async fn stop_signalled(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}

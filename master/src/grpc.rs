@@ -1,0 +1,183 @@
+//! The master's gRPC services: the workers' stream and the clients' calls.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use spate_engine::task::TaskOutcome;
+use spate_proto::client_service_server::ClientService;
+use spate_proto::worker_service_server::WorkerService;
+use spate_proto::{
+    JobInfo, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
+    MasterMessage, Registered, StopJobRequest, StopJobResponse, SubmitJobRequest,
+    SubmitJobResponse, TaskState, WorkerInfo, WorkerMessage, master_message, worker_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Master;
+use crate::cluster::{TaskEnd, WorkerState};
+
+/// Messages a worker's stream may hold before the master stops pushing.
+const WORKER_QUEUE: usize = 1024;
+
+pub struct WorkerApi(pub Arc<Master>);
+pub struct ClientApi(pub Arc<Master>);
+
+type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type SessionStream = MasterStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream closed before registering"))?;
+        let Some(worker_message::Kind::Register(register)) = first.kind else {
+            return Err(Status::invalid_argument("the first message must register the worker"));
+        };
+        if register.protocol_version != spate_proto::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "worker speaks protocol {}, this master {}; run the same Spate version on both",
+                register.protocol_version,
+                spate_proto::PROTOCOL_VERSION
+            )));
+        }
+        self.0.check_secret(&register.secret)?;
+        let (sender, outbound) = mpsc::channel(WORKER_QUEUE);
+        sender
+            .send(Ok(MasterMessage {
+                kind: Some(master_message::Kind::Registered(Registered {
+                    heartbeat_interval_ms: self.0.config.heartbeat_interval.as_millis() as u64,
+                })),
+            }))
+            .await
+            .map_err(|_| Status::internal("worker stream closed"))?;
+        let worker_id = register.worker_id.clone();
+        let cluster = Arc::clone(&self.0.cluster);
+        let connection = cluster.register(
+            &worker_id,
+            &register.host,
+            register.slots.max(1),
+            register.memory_bytes,
+            sender,
+        );
+        tracing::info!(worker = worker_id, host = register.host, slots = register.slots, "worker registered");
+        tokio::spawn(async move {
+            let why = loop {
+                match inbound.next().await {
+                    None => break "its stream closed".to_string(),
+                    Some(Err(e)) => break format!("its stream failed: {}", e.message()),
+                    Some(Ok(message)) => {
+                        cluster.heartbeat(&worker_id);
+                        match message.kind {
+                            Some(worker_message::Kind::TaskUpdate(update)) => {
+                                let end = match TaskState::try_from(update.state) {
+                                    Ok(TaskState::Succeeded) => {
+                                        let r = update.result.unwrap_or_default();
+                                        TaskEnd::Succeeded(TaskOutcome {
+                                            input_rows: r.input_rows,
+                                            output_rows: r.output_rows,
+                                            output_files: r.output_files,
+                                            duration_ms: r.duration_ms,
+                                        })
+                                    }
+                                    Ok(TaskState::Failed) => TaskEnd::Failed(update.error),
+                                    _ => continue,
+                                };
+                                cluster.task_ended(&worker_id, &update.task_id, end);
+                            }
+                            Some(_) | None => {}
+                        }
+                    }
+                }
+            };
+            cluster.worker_lost(&worker_id, Some(connection), &why);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}
+
+#[tonic::async_trait]
+impl ClientService for ClientApi {
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        let request = request.into_inner();
+        self.0.check_secret(&request.secret)?;
+        let (job_id, resumed) = self.0.submit(&request.sql, &request.name).await?;
+        Ok(Response::new(SubmitJobResponse { job_id, resumed }))
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let jobs = self
+            .0
+            .jobs
+            .views()
+            .into_iter()
+            .map(|j| JobInfo {
+                job_id: j.id,
+                name: j.name,
+                state: j.state.to_string(),
+                batches: j.batches,
+                input_rows: j.input_rows,
+                output_rows: j.output_rows,
+                error: j.error,
+                submitted_at_ms: j.submitted_ms,
+                sql: j.sql,
+            })
+            .collect();
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<StopJobRequest>,
+    ) -> Result<Response<StopJobResponse>, Status> {
+        let request = request.into_inner();
+        self.0.check_secret(&request.secret)?;
+        if !self.0.jobs.request_stop(&request.job_id) {
+            return Err(Status::not_found(format!("no job '{}'", request.job_id)));
+        }
+        Ok(Response::new(StopJobResponse {}))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let workers = self
+            .0
+            .cluster
+            .workers()
+            .into_iter()
+            .map(|w| WorkerInfo {
+                worker_id: w.id,
+                host: w.host,
+                state: match w.state {
+                    WorkerState::Alive => "ALIVE",
+                    WorkerState::Dead => "DEAD",
+                }
+                .to_string(),
+                slots: w.slots,
+                slots_used: w.slots_used,
+                memory_bytes: w.memory_bytes,
+                last_heartbeat_ms: w.last_heartbeat_ms,
+                tasks_succeeded: w.tasks_succeeded,
+                tasks_failed: w.tasks_failed,
+            })
+            .collect();
+        Ok(Response::new(ListWorkersResponse { workers }))
+    }
+}
