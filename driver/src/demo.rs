@@ -70,7 +70,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     let generator = {
         let (bootstrap, stopped, rate) = (bootstrap.clone(), stopped.clone(), args.rate);
         tokio::spawn(async move {
-            if let Err(e) = crate::produce::produce_sales(&bootstrap, "sales", rate, None, None, true, stopped).await {
+            if let Err(e) =
+                crate::produce::produce_sales(&bootstrap, "sales", rate, None, None, true, stopped)
+                    .await
+            {
                 eprintln!("sales generator: {e}");
             }
         })
@@ -104,11 +107,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         .await?
         .into_inner();
     println!("Spate demo");
-    println!("  Kafka (development broker)  {bootstrap}, topic 'sales' with 4 partitions, {} records/s", args.rate);
+    println!(
+        "  Kafka (development broker)  {bootstrap}, topic 'sales' with 4 partitions, {} records/s",
+        args.rate
+    );
     println!("  master                      {master_url}");
     println!("  web UI                      http://{}", master.http_addr);
     println!("  workers                     {}", args.workers);
-    println!("  job                         {} ({})", submitted.job_id, args.job.display());
+    println!(
+        "  job                         {} ({})",
+        submitted.job_id,
+        args.job.display()
+    );
     println!("Committed rows appear below as batches commit. Ctrl-C stops the demo.\n");
 
     let printer = async {
@@ -147,7 +157,10 @@ async fn print_new_batches(
         if !shown.insert(batch) {
             continue;
         }
-        let Some(manifest) = ws.get_json::<SinkManifest>(&manifest_path(dir, batch)).await? else {
+        let Some(manifest) = ws
+            .get_json::<SinkManifest>(&manifest_path(dir, batch))
+            .await?
+        else {
             continue;
         };
         if manifest.files.is_empty() {
@@ -165,7 +178,11 @@ async fn print_new_batches(
             FileFormatKind::Csv => ctx.read_csv(paths, CsvReadOptions::default()).await,
         }
         .map_err(|e| DriverError::Usage(e.to_string()))?;
-        let rows = frame.clone().count().await.map_err(|e| DriverError::Usage(e.to_string()))?;
+        let rows = frame
+            .clone()
+            .count()
+            .await
+            .map_err(|e| DriverError::Usage(e.to_string()))?;
         let sample = frame
             .limit(0, Some(5))
             .map_err(|e| DriverError::Usage(e.to_string()))?

@@ -58,7 +58,12 @@ struct MasterArgs {
 #[derive(clap::Args, Debug, Clone)]
 struct KafkaArgs {
     /// Kafka bootstrap servers.
-    #[arg(long, global = true, env = "SPATE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "SPATE_KAFKA_BOOTSTRAP",
+        default_value = "localhost:9092"
+    )]
     bootstrap: String,
 }
 
@@ -180,7 +185,12 @@ async fn run(command: Command) -> Result<(), DriverError> {
             master,
         } => submit(&file, name, follow, &master).await,
         Command::Jobs { master } => {
-            let jobs = connect(&master.master).await?.list_jobs(ListJobsRequest {}).await?.into_inner().jobs;
+            let jobs = connect(&master.master)
+                .await?
+                .list_jobs(ListJobsRequest {})
+                .await?
+                .into_inner()
+                .jobs;
             println!("{}", jobs_table(&jobs));
             Ok(())
         }
@@ -192,7 +202,9 @@ async fn run(command: Command) -> Result<(), DriverError> {
                     secret: master.secret.clone(),
                 })
                 .await?;
-            println!("stopping job {job}: the running batch commits first; submit it again to resume");
+            println!(
+                "stopping job {job}: the running batch commits first; submit it again to resume"
+            );
             Ok(())
         }
         Command::Workers { master } => {
@@ -225,10 +237,22 @@ async fn run(command: Command) -> Result<(), DriverError> {
                         let _ = tokio::signal::ctrl_c().await;
                         let _ = stop.send(true);
                     });
-                    produce::produce_sales(&kafka.bootstrap, &topic, rate, count, seed, false, stopped).await?
+                    produce::produce_sales(
+                        &kafka.bootstrap,
+                        &topic,
+                        rate,
+                        count,
+                        seed,
+                        false,
+                        stopped,
+                    )
+                    .await?
                 }
             };
-            println!("produced {sent} records to topic '{topic}' at {}", kafka.bootstrap);
+            println!(
+                "produced {sent} records to topic '{topic}' at {}",
+                kafka.bootstrap
+            );
             Ok(())
         }
         Command::Topics { action, kafka } => {
@@ -287,7 +311,10 @@ async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
     let admin = KafkaAdmin::new(bootstrap, &Default::default());
     match admin.partition_offsets(topic).await {
         Ok(existing) if existing.len() as i32 != partitions => {
-            eprintln!("note: topic '{topic}' exists with {} partitions", existing.len());
+            eprintln!(
+                "note: topic '{topic}' exists with {} partitions",
+                existing.len()
+            );
             Ok(())
         }
         Ok(_) => Ok(()),
@@ -306,7 +333,12 @@ async fn connect(url: &str) -> Result<ClientServiceClient<Channel>, DriverError>
     Ok(ClientServiceClient::new(channel))
 }
 
-async fn submit(file: &Path, name: Option<String>, follow: bool, master: &MasterArgs) -> Result<(), DriverError> {
+async fn submit(
+    file: &Path,
+    name: Option<String>,
+    follow: bool,
+    master: &MasterArgs,
+) -> Result<(), DriverError> {
     let sql = std::fs::read_to_string(file)
         .map_err(|e| DriverError::Usage(format!("cannot read {}: {e}", file.display())))?;
     let name = name.unwrap_or_else(|| {
@@ -328,7 +360,11 @@ async fn submit(file: &Path, name: Option<String>, follow: bool, master: &Master
     println!(
         "submitted job {}{}",
         response.job_id,
-        if response.resumed { " (resuming from its checkpoint)" } else { "" }
+        if response.resumed {
+            " (resuming from its checkpoint)"
+        } else {
+            ""
+        }
     );
     if follow {
         follow_job(&mut client, &response.job_id).await?;
@@ -336,10 +372,17 @@ async fn submit(file: &Path, name: Option<String>, follow: bool, master: &Master
     Ok(())
 }
 
-async fn follow_job(client: &mut ClientServiceClient<Channel>, job: &str) -> Result<(), DriverError> {
+async fn follow_job(
+    client: &mut ClientServiceClient<Channel>,
+    job: &str,
+) -> Result<(), DriverError> {
     let mut last = None;
     loop {
-        let jobs = client.list_jobs(ListJobsRequest {}).await?.into_inner().jobs;
+        let jobs = client
+            .list_jobs(ListJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs;
         let Some(info) = jobs.into_iter().find(|j| j.job_id == job) else {
             return Err(DriverError::Master(format!("job {job} disappeared")));
         };
@@ -349,7 +392,11 @@ async fn follow_job(client: &mut ClientServiceClient<Channel>, job: &str) -> Res
             info.batches,
             info.input_rows,
             info.output_rows,
-            if info.error.is_empty() { String::new() } else { format!("  ({})", info.error) }
+            if info.error.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", info.error)
+            }
         );
         if last.as_ref() != Some(&line) {
             println!("{line}");
@@ -357,7 +404,10 @@ async fn follow_job(client: &mut ClientServiceClient<Channel>, job: &str) -> Res
         }
         if !matches!(info.state.as_str(), "RUNNING" | "WAITING") {
             return if info.state == "FAILED" {
-                Err(DriverError::Master(format!("job {job} failed: {}", info.error)))
+                Err(DriverError::Master(format!(
+                    "job {job} failed: {}",
+                    info.error
+                )))
             } else {
                 Ok(())
             };
@@ -389,7 +439,15 @@ fn format_ms(ms: i64) -> String {
 }
 
 pub fn jobs_table(jobs: &[JobInfo]) -> Table {
-    let mut t = table(&["Job", "State", "Submitted", "Batches", "Rows in", "Rows out", "Error"]);
+    let mut t = table(&[
+        "Job",
+        "State",
+        "Submitted",
+        "Batches",
+        "Rows in",
+        "Rows out",
+        "Error",
+    ]);
     for j in jobs {
         t.add_row(vec![
             Cell::new(&j.job_id),
@@ -405,7 +463,16 @@ pub fn jobs_table(jobs: &[JobInfo]) -> Table {
 }
 
 fn workers_table(workers: &[spate_proto::WorkerInfo]) -> Table {
-    let mut t = table(&["Worker", "Host", "State", "Slots used/total", "Memory", "Last heartbeat", "Tasks done", "Failed"]);
+    let mut t = table(&[
+        "Worker",
+        "Host",
+        "State",
+        "Slots used/total",
+        "Memory",
+        "Last heartbeat",
+        "Tasks done",
+        "Failed",
+    ]);
     for w in workers {
         t.add_row(vec![
             Cell::new(&w.worker_id),

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use rand::rngs::StdRng;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
@@ -63,7 +63,13 @@ impl SalesGenerator {
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             country: COUNTRIES[c % COUNTRIES.len()],
             gender: if c % 2 == 0 { "F" } else { "M" },
-            ip: format!("{}.{}.{}.{}", 10 + c % 200, (c * 7) % 256, (c * 13) % 256, (c * 31) % 256),
+            ip: format!(
+                "{}.{}.{}.{}",
+                10 + c % 200,
+                (c * 7) % 256,
+                (c * 13) % 256,
+                (c * 31) % 256
+            ),
         }
     }
 }
@@ -78,7 +84,12 @@ pub fn producer(bootstrap: &str) -> Result<FutureProducer, DriverError> {
 }
 
 /// Sends one record, waiting for room when librdkafka's queue is full.
-async fn send(producer: &FutureProducer, topic: &str, key: Option<&str>, payload: &[u8]) -> Result<(), DriverError> {
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    payload: &[u8],
+) -> Result<(), DriverError> {
     loop {
         let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
         if let Some(k) = key {
@@ -90,11 +101,20 @@ async fn send(producer: &FutureProducer, topic: &str, key: Option<&str>, payload
                 drop(delivery);
                 return Ok(());
             }
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                _,
+            )) => {
                 producer.poll(Duration::from_millis(10));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err((e, _)) => return Err(DriverError::Kafka(format!("cannot write to topic '{topic}': {e}"))),
+            Err((e, _)) => {
+                return Err(DriverError::Kafka(format!(
+                    "cannot write to topic '{topic}': {e}"
+                )));
+            }
         }
     }
 }
@@ -104,7 +124,11 @@ async fn flush(producer: &FutureProducer, topic: &str) -> Result<(), DriverError
     tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(30)))
         .await
         .map_err(|e| DriverError::Kafka(e.to_string()))?
-        .map_err(|e| DriverError::Kafka(format!("records for topic '{topic}' were not delivered: {e}")))
+        .map_err(|e| {
+            DriverError::Kafka(format!(
+                "records for topic '{topic}' were not delivered: {e}"
+            ))
+        })
 }
 
 fn progress(count: Option<u64>, quiet: bool) -> ProgressBar {
@@ -166,7 +190,12 @@ pub async fn produce_sales(
 }
 
 /// Produces each line of a JSON-lines file as one record.
-pub async fn produce_file(bootstrap: &str, topic: &str, path: &Path, quiet: bool) -> Result<u64, DriverError> {
+pub async fn produce_file(
+    bootstrap: &str,
+    topic: &str,
+    path: &Path,
+    quiet: bool,
+) -> Result<u64, DriverError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DriverError::Usage(format!("cannot read {}: {e}", path.display())))?;
     let lines: Vec<(usize, &str)> = text

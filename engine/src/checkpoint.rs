@@ -57,7 +57,9 @@ impl Checkpoint {
     }
 
     pub async fn offsets(&self, batch: u64) -> Result<Option<OffsetsEntry>> {
-        self.ws.get_json(&format!("{}/offsets/{batch}", self.dir)).await
+        self.ws
+            .get_json(&format!("{}/offsets/{batch}", self.dir))
+            .await
     }
 
     pub async fn write_offsets(&self, entry: &OffsetsEntry) -> Result<()> {
@@ -68,7 +70,11 @@ impl Checkpoint {
 
     pub async fn latest_commit(&self) -> Result<Option<CommitEntry>> {
         match self.latest_in("commits").await? {
-            Some(batch) => self.ws.get_json(&format!("{}/commits/{batch}", self.dir)).await,
+            Some(batch) => {
+                self.ws
+                    .get_json(&format!("{}/commits/{batch}", self.dir))
+                    .await
+            }
             None => Ok(None),
         }
     }

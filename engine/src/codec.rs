@@ -35,12 +35,17 @@ impl SpateCodec {
     }
 
     pub fn encode_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
-        let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, self)?;
+        let bytes =
+            datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, self)?;
         Ok(bytes.to_vec())
     }
 
     pub fn decode_plan(&self, bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, self)?)
+        Ok(
+            datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+                bytes, ctx, self,
+            )?,
+        )
     }
 }
 

@@ -17,7 +17,9 @@ pub enum EngineError {
     #[error("kafka ({bootstrap}): {message}")]
     Kafka { bootstrap: String, message: String },
     /// A record that does not decode in the table's format.
-    #[error("malformed record in topic '{topic}' partition {partition} at offset {offset}: {reason}")]
+    #[error(
+        "malformed record in topic '{topic}' partition {partition} at offset {offset}: {reason}"
+    )]
     MalformedRecord {
         topic: String,
         partition: i32,

@@ -15,7 +15,9 @@ use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
 use datafusion::physical_plan::ExecutionPlan;
@@ -65,12 +67,17 @@ impl FileFormatKind {
         let mut buffer = Vec::new();
         match self {
             FileFormatKind::Parquet => {
-                let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(&mut buffer, schema, None)
-                    .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
+                let mut writer =
+                    datafusion::parquet::arrow::ArrowWriter::try_new(&mut buffer, schema, None)
+                        .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
                 for batch in batches {
-                    writer.write(batch).map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
+                    writer
+                        .write(batch)
+                        .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
                 }
-                writer.close().map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
+                writer
+                    .close()
+                    .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
             }
             FileFormatKind::Json => {
                 let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut buffer);
@@ -98,6 +105,8 @@ pub struct SinkManifest {
     pub batch: u64,
     /// Paths relative to the workspace root.
     pub files: Vec<String>,
+    /// Rows in those files.
+    pub rows: u64,
 }
 
 pub fn manifests_dir(sink_dir: &str) -> String {
@@ -129,7 +138,10 @@ pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Ve
     }
     let mut files = Vec::new();
     for batch in batches {
-        if let Some(m) = ws.get_json::<SinkManifest>(&manifest_path(sink_dir, batch)).await? {
+        if let Some(m) = ws
+            .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
+            .await?
+        {
             files.extend(m.files);
         }
     }
@@ -165,9 +177,10 @@ impl TableProviderFactory for WorkspaceTableFactory {
             .into());
         }
         let location = single_location(&name, &cmd.locations)?;
-        let dir = self.workspace.resolve_user_path(location).map_err(|e| {
-            EngineError::plan(format!("table '{name}': LOCATION {e}"))
-        })?;
+        let dir = self
+            .workspace
+            .resolve_user_path(location)
+            .map_err(|e| EngineError::plan(format!("table '{name}': LOCATION {e}")))?;
         let mut table = WorkspaceTable {
             name: name.clone(),
             workspace: self.workspace.clone(),
@@ -259,7 +272,10 @@ impl TableProvider for WorkspaceTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        match self.listing_table(state, Some(Arc::clone(&self.schema))).await? {
+        match self
+            .listing_table(state, Some(Arc::clone(&self.schema)))
+            .await?
+        {
             Some(listing) => listing.scan(state, projection, filters, limit).await,
             None => {
                 let schema = match projection {
@@ -297,7 +313,11 @@ pub async fn register_committed_output(
 pub(crate) fn single_location<'a>(table: &str, locations: &'a [String]) -> Result<&'a str> {
     match locations {
         [one] => Ok(one.as_str()),
-        [] => Err(EngineError::plan(format!("table '{table}': LOCATION is missing"))),
-        _ => Err(EngineError::plan(format!("table '{table}': give one LOCATION"))),
+        [] => Err(EngineError::plan(format!(
+            "table '{table}': LOCATION is missing"
+        ))),
+        _ => Err(EngineError::plan(format!(
+            "table '{table}': give one LOCATION"
+        ))),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::{DmlStatement, LogicalPlan, WriteOp};
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -56,8 +56,7 @@ impl Default for JobOptions {
     }
 }
 
-const KNOWN_JOB_OPTIONS: &str =
-    "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures";
+const KNOWN_JOB_OPTIONS: &str = "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures";
 
 impl JobOptions {
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -67,7 +66,9 @@ impl JobOptions {
         match key {
             "spate.job.name" => {
                 if value.is_empty()
-                    || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    || !value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                 {
                     return Err(bad("a name of letters, digits, '_' and '-'"));
                 }
@@ -101,7 +102,9 @@ impl JobOptions {
 /// Parses '500ms', '2s', '2 seconds', '1 minute', '0'.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim().to_lowercase();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let seconds = match unit.trim() {
@@ -137,6 +140,9 @@ pub struct PlannedJob {
     pub options: JobOptions,
 }
 
+/// `STORED AS` types Spate's sessions know.
+const TABLE_TYPES: &[&str] = &["KAFKA", "PARQUET", "JSON", "NDJSON", "CSV"];
+
 /// A session with Spate's table factories, as the planner and the workers use.
 pub fn session(env: &PlanEnv) -> SessionContext {
     let files = Arc::new(WorkspaceTableFactory {
@@ -166,7 +172,8 @@ pub fn session(env: &PlanEnv) -> SessionContext {
 /// Plans a job file. `default_name` is used unless the SQL sets spate.job.name.
 pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<PlannedJob> {
     let ctx = session(env);
-    let statements = DFParser::parse_sql(sql).map_err(|e| EngineError::plan(format!("syntax error: {e}")))?;
+    let statements =
+        DFParser::parse_sql(sql).map_err(|e| EngineError::plan(format!("syntax error: {e}")))?;
     if statements.is_empty() {
         return Err(EngineError::plan("the job has no SQL statements"));
     }
@@ -193,7 +200,9 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
             {
                 let value = set.value;
                 let value = value.trim_matches('\'').to_string();
-                options.set(&set.variable.to_lowercase(), &value).map_err(at)?;
+                options
+                    .set(&set.variable.to_lowercase(), &value)
+                    .map_err(at)?;
             }
             LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => {
                 if insert.is_some() {
@@ -204,10 +213,22 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
                 insert = Some(dml);
             }
             LogicalPlan::Dml(_) => {
-                return Err(at(EngineError::plan("only INSERT INTO writes from a streaming job")));
+                return Err(at(EngineError::plan(
+                    "only INSERT INTO writes from a streaming job",
+                )));
+            }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create))
+                if !TABLE_TYPES.contains(&create.file_type.to_uppercase().as_str()) =>
+            {
+                return Err(at(EngineError::plan(format!(
+                    "table '{}': STORED AS {} is not supported; use KAFKA, PARQUET, JSON or CSV",
+                    create.name, create.file_type
+                ))));
             }
             plan @ (LogicalPlan::Ddl(_) | LogicalPlan::Statement(_)) => {
-                ctx.execute_logical_plan(plan).await.map_err(|e| at(e.into()))?;
+                ctx.execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| at(e.into()))?;
             }
             _ => {
                 return Err(at(EngineError::plan(
@@ -227,7 +248,10 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let source = check_streamable(&physical)?;
     let plan = SpateCodec::default().encode_plan(Arc::clone(&physical))?;
-    let name = options.name.clone().unwrap_or_else(|| default_name.to_string());
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name.to_string());
     Ok(PlannedJob {
         name,
         sql: sql.to_string(),
@@ -300,7 +324,9 @@ fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<KafkaSourceSpec> {
         )),
         1 => {
             if plan.output_partitioning().partition_count() != 1 {
-                return Err(EngineError::plan("internal: a stateless stage must have one partition"));
+                return Err(EngineError::plan(
+                    "internal: a stateless stage must have one partition",
+                ));
             }
             Ok(sources.remove(0))
         }
@@ -312,12 +338,7 @@ fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<KafkaSourceSpec> {
 
 /// Per-partition starting offsets as the source spec gives them, resolved
 /// against the partitions' current watermarks.
-pub fn starting_offset(
-    spec: &KafkaSourceSpec,
-    partition: i32,
-    low: i64,
-    high: i64,
-) -> i64 {
+pub fn starting_offset(spec: &KafkaSourceSpec, partition: i32, low: i64, high: i64) -> i64 {
     use crate::kafka::StartingOffsets;
     match &spec.starting_offsets {
         StartingOffsets::Earliest => low,

@@ -39,7 +39,13 @@ pub struct TaskOutcome {
 }
 
 /// The file a task attempt writes into a file sink.
-pub fn output_file_name(dir: &str, batch: u64, task_index: u32, attempt: &str, extension: &str) -> String {
+pub fn output_file_name(
+    dir: &str,
+    batch: u64,
+    task_index: u32,
+    attempt: &str,
+    extension: &str,
+) -> String {
     format!("{dir}/part-{batch:08}-{task_index:04}-{attempt}.{extension}")
 }
 
@@ -60,7 +66,13 @@ pub async fn run_task(ws: &Workspace, task: &TaskSpec) -> Result<TaskOutcome> {
     match &task.sink {
         SinkSpec::Files { dir, format, .. } => {
             if output_rows > 0 {
-                let path = output_file_name(dir, task.batch_id, task.task_index, &task.attempt_id, format.extension());
+                let path = output_file_name(
+                    dir,
+                    task.batch_id,
+                    task.task_index,
+                    &task.attempt_id,
+                    format.extension(),
+                );
                 let bytes = format.encode(plan.schema(), &batches)?;
                 ws.put(&path, bytes).await?;
                 output_files.push(path);

@@ -67,10 +67,14 @@ impl Workspace {
                 ),
                 Component::CurDir => {}
                 Component::ParentDir => {
-                    return Err(escape("'..' is not allowed; give a path relative to the workspace"));
+                    return Err(escape(
+                        "'..' is not allowed; give a path relative to the workspace",
+                    ));
                 }
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(escape("absolute paths are not allowed; give a path relative to the workspace"));
+                    return Err(escape(
+                        "absolute paths are not allowed; give a path relative to the workspace",
+                    ));
                 }
             }
         }
@@ -174,9 +178,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::open(dir.path()).unwrap();
         assert_eq!(ws.resolve_user_path("output/x/").unwrap(), "output/x");
-        assert_eq!(ws.resolve_user_path("./data/a.json").unwrap(), "data/a.json");
+        assert_eq!(
+            ws.resolve_user_path("./data/a.json").unwrap(),
+            "data/a.json"
+        );
         for bad in ["../etc", "/etc/passwd", "output/../../x", ""] {
-            assert!(ws.resolve_user_path(bad).is_err(), "{bad} should be refused");
+            assert!(
+                ws.resolve_user_path(bad).is_err(),
+                "{bad} should be refused"
+            );
         }
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();

@@ -92,7 +92,14 @@ impl Cluster {
     }
 
     /// Adds a worker, or revives a known one; returns its connection id.
-    pub fn register(&self, id: &str, host: &str, slots: u32, memory_bytes: u64, sender: WorkerSender) -> u64 {
+    pub fn register(
+        &self,
+        id: &str,
+        host: &str,
+        slots: u32,
+        memory_bytes: u64,
+        sender: WorkerSender,
+    ) -> u64 {
         let lost = {
             let mut state = self.lock();
             state.next_connection += 1;
@@ -121,12 +128,17 @@ impl Cluster {
                     running: HashSet::new(),
                 },
             );
-            let lost: Vec<RunningTask> = lost.iter().filter_map(|t| state.running.remove(t)).collect();
+            let lost: Vec<RunningTask> = lost
+                .iter()
+                .filter_map(|t| state.running.remove(t))
+                .collect();
             (connection_id, lost)
         };
         let (connection_id, lost) = lost;
         for task in lost {
-            let _ = task.reply.send(TaskEnd::WorkerLost(format!("worker {id} reconnected")));
+            let _ = task
+                .reply
+                .send(TaskEnd::WorkerLost(format!("worker {id} reconnected")));
         }
         self.schedule();
         connection_id
@@ -143,7 +155,9 @@ impl Cluster {
     pub fn worker_lost(&self, id: &str, connection_id: Option<u64>, why: &str) {
         let lost: Vec<RunningTask> = {
             let mut state = self.lock();
-            let Some(worker) = state.workers.get_mut(id) else { return };
+            let Some(worker) = state.workers.get_mut(id) else {
+                return;
+            };
             if connection_id.is_some_and(|c| c != worker.connection_id)
                 || worker.view.state == WorkerState::Dead
             {
@@ -154,10 +168,15 @@ impl Cluster {
             worker.view.slots_used = 0;
             worker.sender = None;
             let tasks: Vec<String> = worker.running.drain().collect();
-            tasks.iter().filter_map(|t| state.running.remove(t)).collect()
+            tasks
+                .iter()
+                .filter_map(|t| state.running.remove(t))
+                .collect()
         };
         for task in lost {
-            let _ = task.reply.send(TaskEnd::WorkerLost(format!("worker {id} lost: {why}")));
+            let _ = task
+                .reply
+                .send(TaskEnd::WorkerLost(format!("worker {id} lost: {why}")));
         }
         self.schedule();
     }
@@ -173,7 +192,10 @@ impl Cluster {
             .map(|w| w.view.id.clone())
             .collect();
         for id in silent {
-            let why = format!("no heartbeat for {} s", self.heartbeat_timeout.as_secs_f32());
+            let why = format!(
+                "no heartbeat for {} s",
+                self.heartbeat_timeout.as_secs_f32()
+            );
             self.worker_lost(&id, None, &why);
         }
     }
@@ -181,8 +203,15 @@ impl Cluster {
     /// Queues a task; the receiver learns how it ended.
     pub fn submit(&self, spec: TaskSpec) -> oneshot::Receiver<TaskEnd> {
         let (reply, ended) = oneshot::channel();
-        let task_id = format!("{}-{}-{}-{}", spec.job_id, spec.batch_id, spec.task_index, spec.attempt_id);
-        self.lock().pending.push_back(PendingTask { task_id, spec, reply });
+        let task_id = format!(
+            "{}-{}-{}-{}",
+            spec.job_id, spec.batch_id, spec.task_index, spec.attempt_id
+        );
+        self.lock().pending.push_back(PendingTask {
+            task_id,
+            spec,
+            reply,
+        });
         self.schedule();
         ended
     }
@@ -191,7 +220,9 @@ impl Cluster {
     pub fn task_ended(&self, worker_id: &str, task_id: &str, end: TaskEnd) {
         let running = {
             let mut state = self.lock();
-            let Some(running) = state.running.remove(task_id) else { return };
+            let Some(running) = state.running.remove(task_id) else {
+                return;
+            };
             if let Some(w) = state.workers.get_mut(&running.worker_id) {
                 w.running.remove(task_id);
                 w.view.slots_used = w.running.len() as u32;
@@ -201,7 +232,11 @@ impl Cluster {
                 }
             }
             if running.worker_id != worker_id {
-                tracing::warn!(task_id, worker_id, "task update from a worker that does not run it");
+                tracing::warn!(
+                    task_id,
+                    worker_id,
+                    "task update from a worker that does not run it"
+                );
             }
             running
         };
@@ -213,7 +248,9 @@ impl Cluster {
     pub fn schedule(&self) {
         let mut state = self.lock();
         loop {
-            let Some(front) = state.pending.front() else { break };
+            let Some(front) = state.pending.front() else {
+                break;
+            };
             if front.reply.is_closed() {
                 state.pending.pop_front();
                 continue;
@@ -223,7 +260,12 @@ impl Cluster {
                 .values()
                 .filter(|w| w.view.state == WorkerState::Alive && w.sender.is_some())
                 .filter(|w| w.view.slots_used < w.view.slots)
-                .max_by_key(|w| (w.view.slots - w.view.slots_used, std::cmp::Reverse(w.view.id.clone())))
+                .max_by_key(|w| {
+                    (
+                        w.view.slots - w.view.slots_used,
+                        std::cmp::Reverse(w.view.id.clone()),
+                    )
+                })
                 .map(|w| w.view.id.clone());
             let Some(worker_id) = target else { break };
             let task = state.pending.pop_front().expect("front exists");
@@ -252,7 +294,11 @@ impl Cluster {
     }
 
     pub fn workers(&self) -> Vec<WorkerView> {
-        self.lock().workers.values().map(|w| w.view.clone()).collect()
+        self.lock()
+            .workers
+            .values()
+            .map(|w| w.view.clone())
+            .collect()
     }
 }
 

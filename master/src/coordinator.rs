@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry};
-use spate_engine::files::{SinkManifest, committed_batches, manifest_path};
+use spate_engine::files::{SinkManifest, manifest_path};
 use spate_engine::job::{PlannedJob, SinkSpec, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
 use spate_engine::task::TaskSpec;
@@ -38,7 +38,11 @@ pub struct Coordinator {
 
 /// How a batch's tasks ended.
 enum BatchEnd {
-    Done { input_rows: u64, output_rows: u64, files: Vec<String> },
+    Done {
+        input_rows: u64,
+        output_rows: u64,
+        files: Vec<String>,
+    },
     Failed(String),
 }
 
@@ -79,7 +83,11 @@ impl Coordinator {
             let trigger_started = Instant::now();
             let entry = match checkpoint.offsets(next_batch).await? {
                 Some(logged) => {
-                    tracing::info!(job = self.job_id, batch = next_batch, "re-running a batch from the offsets log");
+                    tracing::info!(
+                        job = self.job_id,
+                        batch = next_batch,
+                        "re-running a batch from the offsets log"
+                    );
                     logged
                 }
                 None => {
@@ -90,9 +98,12 @@ impl Coordinator {
                             latest
                         }
                         Err(e) => {
-                            let why = format!("{e}; retrying in {:.1}s", kafka_backoff.as_secs_f32());
+                            let why =
+                                format!("{e}; retrying in {:.1}s", kafka_backoff.as_secs_f32());
                             tracing::warn!(job = self.job_id, "{why}");
-                            self.jobs.set_state(&self.job_id, JobState::Waiting(why)).await;
+                            self.jobs
+                                .set_state(&self.job_id, JobState::Waiting(why))
+                                .await;
                             self.sleep(kafka_backoff).await;
                             kafka_backoff = (kafka_backoff * 2).min(KAFKA_RETRY_MAX);
                             continue;
@@ -105,7 +116,8 @@ impl Coordinator {
                     if self.planned.options.available_now && end_of_input.is_none() {
                         end_of_input = Some(latest.iter().map(|p| (p.partition, p.high)).collect());
                     }
-                    let ranges = self.next_ranges(&latest, previous.as_ref(), end_of_input.as_ref());
+                    let ranges =
+                        self.next_ranges(&latest, previous.as_ref(), end_of_input.as_ref());
                     if ranges.iter().all(OffsetRange::is_empty) {
                         if self.planned.options.available_now {
                             return Ok(JobState::Finished);
@@ -144,7 +156,13 @@ impl Coordinator {
                 })
                 .await?;
             self.jobs.add_batch(&self.job_id, input_rows, output_rows);
-            tracing::info!(job = self.job_id, batch = entry.batch, input_rows, output_rows, "batch committed");
+            tracing::info!(
+                job = self.job_id,
+                batch = entry.batch,
+                input_rows,
+                output_rows,
+                "batch committed"
+            );
             next_batch = entry.batch + 1;
             let elapsed = trigger_started.elapsed();
             if let Some(rest) = self.trigger_interval().checked_sub(elapsed) {
@@ -205,11 +223,18 @@ impl Coordinator {
     /// committed it before a crash: its tasks are not run again.
     async fn run_batch(&self, entry: &OffsetsEntry) -> Result<Option<(u64, u64)>, EngineError> {
         if let SinkSpec::Files { dir, .. } = &self.planned.sink
-            && committed_batches(&self.ws, dir).await?.contains(&entry.batch)
+            && let Some(manifest) = self
+                .ws
+                .get_json::<SinkManifest>(&manifest_path(dir, entry.batch))
+                .await?
         {
             let input: u64 = entry.ranges.iter().map(OffsetRange::len).sum();
-            tracing::info!(job = self.job_id, batch = entry.batch, "sink already holds this batch; committing the checkpoint only");
-            return Ok(Some((input, 0)));
+            tracing::info!(
+                job = self.job_id,
+                batch = entry.batch,
+                "sink already holds this batch; committing the checkpoint only"
+            );
+            return Ok(Some((input, manifest.rows)));
         }
         let tasks = entry
             .ranges
@@ -232,7 +257,9 @@ impl Coordinator {
                     files.extend(f);
                 }
                 BatchEnd::Failed(why) => {
-                    self.jobs.set_state(&self.job_id, JobState::Failed(why)).await;
+                    self.jobs
+                        .set_state(&self.job_id, JobState::Failed(why))
+                        .await;
                     return Ok(None);
                 }
             }
@@ -242,8 +269,11 @@ impl Coordinator {
             let manifest = SinkManifest {
                 batch: entry.batch,
                 files,
+                rows: output_rows,
             };
-            self.ws.put_json(&manifest_path(dir, entry.batch), &manifest).await?;
+            self.ws
+                .put_json(&manifest_path(dir, entry.batch), &manifest)
+                .await?;
         }
         Ok(Some((input_rows, output_rows)))
     }
@@ -272,11 +302,22 @@ impl Coordinator {
                     };
                 }
                 Ok(TaskEnd::WorkerLost(why)) => {
-                    tracing::warn!(job = self.job_id, batch, task_index, "re-running task: {why}");
+                    tracing::warn!(
+                        job = self.job_id,
+                        batch,
+                        task_index,
+                        "re-running task: {why}"
+                    );
                 }
                 Ok(TaskEnd::Failed(why)) => {
                     failures += 1;
-                    tracing::warn!(job = self.job_id, batch, task_index, failures, "task failed: {why}");
+                    tracing::warn!(
+                        job = self.job_id,
+                        batch,
+                        task_index,
+                        failures,
+                        "task failed: {why}"
+                    );
                     if failures >= self.planned.options.max_task_failures {
                         return BatchEnd::Failed(format!(
                             "task {task_index} of batch {batch} (topic '{}' partition {} offsets {}..{}) failed {failures} times: {why}",
@@ -344,7 +385,10 @@ mod tests {
     fn caps_share_the_limit_by_backlog() {
         let mut ranges = vec![range(0, 0, 300), range(1, 10, 110), range(2, 5, 5)];
         cap_ranges(&mut ranges, 100);
-        assert_eq!(ranges.iter().map(OffsetRange::len).collect::<Vec<_>>(), vec![75, 25, 0]);
+        assert_eq!(
+            ranges.iter().map(OffsetRange::len).collect::<Vec<_>>(),
+            vec![75, 25, 0]
+        );
         let mut tiny = vec![range(0, 0, 5), range(1, 0, 5)];
         cap_ranges(&mut tiny, 1);
         assert_eq!(tiny.iter().map(OffsetRange::len).sum::<u64>(), 1);

@@ -41,7 +41,9 @@ impl WorkerService for WorkerApi {
             .await?
             .ok_or_else(|| Status::invalid_argument("the stream closed before registering"))?;
         let Some(worker_message::Kind::Register(register)) = first.kind else {
-            return Err(Status::invalid_argument("the first message must register the worker"));
+            return Err(Status::invalid_argument(
+                "the first message must register the worker",
+            ));
         };
         if register.protocol_version != spate_proto::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -69,7 +71,12 @@ impl WorkerService for WorkerApi {
             register.memory_bytes,
             sender,
         );
-        tracing::info!(worker = worker_id, host = register.host, slots = register.slots, "worker registered");
+        tracing::info!(
+            worker = worker_id,
+            host = register.host,
+            slots = register.slots,
+            "worker registered"
+        );
         tokio::spawn(async move {
             let why = loop {
                 match inbound.next().await {

@@ -120,7 +120,11 @@ impl Jobs {
     }
 
     /// Records a job as running with the given totals; returns its stop signal.
-    pub async fn insert(&self, record: JobRecord, totals: (u64, u64, u64)) -> Result<watch::Receiver<bool>> {
+    pub async fn insert(
+        &self,
+        record: JobRecord,
+        totals: (u64, u64, u64),
+    ) -> Result<watch::Receiver<bool>> {
         self.ws.put_json(&record_path(&record.id), &record).await?;
         let (stop, stopped) = watch::channel(false);
         self.lock().insert(
@@ -222,7 +226,9 @@ impl Jobs {
 
 fn describe_sink(sink: &spate_engine::job::SinkSpec) -> String {
     match sink {
-        spate_engine::job::SinkSpec::Files { dir, format, .. } => format!("{format:?} files in {dir}/").to_lowercase(),
+        spate_engine::job::SinkSpec::Files { dir, format, .. } => {
+            format!("{format:?} files in {dir}/").to_lowercase()
+        }
         spate_engine::job::SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
     }
 }

@@ -90,10 +90,12 @@ impl MasterHandle {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|source| MasterError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MasterError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Starts the master: binds both ports, resumes the jobs the workspace
@@ -116,8 +118,12 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle> {
     let mut tasks = Vec::new();
 
     let grpc = tonic::transport::Server::builder()
-        .add_service(WorkerServiceServer::new(grpc::WorkerApi(Arc::clone(&master))))
-        .add_service(ClientServiceServer::new(grpc::ClientApi(Arc::clone(&master))));
+        .add_service(WorkerServiceServer::new(grpc::WorkerApi(Arc::clone(
+            &master,
+        ))))
+        .add_service(ClientServiceServer::new(grpc::ClientApi(Arc::clone(
+            &master,
+        ))));
     let mut grpc_stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = TcpListenerStream::new(grpc_listener);
@@ -135,7 +141,10 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle> {
         let stop = async move {
             let _ = spate_engine::stop_signalled(&mut http_stop).await;
         };
-        if let Err(e) = axum::serve(http_listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!("web UI stopped: {e}");
         }
     }));
@@ -180,7 +189,11 @@ impl Master {
         let default_name = if name.is_empty() { "job" } else { name };
         let planned = plan_job(&self.plan_env(), sql, default_name).await?;
         let id = planned.name.clone();
-        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') || id.is_empty() {
+        if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || id.is_empty()
+        {
             return Err(EngineError::plan(format!(
                 "job name '{id}': use letters, digits, '_' and '-' (SET spate.job.name = 'my_job')"
             ))
@@ -193,10 +206,16 @@ impl Master {
             .into());
         }
         // Fail fast on a missing topic or unreachable Kafka: nothing is submitted.
-        spate_engine::kafka::KafkaAdmin::new(&planned.source.bootstrap_servers, &planned.source.client_options)
-            .partition_offsets(&planned.source.topic)
-            .await?;
-        let resumed = Checkpoint::new(&self.ws, &id).latest_offsets().await?.is_some();
+        spate_engine::kafka::KafkaAdmin::new(
+            &planned.source.bootstrap_servers,
+            &planned.source.client_options,
+        )
+        .partition_offsets(&planned.source.topic)
+        .await?;
+        let resumed = Checkpoint::new(&self.ws, &id)
+            .latest_offsets()
+            .await?
+            .is_some();
         let record = Jobs::new_record(&id, planned);
         self.start_job(record).await?;
         tracing::info!(job = id, resumed, "job submitted");
@@ -205,10 +224,9 @@ impl Master {
 
     async fn start_job(&self, record: JobRecord) -> Result<()> {
         let checkpoint = Checkpoint::new(&self.ws, &record.id);
-        let totals = checkpoint
-            .latest_commit()
-            .await?
-            .map_or((0, 0, 0), |c| (c.batch + 1, c.total_input_rows, c.total_output_rows));
+        let totals = checkpoint.latest_commit().await?.map_or((0, 0, 0), |c| {
+            (c.batch + 1, c.total_input_rows, c.total_output_rows)
+        });
         let id = record.id.clone();
         let planned = record.planned.clone();
         let stop = self.jobs.insert(record, totals).await?;
@@ -234,7 +252,9 @@ impl Master {
                 let totals = Checkpoint::new(&self.ws, &record.id)
                     .latest_commit()
                     .await?
-                    .map_or((0, 0, 0), |c| (c.batch + 1, c.total_input_rows, c.total_output_rows));
+                    .map_or((0, 0, 0), |c| {
+                        (c.batch + 1, c.total_input_rows, c.total_output_rows)
+                    });
                 self.jobs.insert_inactive(record, totals);
             }
         }

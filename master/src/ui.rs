@@ -49,7 +49,10 @@ fn format_bytes(bytes: u64) -> String {
 async fn overview(State(master): State<Arc<Master>>) -> Markup {
     let workers = master.cluster.workers();
     let jobs = master.jobs.views();
-    let alive: Vec<&WorkerView> = workers.iter().filter(|w| w.state == WorkerState::Alive).collect();
+    let alive: Vec<&WorkerView> = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Alive)
+        .collect();
     let slots: u32 = alive.iter().map(|w| w.slots).sum();
     let used: u32 = alive.iter().map(|w| w.slots_used).sum();
     let uptime_s = (spate_engine::now_ms() - master.started_ms) / 1000;

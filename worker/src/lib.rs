@@ -48,7 +48,11 @@ impl WorkerConfig {
     pub fn new(master_url: impl Into<String>, workspace: impl Into<PathBuf>) -> Self {
         let host = std::env::var("HOSTNAME")
             .ok()
-            .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
             .unwrap_or_else(|| "localhost".to_string());
         WorkerConfig {
             master_url: master_url.into(),
@@ -67,7 +71,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the worker until `shutdown` turns true. Connection trouble is
 /// retried forever; only a refusal by the master (wrong version or secret) ends it.
-pub async fn run(config: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+pub async fn run(
+    config: WorkerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let ws = Workspace::open(&config.workspace)?;
     let mut backoff = BACKOFF_MIN;
     loop {

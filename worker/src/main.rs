@@ -46,7 +46,10 @@ async fn main() {
     }
     config.memory_bytes = args.memory_mb << 20;
     config.secret = args.secret;
-    println!("spate worker {}: connecting to {}", config.worker_id, config.master_url);
+    println!(
+        "spate worker {}: connecting to {}",
+        config.worker_id, config.master_url
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

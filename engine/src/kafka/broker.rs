@@ -63,7 +63,9 @@ impl DevBroker {
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
         let name = CString::new(topic).map_err(|_| broker_error("topic name has a NUL byte"))?;
         // SAFETY: cluster is valid; name outlives the call.
-        let code = unsafe { rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1) };
+        let code = unsafe {
+            rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1)
+        };
         if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return Err(broker_error(format!(
                 "cannot create topic '{topic}': {:?}",
@@ -79,7 +81,12 @@ impl DevBroker {
         let host = CString::new(host).map_err(|_| broker_error("host has a NUL byte"))?;
         // SAFETY: cluster is valid; host outlives the call (librdkafka copies it).
         unsafe {
-            rdsys::rd_kafka_mock_broker_set_host_port(self.cluster, BROKER_ID, host.as_ptr(), i32::from(port))
+            rdsys::rd_kafka_mock_broker_set_host_port(
+                self.cluster,
+                BROKER_ID,
+                host.as_ptr(),
+                i32::from(port),
+            )
         };
         Ok(())
     }
@@ -95,7 +102,9 @@ impl DevBroker {
             }
         };
         if code != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            return Err(broker_error(format!("cannot change broker state: {code:?}")));
+            return Err(broker_error(format!(
+                "cannot change broker state: {code:?}"
+            )));
         }
         Ok(())
     }

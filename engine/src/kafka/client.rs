@@ -15,7 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{KEY_COLUMN, KafkaSinkSpec};
+use super::{KEY_COLUMN, KafkaSinkSpec, OFFSET_COLUMN, PARTITION_COLUMN, TIMESTAMP_COLUMN};
 use crate::error::{EngineError, Result};
 
 /// How long one metadata or offsets request may take.
@@ -99,7 +99,10 @@ impl KafkaAdmin {
                 let (low, high) = consumer
                     .fetch_watermarks(&topic, p.id(), REQUEST_TIMEOUT)
                     .map_err(|e| {
-                        error(format!("cannot read offsets of topic '{topic}' partition {}: {e}", p.id()))
+                        error(format!(
+                            "cannot read offsets of topic '{topic}' partition {}: {e}",
+                            p.id()
+                        ))
                     })?;
                 offsets.push(PartitionOffsets {
                     partition: p.id(),
@@ -139,9 +142,10 @@ impl KafkaAdmin {
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = client_config(&self.bootstrap, &self.options)
-            .create()
-            .map_err(|e| self.error(e.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&self.bootstrap, &self.options)
+                .create()
+                .map_err(|e| self.error(e.to_string()))?;
         let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = admin
@@ -151,7 +155,9 @@ impl KafkaAdmin {
         for result in results {
             if let Err((name, code)) = result {
                 return Err(self.error(match code {
-                    RDKafkaErrorCode::TopicAlreadyExists => format!("topic '{name}' already exists"),
+                    RDKafkaErrorCode::TopicAlreadyExists => {
+                        format!("topic '{name}' already exists")
+                    }
                     other => format!("cannot create topic '{name}': {other}"),
                 }));
             }
@@ -183,15 +189,19 @@ pub async fn produce_batches(sink: &KafkaSinkSpec, batches: &[RecordBatch]) -> R
             writer.write(&values)?;
             writer.finish()?;
         }
-        for (row, line) in buffer.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
-            let key = keys.as_ref().and_then(|k| (!k.is_null(row)).then(|| k.value(row).to_string()));
+        for (row, line) in buffer
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let key = keys
+                .as_ref()
+                .and_then(|k| (!k.is_null(row)).then(|| k.value(row).to_string()));
             let mut record = FutureRecord::<String, [u8]>::to(&sink.topic).payload(line);
             if let Some(key) = key.as_ref() {
                 record = record.key(key);
             }
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(e, _)| error(e))?;
+            let delivery = producer.send_result(record).map_err(|(e, _)| error(e))?;
             deliveries.push(delivery);
             rows += 1;
         }
@@ -206,17 +216,36 @@ pub async fn produce_batches(sink: &KafkaSinkSpec, batches: &[RecordBatch]) -> R
     Ok(rows)
 }
 
+/// Splits the record key off a batch and drops the other metadata columns,
+/// which Kafka sets itself.
 fn split_key(batch: &RecordBatch) -> Result<(Option<StringArray>, RecordBatch)> {
-    let Ok(index) = batch.schema().index_of(KEY_COLUMN) else {
-        return Ok((None, batch.clone()));
+    let schema = batch.schema();
+    let keys = match schema.index_of(KEY_COLUMN) {
+        Ok(index) => {
+            let keys = cast(batch.column(index), &DataType::Utf8)?;
+            Some(
+                keys.as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("cast to Utf8 gives a StringArray")
+                    .clone(),
+            )
+        }
+        Err(_) => None,
     };
-    let keys = cast(batch.column(index), &DataType::Utf8)?;
-    let keys = keys
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8 gives a StringArray")
-        .clone();
-    let mut values = batch.clone();
-    values.remove_column(index);
-    Ok((Some(keys), values))
+    let value_columns: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            ![
+                KEY_COLUMN,
+                PARTITION_COLUMN,
+                OFFSET_COLUMN,
+                TIMESTAMP_COLUMN,
+            ]
+            .contains(&f.name().as_str())
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Ok((keys, batch.project(&value_columns)?))
 }

@@ -71,7 +71,10 @@ impl RecordDecoder {
         for &i in projection {
             columns.push(match i.checked_sub(value_count) {
                 None => {
-                    let position = value_indices.iter().position(|v| *v == i).unwrap_or(next_value);
+                    let position = value_indices
+                        .iter()
+                        .position(|v| *v == i)
+                        .unwrap_or(next_value);
                     next_value += 1;
                     OutputColumn::Value(position)
                 }
@@ -208,14 +211,23 @@ impl RecordDecoder {
         }
         .map_or(Ok(None), |b| Ok::<_, EngineError>(Some(b)))
         .map_err(|e| {
-            let at = first.unwrap_or(RecordPosition { partition: -1, offset: -1 });
+            let at = first.unwrap_or(RecordPosition {
+                partition: -1,
+                offset: -1,
+            });
             let to = last.map(|l| l.offset).unwrap_or(at.offset);
-            self.malformed(at, format!("{e} (somewhere in offsets {}..={to})", at.offset))
+            self.malformed(
+                at,
+                format!("{e} (somewhere in offsets {}..={to})", at.offset),
+            )
         })?;
         if let Some(v) = &values
             && v.num_rows() != rows
         {
-            let at = first.unwrap_or(RecordPosition { partition: -1, offset: -1 });
+            let at = first.unwrap_or(RecordPosition {
+                partition: -1,
+                offset: -1,
+            });
             return Err(self.malformed(
                 at,
                 format!("decoded {} rows from {rows} records", v.num_rows()),
@@ -229,14 +241,17 @@ impl RecordDecoder {
             .columns
             .iter()
             .map(|c| match c {
-                OutputColumn::Value(i) => Arc::clone(values.as_ref().expect("values decoded").column(*i)),
+                OutputColumn::Value(i) => {
+                    Arc::clone(values.as_ref().expect("values decoded").column(*i))
+                }
                 OutputColumn::Key => Arc::clone(&keys),
                 OutputColumn::Partition => Arc::clone(&partitions),
                 OutputColumn::Offset => Arc::clone(&offsets),
                 OutputColumn::Timestamp => Arc::clone(&timestamps),
             })
             .collect();
-        let options = datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
+        let options =
+            datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows));
         Ok(Some(RecordBatch::try_new_with_options(
             Arc::clone(&self.output_schema),
             arrays,

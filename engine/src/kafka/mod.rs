@@ -110,7 +110,9 @@ impl TableProviderFactory for KafkaTableFactory {
 impl KafkaTableFactory {
     fn source_spec(&self, cmd: &CreateExternalTable) -> Result<KafkaSourceSpec> {
         let table = cmd.name.to_string();
-        let topic = crate::files::single_location(&table, &cmd.locations)?.trim().to_string();
+        let topic = crate::files::single_location(&table, &cmd.locations)?
+            .trim()
+            .to_string();
         if topic.is_empty() {
             return Err(EngineError::plan(format!(
                 "table '{table}': LOCATION must name the Kafka topic"
@@ -236,15 +238,18 @@ fn table_schema(table: &str, declared: &Schema, format: RecordFormat) -> Result<
         }
     }
     if format == RecordFormat::Raw
-        && (fields.len() != 1 || !matches!(fields[0].data_type(), DataType::Utf8 | DataType::Utf8View))
+        && (fields.len() != 1
+            || !matches!(fields[0].data_type(), DataType::Utf8 | DataType::Utf8View))
     {
         return Err(EngineError::plan(format!(
             "table '{table}': format 'raw' has one VARCHAR column (the record value)"
         )));
     }
     fields.push(Field::new(KEY_COLUMN, DataType::Utf8, true));
-    fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
-    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
+    // Nullable, so that a Kafka sink can be written with a column list
+    // (`INSERT INTO t (a, b, _key) SELECT ...`), the rest left NULL.
+    fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, true));
+    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, true));
     fields.push(Field::new(
         TIMESTAMP_COLUMN,
         DataType::Timestamp(TimeUnit::Millisecond, None),

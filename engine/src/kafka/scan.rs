@@ -12,7 +12,9 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -48,8 +50,7 @@ impl KafkaScanExec {
         projection: Option<Vec<usize>>,
         ranges: Vec<OffsetRange>,
     ) -> Result<Self> {
-        let projection =
-            projection.unwrap_or_else(|| (0..source.schema.fields().len()).collect());
+        let projection = projection.unwrap_or_else(|| (0..source.schema.fields().len()).collect());
         let schema = Arc::new(source.schema.project(&projection)?);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
@@ -82,7 +83,12 @@ impl KafkaScanExec {
 
 impl DisplayAs for KafkaScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let columns: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let columns: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         write!(
             f,
             "KafkaScanExec: topic={}, format={:?}, columns=[{}], ranges={}",
@@ -187,14 +193,15 @@ impl RangeReader {
             bootstrap: self.source.bootstrap_servers.clone(),
             message: e.to_string(),
         };
-        let consumer: StreamConsumer = client_config(&self.source.bootstrap_servers, &self.source.client_options)
-            .set("group.id", "spate-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // Offsets that retention removed are an error, never a silent reset.
-            .set("auto.offset.reset", "error")
-            .create()
-            .map_err(kafka_error)?;
+        let consumer: StreamConsumer =
+            client_config(&self.source.bootstrap_servers, &self.source.client_options)
+                .set("group.id", "spate-reader")
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                // Offsets that retention removed are an error, never a silent reset.
+                .set("auto.offset.reset", "error")
+                .create()
+                .map_err(kafka_error)?;
         let mut decoder = RecordDecoder::new(
             &self.source,
             &self.projection,

@@ -1,0 +1,189 @@
+//! The spine end to end: master and workers as real processes on loopback,
+//! Kafka as librdkafka's mock cluster, sinks checked row for row against
+//! DataFusion over the same records.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use rdkafka::mocking::MockCluster;
+
+const SALES_COLUMNS: &str =
+    "id BIGINT, customer VARCHAR, revenue DOUBLE, country VARCHAR, \"timestamp\" TIMESTAMP";
+const OUT_COLUMNS: &str = "id BIGINT, customer VARCHAR, revenue_cents BIGINT, country VARCHAR, ts TIMESTAMP, p INT, o BIGINT";
+
+fn filter_job(bootstrap: &str) -> String {
+    format!(
+        "-- big sales outside France, with where each record came from
+        CREATE EXTERNAL TABLE sales ({SALES_COLUMNS})
+        STORED AS KAFKA LOCATION 'sales'
+        OPTIONS ('bootstrap.servers' '{bootstrap}', 'format' 'json', 'max_offsets_per_trigger' '300');
+        CREATE EXTERNAL TABLE out ({OUT_COLUMNS}) STORED AS PARQUET LOCATION 'output/filtered/';
+        SET spate.trigger.interval = '100ms';
+        INSERT INTO out
+        SELECT id, upper(customer), CAST(revenue * 100 AS BIGINT), country, \"timestamp\", _partition, _offset
+        FROM sales WHERE revenue > 100 AND country <> 'FR';"
+    )
+}
+
+const REFERENCE_QUERY: &str = "SELECT id, upper(customer) AS customer, CAST(revenue * 100 AS BIGINT) AS revenue_cents, \
+     country, \"timestamp\" AS ts FROM sales WHERE revenue > 100 AND country <> 'FR' ORDER BY id";
+const SINK_QUERY: &str = "SELECT id, customer, revenue_cents, country, ts FROM out ORDER BY id";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 4, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let ws = tempfile::tempdir().unwrap();
+    let mut master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    let url = master.url();
+    let _w1 = start_worker(&url, ws.path(), "w1");
+    let _w2 = start_worker(&url, ws.path(), "w2");
+
+    produce_sales(&bootstrap, "sales", 0..4000, 4).await;
+    let id = submit(&url, "filtered", &filter_job(&bootstrap))
+        .await
+        .unwrap();
+    assert_eq!(id, "filtered");
+    wait_until(
+        "three committed batches",
+        Duration::from_secs(120),
+        || async { job(&url, &id).await.is_some_and(|j| j.batches >= 3) },
+    )
+    .await;
+
+    // Tasks run on the workers, and on both of them.
+    let seen = workers(&url).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for w in &seen {
+        assert!(
+            w.tasks_succeeded > 0,
+            "worker {} ran no task: {seen:?}",
+            w.worker_id
+        );
+        assert_eq!(w.state, "ALIVE");
+    }
+
+    // Kill the master mid-stream; more records arrive while it is down.
+    master.proc.kill();
+    produce_sales(&bootstrap, "sales", 4000..8000, 4).await;
+    let master = start_master(ws.path(), &master.grpc, &[]);
+    let url = master.url();
+    wait_for_input_rows(&url, &id, 8000).await;
+    let resumed = job(&url, &id).await.unwrap();
+    assert_eq!(resumed.state, "RUNNING");
+    assert_eq!(
+        resumed.input_rows, 8000,
+        "no record is read twice: {resumed:?}"
+    );
+
+    let got = query_sink(
+        ws.path(),
+        "output/filtered/",
+        OUT_COLUMNS,
+        "PARQUET",
+        SINK_QUERY,
+    )
+    .await;
+    let want = reference(0..8000, SALES_COLUMNS, REFERENCE_QUERY).await;
+    assert_eq!(got, want);
+    // Every row sits where its record was produced: record i is offset i/4 of partition i%4.
+    let misplaced = query_sink(
+        ws.path(),
+        "output/filtered/",
+        OUT_COLUMNS,
+        "PARQUET",
+        "SELECT count(*) AS n FROM out WHERE p <> id % 4 OR o <> id / 4",
+    )
+    .await;
+    assert!(misplaced.contains("| 0 |"), "{misplaced}");
+
+    // The workers came back to the new master by themselves.
+    wait_until(
+        "both workers to reconnect",
+        Duration::from_secs(30),
+        || async {
+            workers(&url)
+                .await
+                .iter()
+                .filter(|w| w.state == "ALIVE")
+                .count()
+                == 2
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_jobs_are_refused_with_one_clear_error_and_nothing_submitted() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 4, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    let url = master.url();
+    let good = filter_job(&bootstrap);
+    let cases = [
+        (
+            "syntax",
+            good.replace("SELECT id", "SELEC id"),
+            "syntax error",
+        ),
+        (
+            "option",
+            good.replace("'format' 'json'", "'fromat' 'json'"),
+            "unknown option 'fromat'",
+        ),
+        (
+            "stored",
+            good.replace("STORED AS PARQUET", "STORED AS AVRO"),
+            "STORED AS AVRO is not supported",
+        ),
+        (
+            "topic",
+            good.replace("LOCATION 'sales'", "LOCATION 'no_such_topic'"),
+            "topic 'no_such_topic' does not exist",
+        ),
+        (
+            "escape",
+            good.replace("'output/filtered/'", "'../outside/'"),
+            "outside the workspace",
+        ),
+        (
+            "column",
+            good.replace("upper(customer)", "upper(custmer)"),
+            "custmer",
+        ),
+    ];
+    for (name, sql, expected) in cases {
+        let file = ws.path().join(format!("{name}.sql"));
+        std::fs::write(&file, sql).unwrap();
+        let out = Command::new(bin("driver"))
+            .args(["submit", file.to_str().unwrap(), "--master", &url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected '{expected}' in: {stderr}"
+        );
+        assert!(stderr.starts_with("error: "), "{name}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{name}: {stderr}"
+        );
+    }
+    let mut c = client(&url).await;
+    let jobs = c
+        .list_jobs(spate_proto::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(jobs.is_empty(), "refused jobs were registered: {jobs:?}");
+    assert!(!ws.path().join("_spate/checkpoints").exists());
+}

@@ -1,0 +1,288 @@
+//! Test harness: Spate's binaries as real processes on loopback ports, Kafka
+//! as librdkafka's mock cluster, and the reference answer computed by
+//! DataFusion in this process over the same records.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use spate_proto::client_service_client::ClientServiceClient;
+use spate_proto::{JobInfo, ListJobsRequest, ListWorkersRequest, SubmitJobRequest, WorkerInfo};
+
+/// A binary of this workspace, built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a binary and returns it with the first stdout line that contains `ready`.
+fn spawn_until(name: &str, args: &[String], ready: &str) -> (Proc, String) {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn,spate_master=info,spate_worker=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains(ready) => break line,
+            Some(Ok(_)) => continue,
+            _ => panic!("{name} exited before printing '{ready}'"),
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (
+        Proc {
+            child,
+            name: name.to_string(),
+        },
+        line,
+    )
+}
+
+pub struct MasterProc {
+    pub proc: Proc,
+    pub grpc: String,
+    pub http: String,
+}
+
+impl MasterProc {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// Starts `master` on `grpc` (use "127.0.0.1:0" for any port).
+pub fn start_master(workspace: &Path, grpc: &str, extra: &[&str]) -> MasterProc {
+    let mut args = vec![
+        "--bind".to_string(),
+        grpc.to_string(),
+        "--ui-bind".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--workspace".to_string(),
+        workspace.display().to_string(),
+        "--worker-timeout".to_string(),
+        "3".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (proc, line) = spawn_until("master", &args, "spate master:");
+    // "spate master: gRPC on 127.0.0.1:PORT, web UI on http://127.0.0.1:PORT"
+    let grpc = line
+        .split("gRPC on ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let http = line.split("web UI on ").nth(1).unwrap().trim().to_string();
+    MasterProc { proc, grpc, http }
+}
+
+pub fn start_worker(master_url: &str, workspace: &Path, id: &str) -> Proc {
+    let args: Vec<String> = [
+        "--master",
+        master_url,
+        "--workspace",
+        &workspace.display().to_string(),
+        "--id",
+        id,
+        "--slots",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    spawn_until("worker", &args, "connecting to").0
+}
+
+pub async fn client(url: &str) -> ClientServiceClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ClientServiceClient::connect(url.to_string()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("cannot reach master {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+pub async fn submit(url: &str, name: &str, sql: &str) -> Result<String, tonic::Status> {
+    let mut c = client(url).await;
+    let r = c
+        .submit_job(SubmitJobRequest {
+            sql: sql.to_string(),
+            name: name.to_string(),
+            origin: format!("{name}.sql"),
+            secret: String::new(),
+        })
+        .await?;
+    Ok(r.into_inner().job_id)
+}
+
+pub async fn job(url: &str, id: &str) -> Option<JobInfo> {
+    let mut c = client(url).await;
+    let jobs = c
+        .list_jobs(ListJobsRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .jobs;
+    jobs.into_iter().find(|j| j.job_id == id)
+}
+
+pub async fn workers(url: &str) -> Vec<WorkerInfo> {
+    let mut c = client(url).await;
+    c.list_workers(ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+}
+
+/// Polls until `check` holds; a deadline guards against a hang, it measures nothing.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the job has read `rows` input rows, failing fast if it fails.
+pub async fn wait_for_input_rows(url: &str, id: &str, rows: u64) {
+    wait_until(
+        &format!("job {id} to read {rows} rows"),
+        Duration::from_secs(180),
+        || async {
+            match job(url, id).await {
+                Some(j) if j.state == "FAILED" => panic!("job {id} failed: {}", j.error),
+                Some(j) => j.input_rows >= rows,
+                None => false,
+            }
+        },
+    )
+    .await;
+}
+
+/// The sales record of test index `i`: known content, partition `i % partitions`.
+pub fn sale(i: u64) -> serde_json::Value {
+    const CUSTOMERS: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace"];
+    const COUNTRIES: &[&str] = &["US", "DE", "FR", "GB", "IN"];
+    serde_json::json!({
+        "id": i,
+        "customer": CUSTOMERS[(i % 7) as usize],
+        "revenue": ((i * 37) % 500) as f64 + 0.25,
+        "country": COUNTRIES[(i % 5) as usize],
+        "timestamp": format!("2026-11-21T10:{:02}:{:02}.000Z", (i / 60) % 60, i % 60),
+    })
+}
+
+/// Produces records `range` of `sale`, record i to partition i % partitions, in order.
+pub async fn produce_sales(
+    bootstrap: &str,
+    topic: &str,
+    range: std::ops::Range<u64>,
+    partitions: u64,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for i in range {
+        let payload = sale(i).to_string();
+        let key = format!("k{}", i % 10);
+        let record = FutureRecord::to(topic)
+            .payload(&payload)
+            .key(&key)
+            .partition((i % partitions) as i32);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for d in deliveries {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+/// The query's answer computed by DataFusion alone over the same records,
+/// written as JSON lines; `columns` is the table's DDL column list.
+pub async fn reference(records: std::ops::Range<u64>, columns: &str, query: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sales.json");
+    let lines: Vec<String> = records.map(|i| sale(i).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let ctx = SessionContext::new();
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE sales ({columns}) STORED AS JSON LOCATION '{}'",
+        file.display()
+    ))
+    .await
+    .unwrap();
+    let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// Runs `query` over a Spate file sink's committed output, registered as `out`.
+pub async fn query_sink(
+    workspace: &Path,
+    dir: &str,
+    columns: &str,
+    format: &str,
+    query: &str,
+) -> String {
+    let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv {
+        workspace: spate_engine::Workspace::open(workspace).unwrap(),
+        default_bootstrap_servers: String::new(),
+    });
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE out ({columns}) STORED AS {format} LOCATION '{dir}'"
+    ))
+    .await
+    .unwrap();
+    let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
