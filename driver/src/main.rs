@@ -424,7 +424,7 @@ fn table(header: &[&str]) -> Table {
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header.iter().map(|h| Cell::new(h)).collect::<Vec<_>>());
+        .set_header(header.iter().map(Cell::new).collect::<Vec<_>>());
     table
 }
 

@@ -62,7 +62,7 @@ impl SalesGenerator {
             revenue_counter: *total,
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             country: COUNTRIES[c % COUNTRIES.len()],
-            gender: if c % 2 == 0 { "F" } else { "M" },
+            gender: if c.is_multiple_of(2) { "F" } else { "M" },
             ip: format!(
                 "{}.{}.{}.{}",
                 10 + c % 200,

@@ -117,6 +117,23 @@ pub fn manifest_path(sink_dir: &str, batch: u64) -> String {
     format!("{}/{batch}.json", manifests_dir(sink_dir))
 }
 
+/// Commits a batch to a file sink: one manifest names its files. Until it is
+/// written readers see none of them; once written, all.
+pub async fn commit_batch(
+    ws: &Workspace,
+    sink_dir: &str,
+    batch: u64,
+    mut files: Vec<String>,
+    rows: u64,
+) -> Result<()> {
+    files.sort();
+    ws.put_json(
+        &manifest_path(sink_dir, batch),
+        &SinkManifest { batch, files, rows },
+    )
+    .await
+}
+
 /// Batches committed to a file sink, in order.
 pub async fn committed_batches(ws: &Workspace, sink_dir: &str) -> Result<Vec<u64>> {
     let mut batches: Vec<u64> = ws

@@ -247,10 +247,7 @@ impl Cluster {
     /// Hands queued tasks to workers with free slots.
     pub fn schedule(&self) {
         let mut state = self.lock();
-        loop {
-            let Some(front) = state.pending.front() else {
-                break;
-            };
+        while let Some(front) = state.pending.front() {
             if front.reply.is_closed() {
                 state.pending.pop_front();
                 continue;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry};
-use spate_engine::files::{SinkManifest, manifest_path};
+use spate_engine::files::{SinkManifest, commit_batch, manifest_path};
 use spate_engine::job::{PlannedJob, SinkSpec, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
 use spate_engine::task::TaskSpec;
@@ -265,15 +265,7 @@ impl Coordinator {
             }
         }
         if let SinkSpec::Files { dir, .. } = &self.planned.sink {
-            files.sort();
-            let manifest = SinkManifest {
-                batch: entry.batch,
-                files,
-                rows: output_rows,
-            };
-            self.ws
-                .put_json(&manifest_path(dir, entry.batch), &manifest)
-                .await?;
+            commit_batch(&self.ws, dir, entry.batch, files, output_rows).await?;
         }
         Ok(Some((input_rows, output_rows)))
     }

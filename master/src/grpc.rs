@@ -84,24 +84,22 @@ impl WorkerService for WorkerApi {
                     Some(Err(e)) => break format!("its stream failed: {}", e.message()),
                     Some(Ok(message)) => {
                         cluster.heartbeat(&worker_id);
-                        match message.kind {
-                            Some(worker_message::Kind::TaskUpdate(update)) => {
-                                let end = match TaskState::try_from(update.state) {
-                                    Ok(TaskState::Succeeded) => {
-                                        let r = update.result.unwrap_or_default();
-                                        TaskEnd::Succeeded(TaskOutcome {
-                                            input_rows: r.input_rows,
-                                            output_rows: r.output_rows,
-                                            output_files: r.output_files,
-                                            duration_ms: r.duration_ms,
-                                        })
-                                    }
-                                    Ok(TaskState::Failed) => TaskEnd::Failed(update.error),
-                                    _ => continue,
-                                };
-                                cluster.task_ended(&worker_id, &update.task_id, end);
-                            }
-                            Some(_) | None => {}
+                        // Any message is a sign of life; heartbeats carry nothing else yet.
+                        if let Some(worker_message::Kind::TaskUpdate(update)) = message.kind {
+                            let end = match TaskState::try_from(update.state) {
+                                Ok(TaskState::Succeeded) => {
+                                    let r = update.result.unwrap_or_default();
+                                    TaskEnd::Succeeded(TaskOutcome {
+                                        input_rows: r.input_rows,
+                                        output_rows: r.output_rows,
+                                        output_files: r.output_files,
+                                        duration_ms: r.duration_ms,
+                                    })
+                                }
+                                Ok(TaskState::Failed) => TaskEnd::Failed(update.error),
+                                _ => continue,
+                            };
+                            cluster.task_ended(&worker_id, &update.task_id, end);
                         }
                     }
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     ArrayRef, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::{csv, json};
 
@@ -24,7 +24,7 @@ pub(crate) struct RecordPosition {
 enum ValueDecoder {
     /// No declared column is projected: values are not decoded at all.
     Skip,
-    Json(json::reader::Decoder),
+    Json(Box<json::reader::Decoder>),
     Csv(csv::reader::Decoder),
     Raw(StringBuilder),
 }
@@ -89,11 +89,11 @@ impl RecordDecoder {
         } else {
             let decoded_schema = Arc::new(spec.schema.project(&value_indices)?);
             match spec.format {
-                RecordFormat::Json => ValueDecoder::Json(
+                RecordFormat::Json => ValueDecoder::Json(Box::new(
                     json::ReaderBuilder::new(decoded_schema)
                         .with_batch_size(batch_size.max(1))
                         .build_decoder()?,
-                ),
+                )),
                 RecordFormat::Csv => {
                     // CSV is positional: the decoder sees every declared
                     // column and keeps the projected ones.
@@ -196,29 +196,30 @@ impl RecordDecoder {
         }
         let rows = std::mem::take(&mut self.rows);
         let (first, last) = (self.first.take(), self.last.take());
-        let values: Option<RecordBatch> = match &mut self.values {
-            ValueDecoder::Skip => None,
-            ValueDecoder::Json(d) => d.flush()?,
-            ValueDecoder::Csv(d) => d.flush()?,
-            ValueDecoder::Raw(b) => Some(RecordBatch::try_new(
-                Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new(
-                    "value",
-                    datafusion::arrow::datatypes::DataType::Utf8,
-                    true,
-                )])),
+        let decoded: std::result::Result<
+            Option<RecordBatch>,
+            datafusion::arrow::error::ArrowError,
+        > = match &mut self.values {
+            ValueDecoder::Skip => Ok(None),
+            ValueDecoder::Json(d) => d.flush(),
+            ValueDecoder::Csv(d) => d.flush(),
+            ValueDecoder::Raw(b) => RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)])),
                 vec![Arc::new(b.finish()) as ArrayRef],
-            )?),
-        }
-        .map_or(Ok(None), |b| Ok::<_, EngineError>(Some(b)))
-        .map_err(|e| {
+            )
+            .map(Some),
+        };
+        // Type errors surface only when the buffered records are converted,
+        // so they are reported with the range that holds the culprit.
+        let values = decoded.map_err(|e| {
             let at = first.unwrap_or(RecordPosition {
                 partition: -1,
                 offset: -1,
             });
-            let to = last.map(|l| l.offset).unwrap_or(at.offset);
+            let to = last.map_or(at.offset, |l| l.offset);
             self.malformed(
                 at,
-                format!("{e} (somewhere in offsets {}..={to})", at.offset),
+                format!("{e} (a record in offsets {}..={to})", at.offset),
             )
         })?;
         if let Some(v) = &values

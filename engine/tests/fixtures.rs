@@ -1,0 +1,222 @@
+//! SQL fixtures with golden outputs. Each `fixtures/<name>.sql` is a job
+//! whose Kafka input is the file named in its first line; the test produces
+//! that file to a 2-partition topic of the development broker, plans the
+//! job, runs one task per partition through the plan codec as workers do,
+//! commits the batch and compares the sink with `<name>.golden`.
+//! `SPATE_UPDATE_GOLDEN=1 cargo test -p spate-engine` rewrites the goldens.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use spate_engine::files::commit_batch;
+use spate_engine::job::{PlanEnv, SinkSpec, plan_job, session};
+use spate_engine::kafka::DevBroker;
+use spate_engine::task::{TaskSpec, run_task};
+use spate_engine::{OffsetRange, Workspace};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Produces each line of `input` to `topic`, alternating partitions 0 and 1;
+/// returns the record count per partition.
+async fn produce_lines(broker: &DevBroker, topic: &str, input: &str) -> [i64; 2] {
+    broker.create_topic(topic, 2).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .create()
+        .unwrap();
+    let mut counts = [0i64; 2];
+    for (i, line) in input.lines().enumerate() {
+        let partition = (i % 2) as i32;
+        let key = format!("k{i}");
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .payload(line)
+                    .key(&key)
+                    .partition(partition),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        counts[partition as usize] += 1;
+    }
+    counts
+}
+
+/// Plans `sql` and runs batch 0 over `[0, count)` of each partition.
+async fn run_batch(
+    ws: &Workspace,
+    broker: &DevBroker,
+    topic: &str,
+    sql: &str,
+    counts: [i64; 2],
+) -> spate_engine::Result<SinkSpec> {
+    let env = PlanEnv {
+        workspace: ws.clone(),
+        default_bootstrap_servers: broker.bootstrap_servers().to_string(),
+    };
+    let sql = sql.replace("{bootstrap}", broker.bootstrap_servers());
+    let planned = plan_job(&env, &sql, "fixture").await?;
+    let mut files = Vec::new();
+    let mut rows = 0;
+    for (partition, count) in counts.iter().enumerate() {
+        let task = TaskSpec {
+            job_id: "fixture".into(),
+            batch_id: 0,
+            attempt_id: "a1".into(),
+            task_index: partition as u32,
+            plan: planned.plan.clone(),
+            ranges: vec![OffsetRange {
+                topic: topic.to_string(),
+                partition: partition as i32,
+                start: 0,
+                end: *count,
+            }],
+            sink: planned.sink.clone(),
+        };
+        let outcome = run_task(ws, &task).await?;
+        assert_eq!(
+            outcome.input_rows, *count as u64,
+            "every record of the range is read once"
+        );
+        rows += outcome.output_rows;
+        files.extend(outcome.output_files);
+    }
+    if let SinkSpec::Files { dir, .. } = &planned.sink {
+        commit_batch(ws, dir, 0, files, rows).await?;
+    }
+    Ok(planned.sink)
+}
+
+/// The committed sink, every column sorted, as a table.
+async fn read_sink(ws: &Workspace, sink: &SinkSpec) -> String {
+    let SinkSpec::Files { dir, format, .. } = sink else {
+        panic!("fixtures write files")
+    };
+    let ctx = session(&PlanEnv {
+        workspace: ws.clone(),
+        default_bootstrap_servers: String::new(),
+    });
+    let stored_as = format!("{format:?}").to_uppercase();
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE result STORED AS {stored_as} LOCATION '{dir}'"
+    ))
+    .await
+    .unwrap();
+    let columns = ctx.table("result").await.unwrap().schema().fields().len();
+    let order: Vec<String> = (1..=columns).map(|i| i.to_string()).collect();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT * FROM result ORDER BY {}",
+            order.join(", ")
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn sql_fixtures_match_their_golden_outputs() {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "fixtures are missing");
+    let broker = DevBroker::start().unwrap();
+    for sql_path in names {
+        let sql = std::fs::read_to_string(&sql_path).unwrap();
+        let input_name = sql
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("-- input: "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: first line must be '-- input: FILE (format)'",
+                    sql_path.display()
+                )
+            });
+        let input = std::fs::read_to_string(fixtures().join(input_name)).unwrap();
+        let topic = Path::new(input_name).file_stem().unwrap().to_str().unwrap();
+        let counts = produce_lines(&broker, topic, &input).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let sink = run_batch(&ws, &broker, topic, &sql, counts)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", sql_path.display()));
+        let got = read_sink(&ws, &sink).await;
+        let golden = sql_path.with_extension("golden");
+        if std::env::var_os("SPATE_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, format!("{got}\n")).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
+            panic!(
+                "{} is missing; SPATE_UPDATE_GOLDEN=1 writes it",
+                golden.display()
+            )
+        });
+        assert_eq!(got.trim_end(), want.trim_end(), "{}", sql_path.display());
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_record_is_an_error_naming_topic_partition_and_offset() {
+    let broker = DevBroker::start().unwrap();
+    let input = "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\n{\"id\": 3, \"name\": \nnot json at all\n";
+    let counts = produce_lines(&broker, "broken", input).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path()).unwrap();
+    let sql =
+        "CREATE EXTERNAL TABLE broken (id BIGINT, name VARCHAR) STORED AS KAFKA LOCATION 'broken'
+               OPTIONS ('bootstrap.servers' '{bootstrap}');
+               CREATE EXTERNAL TABLE out (id BIGINT) STORED AS JSON LOCATION 'out/';
+               INSERT INTO out SELECT id FROM broken;";
+    let err = run_batch(&ws, &broker, "broken", sql, counts)
+        .await
+        .unwrap_err()
+        .unwrap_datafusion()
+        .to_string();
+    // Line 3 (`{"id": 3, "name": `) is record 1 of partition 0.
+    assert!(
+        err.contains("malformed record in topic 'broken' partition 0 at offset 1"),
+        "{err}"
+    );
+    assert!(
+        spate_engine::files::committed_files(&ws, "out")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing committed"
+    );
+}
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_is_an_error_naming_its_range() {
+    let broker = DevBroker::start().unwrap();
+    let input = "{\"id\": 1}\n{\"id\": 2}\n{\"id\": \"three\"}\n";
+    let counts = produce_lines(&broker, "typed", input).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path()).unwrap();
+    let sql = "CREATE EXTERNAL TABLE typed (id BIGINT) STORED AS KAFKA LOCATION 'typed'
+               OPTIONS ('bootstrap.servers' '{bootstrap}');
+               CREATE EXTERNAL TABLE out (id BIGINT) STORED AS JSON LOCATION 'out/';
+               INSERT INTO out SELECT id FROM typed;";
+    let err = run_batch(&ws, &broker, "typed", sql, counts)
+        .await
+        .unwrap_err()
+        .unwrap_datafusion()
+        .to_string();
+    assert!(err.contains("topic 'typed' partition 0"), "{err}");
+    assert!(err.contains("three"), "{err}");
+}
