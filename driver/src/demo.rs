@@ -10,9 +10,11 @@ use std::time::Duration;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use spate_engine::Workspace;
+use spate_engine::checkpoint::Checkpoint;
 use spate_engine::files::{FileFormatKind, SinkManifest, committed_batches, manifest_path};
-use spate_engine::job::{PlanEnv, SinkSpec, plan_job};
+use spate_engine::job::{PlanEnv, PlannedJob, SinkSpec, plan_job};
 use spate_engine::kafka::DevBroker;
+use spate_engine::workspace::SPATE_DIR;
 use spate_proto::SubmitJobRequest;
 use spate_proto::client_service_client::ClientServiceClient;
 
@@ -43,9 +45,22 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     let sql = std::fs::read_to_string(&args.job)
         .map_err(|e| DriverError::Usage(format!("cannot read {}: {e}", args.job.display())))?;
+    let name = args
+        .job
+        .file_stem()
+        .map_or_else(|| "demo".to_string(), |s| s.to_string_lossy().into_owned());
     let broker = DevBroker::start()?;
     broker.create_topic("sales", 4)?;
     let bootstrap = broker.bootstrap_servers().to_string();
+    let ws = Workspace::open(&args.workspace)?;
+    let env = PlanEnv {
+        workspace: ws.clone(),
+        default_bootstrap_servers: bootstrap.clone(),
+    };
+    let planned = plan_job(&env, &sql, &name)
+        .await
+        .map_err(|e| DriverError::Usage(format!("{}: {e}", args.job.display())))?;
+    forget_previous_run(&ws, &planned).await?;
 
     let mut config = spate_master::MasterConfig::new(&args.workspace);
     config.grpc_addr = args.bind;
@@ -79,18 +94,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         })
     };
 
-    let name = args
-        .job
-        .file_stem()
-        .map_or_else(|| "demo".to_string(), |s| s.to_string_lossy().into_owned());
-    let ws = Workspace::open(&args.workspace)?;
-    let env = PlanEnv {
-        workspace: ws.clone(),
-        default_bootstrap_servers: bootstrap.clone(),
-    };
-    let planned = plan_job(&env, &sql, &name)
-        .await
-        .map_err(|e| DriverError::Usage(format!("{}: {e}", args.job.display())))?;
     let mut client = ClientServiceClient::connect(master_url.clone())
         .await
         .map_err(|e| DriverError::Connect {
@@ -144,6 +147,26 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     }
     master.shutdown().await;
     drop(broker);
+    Ok(())
+}
+
+/// The demo's Kafka is new on every run, so offsets in an earlier run's
+/// checkpoint mean nothing to it: the job, its checkpoint and its output
+/// start afresh rather than resume against the wrong offsets.
+async fn forget_previous_run(ws: &Workspace, planned: &PlannedJob) -> Result<(), DriverError> {
+    let job = &planned.name;
+    let checkpoint = Checkpoint::new(ws, job);
+    if checkpoint.latest_offsets().await?.is_none() {
+        return Ok(());
+    }
+    checkpoint.delete().await?;
+    ws.delete_dir(&format!("{SPATE_DIR}/jobs/{job}")).await?;
+    if let SinkSpec::Files { dir, .. } = &planned.sink {
+        ws.delete_dir(dir).await?;
+    }
+    println!(
+        "(a new demo Kafka starts empty: cleared the previous demo run of job {job} and its output)"
+    );
     Ok(())
 }
 

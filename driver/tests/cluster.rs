@@ -67,6 +67,43 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
         assert_eq!(w.state, "ALIVE");
     }
 
+    // The web UI and its JSON twins show the same cluster.
+    let http = master.http.clone();
+    let api: serde_json::Value = reqwest::get(format!("{http}/api/v1/workers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["w1", "w2"]);
+    assert!(
+        api.as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "ALIVE" && w["slots"] == 2)
+    );
+    let jobs: serde_json::Value = reqwest::get(format!("{http}/api/v1/jobs"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jobs[0]["id"], "filtered");
+    assert_eq!(jobs[0]["state"], "RUNNING");
+    assert!(jobs[0]["batches"].as_u64().unwrap() >= 3);
+    let page = reqwest::get(&http).await.unwrap().text().await.unwrap();
+    for expected in [
+        "Workers", "w1", "w2", "ALIVE", "Jobs", "filtered", "RUNNING",
+    ] {
+        assert!(page.contains(expected), "the UI page lacks {expected}");
+    }
+
     // Kill the master mid-stream; more records arrive while it is down.
     master.proc.kill();
     produce_sales(&bootstrap, "sales", 4000..8000, 4).await;
@@ -186,4 +223,53 @@ async fn bad_jobs_are_refused_with_one_clear_error_and_nothing_submitted() {
         .jobs;
     assert!(jobs.is_empty(), "refused jobs were registered: {jobs:?}");
     assert!(!ws.path().join("_spate/checkpoints").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 4, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    let url = master.url();
+    let _worker = start_worker(&url, ws.path(), "w1");
+    produce_sales(&bootstrap, "sales", 0..1000, 4).await;
+    let id = submit(&url, "filtered", &filter_job(&bootstrap))
+        .await
+        .unwrap();
+    wait_for_input_rows(&url, &id, 1000).await;
+
+    kafka.broker_down(1).unwrap();
+    wait_until(
+        "the job to say it waits for Kafka",
+        Duration::from_secs(60),
+        || async {
+            job(&url, &id)
+                .await
+                .is_some_and(|j| j.state == "WAITING" && j.error.contains("kafka"))
+        },
+    )
+    .await;
+    kafka.broker_up(1).unwrap();
+    produce_sales(&bootstrap, "sales", 1000..2000, 4).await;
+    wait_for_input_rows(&url, &id, 2000).await;
+    let recovered = job(&url, &id).await.unwrap();
+    assert_eq!(
+        (recovered.state.as_str(), recovered.input_rows),
+        ("RUNNING", 2000)
+    );
+
+    let got = query_sink(
+        ws.path(),
+        "output/filtered/",
+        OUT_COLUMNS,
+        "PARQUET",
+        SINK_QUERY,
+    )
+    .await;
+    assert_eq!(
+        got,
+        reference(0..2000, SALES_COLUMNS, REFERENCE_QUERY).await
+    );
 }

@@ -44,6 +44,11 @@ impl Checkpoint {
         }
     }
 
+    /// Removes the whole checkpoint, so the job starts afresh.
+    pub async fn delete(&self) -> Result<()> {
+        self.ws.delete_dir(&self.dir).await
+    }
+
     async fn latest_in(&self, log: &str) -> Result<Option<u64>> {
         let names = self.ws.list_names(&format!("{}/{log}", self.dir)).await?;
         Ok(names.iter().filter_map(|n| n.parse::<u64>().ok()).max())

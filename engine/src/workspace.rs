@@ -161,6 +161,22 @@ impl Workspace {
         Ok(names)
     }
 
+    /// Deletes everything below `dir`.
+    pub async fn delete_dir(&self, dir: &str) -> Result<()> {
+        use futures::TryStreamExt;
+        let prefix = StorePath::from(dir);
+        let locations: Vec<StorePath> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        for location in locations {
+            self.delete(location.as_ref()).await?;
+        }
+        Ok(())
+    }
+
     pub async fn delete(&self, relative: &str) -> Result<()> {
         match self.store.delete(&StorePath::from(relative)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

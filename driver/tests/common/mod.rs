@@ -81,6 +81,7 @@ fn spawn_until(name: &str, args: &[String], ready: &str) -> (Proc, String) {
 pub struct MasterProc {
     pub proc: Proc,
     pub grpc: String,
+    /// The web UI's URL, http://...
     pub http: String,
 }
 

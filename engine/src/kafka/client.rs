@@ -2,6 +2,7 @@
 //! administration for the driver, and the Kafka sink's producer.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
@@ -38,10 +39,12 @@ pub struct PartitionOffsets {
     pub high: i64,
 }
 
-/// Metadata and offsets requests against one cluster.
+/// Metadata and offsets requests against one cluster. One client serves
+/// every request, so a coordinator asking each trigger keeps its connection.
 pub struct KafkaAdmin {
     bootstrap: String,
     options: BTreeMap<String, String>,
+    consumer: Mutex<Option<Arc<BaseConsumer>>>,
 }
 
 impl KafkaAdmin {
@@ -49,6 +52,7 @@ impl KafkaAdmin {
         KafkaAdmin {
             bootstrap: bootstrap.to_string(),
             options: options.clone(),
+            consumer: Mutex::new(None),
         }
     }
 
@@ -59,10 +63,18 @@ impl KafkaAdmin {
         }
     }
 
-    fn consumer(&self) -> Result<BaseConsumer> {
-        client_config(&self.bootstrap, &self.options)
-            .create()
-            .map_err(|e| self.error(e.to_string()))
+    fn consumer(&self) -> Result<Arc<BaseConsumer>> {
+        let mut cached = self.consumer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(consumer) = cached.as_ref() {
+            return Ok(Arc::clone(consumer));
+        }
+        let consumer: Arc<BaseConsumer> = Arc::new(
+            client_config(&self.bootstrap, &self.options)
+                .create()
+                .map_err(|e| self.error(e.to_string()))?,
+        );
+        *cached = Some(Arc::clone(&consumer));
+        Ok(consumer)
     }
 
     /// Partitions of `topic` with their low and high watermarks. A missing

@@ -25,7 +25,7 @@ enum ValueDecoder {
     /// No declared column is projected: values are not decoded at all.
     Skip,
     Json(Box<json::reader::Decoder>),
-    Csv(csv::reader::Decoder),
+    Csv(Box<csv::reader::Decoder>),
     Raw(StringBuilder),
 }
 
@@ -99,12 +99,12 @@ impl RecordDecoder {
                     // column and keeps the projected ones.
                     let all_values: Vec<usize> = (0..value_count).collect();
                     let csv_schema = Arc::new(spec.schema.project(&all_values)?);
-                    ValueDecoder::Csv(
+                    ValueDecoder::Csv(Box::new(
                         csv::ReaderBuilder::new(csv_schema)
                             .with_batch_size(batch_size.max(1))
                             .with_projection(value_indices.clone())
                             .build_decoder(),
-                    )
+                    ))
                 }
                 RecordFormat::Raw => ValueDecoder::Raw(StringBuilder::new()),
             }
