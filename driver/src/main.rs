@@ -318,7 +318,17 @@ async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(_) => create_topic(&admin, topic, partitions).await,
+        Err(_) => {
+            if let Err(e) = create_topic(&admin, topic, partitions).await {
+                // Brokers that auto-create topics (the development broker
+                // does, with 4 partitions) still take the records.
+                eprintln!(
+                    "note: {e}
+producing anyway; the broker may create the topic on first write"
+                );
+            }
+            Ok(())
+        }
     }
 }
 
