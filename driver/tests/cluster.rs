@@ -234,11 +234,27 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
     let master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();
     let _worker = start_worker(&url, ws.path(), "w1");
-    produce_sales(&bootstrap, "sales", 0..1000, 4).await;
+
+    // Submitted while Kafka is down: accepted, and it says what it waits for.
+    kafka.broker_down(1).unwrap();
     let id = submit(&url, "filtered", &filter_job(&bootstrap))
         .await
         .unwrap();
+    wait_until(
+        "the new job to wait for Kafka",
+        Duration::from_secs(60),
+        || async {
+            job(&url, &id)
+                .await
+                .is_some_and(|j| j.state == "WAITING" && j.error.contains("kafka"))
+        },
+    )
+    .await;
+    kafka.broker_up(1).unwrap();
+    produce_sales(&bootstrap, "sales", 0..1000, 4).await;
     wait_for_input_rows(&url, &id, 1000).await;
+
+    // Down while it runs.
 
     kafka.broker_down(1).unwrap();
     wait_until(
@@ -271,5 +287,105 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
     assert_eq!(
         got,
         reference(0..2000, SALES_COLUMNS, REFERENCE_QUERY).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_keeps_failing_fails_the_job_with_its_error() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 4, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    produce_sales(&bootstrap, "sales", 0..40, 4).await;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), str>::to("sales")
+                .payload("not json")
+                .partition(2),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    let url = master.url();
+    let _worker = start_worker(&url, ws.path(), "w1");
+    let sql = filter_job(&bootstrap).replace(
+        "SET spate.trigger.interval = '100ms';",
+        "SET spate.trigger.interval = '100ms'; SET spate.task.max_failures = 2;",
+    );
+    let id = submit(&url, "filtered", &sql).await.unwrap();
+    wait_until("the job to fail", Duration::from_secs(60), || async {
+        job(&url, &id).await.is_some_and(|j| j.state == "FAILED")
+    })
+    .await;
+    let failed = job(&url, &id).await.unwrap();
+    assert!(
+        failed
+            .error
+            .contains("malformed record in topic 'sales' partition 2 at offset 10"),
+        "{}",
+        failed.error
+    );
+    assert!(failed.error.contains("failed 2 times"), "{}", failed.error);
+    assert_eq!(failed.batches, 0, "the failed batch is not committed");
+    let out = Command::new(bin("driver"))
+        .args(["jobs", "--master", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("FAILED") && table.contains("malformed record"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_has_its_tasks_rerun_and_nothing_lost() {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 4, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    let url = master.url();
+    let mut doomed = start_worker(&url, ws.path(), "w1");
+    let _survivor = start_worker(&url, ws.path(), "w2");
+    produce_sales(&bootstrap, "sales", 0..6000, 4).await;
+    let id = submit(&url, "filtered", &filter_job(&bootstrap))
+        .await
+        .unwrap();
+    wait_until(
+        "two committed batches",
+        Duration::from_secs(120),
+        || async { job(&url, &id).await.is_some_and(|j| j.batches >= 2) },
+    )
+    .await;
+    doomed.kill();
+    wait_for_input_rows(&url, &id, 6000).await;
+    let states: Vec<(String, String)> = workers(&url)
+        .await
+        .into_iter()
+        .map(|w| (w.worker_id, w.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![("w1".into(), "DEAD".into()), ("w2".into(), "ALIVE".into())]
+    );
+    assert_eq!(job(&url, &id).await.unwrap().input_rows, 6000);
+    let got = query_sink(
+        ws.path(),
+        "output/filtered/",
+        OUT_COLUMNS,
+        "PARQUET",
+        SINK_QUERY,
+    )
+    .await;
+    assert_eq!(
+        got,
+        reference(0..6000, SALES_COLUMNS, REFERENCE_QUERY).await
     );
 }

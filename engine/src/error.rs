@@ -16,6 +16,9 @@ pub enum EngineError {
     /// Kafka could not be reached or refused a request.
     #[error("kafka ({bootstrap}): {message}")]
     Kafka { bootstrap: String, message: String },
+    /// The topic is not on the cluster (as opposed to the cluster being unreachable).
+    #[error("kafka ({bootstrap}): topic '{topic}' does not exist")]
+    UnknownTopic { bootstrap: String, topic: String },
     /// A record that does not decode in the table's format.
     #[error(
         "malformed record in topic '{topic}' partition {partition} at offset {offset}: {reason}"

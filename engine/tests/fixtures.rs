@@ -170,23 +170,30 @@ async fn sql_fixtures_match_their_golden_outputs() {
     }
 }
 
-#[tokio::test]
-async fn a_malformed_record_is_an_error_naming_topic_partition_and_offset() {
+/// Runs a one-column-pair job over `input` and returns its error and workspace.
+async fn failing_batch(topic: &str, input: &str) -> (String, Workspace, tempfile::TempDir) {
     let broker = DevBroker::start().unwrap();
-    let input = "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\n{\"id\": 3, \"name\": \nnot json at all\n";
-    let counts = produce_lines(&broker, "broken", input).await;
+    let counts = produce_lines(&broker, topic, input).await;
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(dir.path()).unwrap();
-    let sql =
-        "CREATE EXTERNAL TABLE broken (id BIGINT, name VARCHAR) STORED AS KAFKA LOCATION 'broken'
-               OPTIONS ('bootstrap.servers' '{bootstrap}');
-               CREATE EXTERNAL TABLE out (id BIGINT) STORED AS JSON LOCATION 'out/';
-               INSERT INTO out SELECT id FROM broken;";
-    let err = run_batch(&ws, &broker, "broken", sql, counts)
+    let sql = format!(
+        "CREATE EXTERNAL TABLE {topic} (id BIGINT, name VARCHAR) STORED AS KAFKA LOCATION '{topic}'
+         OPTIONS ('bootstrap.servers' '{{bootstrap}}');
+         CREATE EXTERNAL TABLE out (id BIGINT) STORED AS JSON LOCATION 'out/';
+         INSERT INTO out SELECT id FROM {topic};"
+    );
+    let err = run_batch(&ws, &broker, topic, &sql, counts)
         .await
         .unwrap_err()
         .unwrap_datafusion()
         .to_string();
+    (err, ws, dir)
+}
+
+#[tokio::test]
+async fn a_malformed_record_is_an_error_naming_topic_partition_and_offset() {
+    let input = "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\n{\"id\": 3, \"name\": \nnot json at all\n";
+    let (err, ws, _dir) = failing_batch("broken", input).await;
     // Line 3 (`{"id": 3, "name": `) is record 1 of partition 0.
     assert!(
         err.contains("malformed record in topic 'broken' partition 0 at offset 1"),
@@ -203,20 +210,8 @@ async fn a_malformed_record_is_an_error_naming_topic_partition_and_offset() {
 
 #[tokio::test]
 async fn a_value_of_the_wrong_type_is_an_error_naming_its_range() {
-    let broker = DevBroker::start().unwrap();
-    let input = "{\"id\": 1}\n{\"id\": 2}\n{\"id\": \"three\"}\n";
-    let counts = produce_lines(&broker, "typed", input).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ws = Workspace::open(dir.path()).unwrap();
-    let sql = "CREATE EXTERNAL TABLE typed (id BIGINT) STORED AS KAFKA LOCATION 'typed'
-               OPTIONS ('bootstrap.servers' '{bootstrap}');
-               CREATE EXTERNAL TABLE out (id BIGINT) STORED AS JSON LOCATION 'out/';
-               INSERT INTO out SELECT id FROM typed;";
-    let err = run_batch(&ws, &broker, "typed", sql, counts)
-        .await
-        .unwrap_err()
-        .unwrap_datafusion()
-        .to_string();
+    let (err, _ws, _dir) =
+        failing_batch("typed", "{\"id\": 1}\n{\"id\": 2}\n{\"id\": \"three\"}\n").await;
     assert!(err.contains("topic 'typed' partition 0"), "{err}");
     assert!(err.contains("three"), "{err}");
 }

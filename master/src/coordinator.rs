@@ -16,7 +16,7 @@ use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry};
 use spate_engine::files::{SinkManifest, commit_batch, manifest_path};
 use spate_engine::job::{PlannedJob, SinkSpec, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
-use spate_engine::task::TaskSpec;
+use spate_engine::task::{TaskOutcome, TaskSpec};
 use spate_engine::{EngineError, OffsetRange, Workspace, now_ms};
 use tokio::sync::watch;
 
@@ -36,13 +36,13 @@ pub struct Coordinator {
     pub stop: watch::Receiver<bool>,
 }
 
-/// How a batch's tasks ended.
+/// How a batch ended.
 enum BatchEnd {
-    Done {
+    Committed {
         input_rows: u64,
         output_rows: u64,
-        files: Vec<String>,
     },
+    /// A task failed by its own error as often as the job allows; says which and why.
     Failed(String),
 }
 
@@ -135,13 +135,11 @@ impl Coordinator {
                 }
             };
             let (input_rows, output_rows) = match self.run_batch(&entry).await? {
-                Some(rows) => rows,
-                None => {
-                    return Ok(JobState::Failed(format!(
-                        "batch {} failed; see the task error above",
-                        entry.batch
-                    )));
-                }
+                BatchEnd::Committed {
+                    input_rows,
+                    output_rows,
+                } => (input_rows, output_rows),
+                BatchEnd::Failed(why) => return Ok(JobState::Failed(why)),
             };
             totals.0 += input_rows;
             totals.1 += output_rows;
@@ -218,10 +216,10 @@ impl Coordinator {
         ranges
     }
 
-    /// Runs a batch's tasks and commits its sink; None when a task failed
-    /// too often. A file sink that already holds this batch's manifest
-    /// committed it before a crash: its tasks are not run again.
-    async fn run_batch(&self, entry: &OffsetsEntry) -> Result<Option<(u64, u64)>, EngineError> {
+    /// Runs a batch's tasks and commits its sink. A file sink that already
+    /// holds this batch's manifest committed it before a crash: its tasks
+    /// are not run again.
+    async fn run_batch(&self, entry: &OffsetsEntry) -> Result<BatchEnd, EngineError> {
         if let SinkSpec::Files { dir, .. } = &self.planned.sink
             && let Some(manifest) = self
                 .ws
@@ -234,7 +232,10 @@ impl Coordinator {
                 batch = entry.batch,
                 "sink already holds this batch; committing the checkpoint only"
             );
-            return Ok(Some((input, manifest.rows)));
+            return Ok(BatchEnd::Committed {
+                input_rows: input,
+                output_rows: manifest.rows,
+            });
         }
         let tasks = entry
             .ranges
@@ -246,33 +247,31 @@ impl Coordinator {
         let mut output_rows = 0;
         let mut files = Vec::new();
         for end in join_all(tasks).await {
-            match end {
-                BatchEnd::Done {
-                    input_rows: i,
-                    output_rows: o,
-                    files: f,
-                } => {
-                    input_rows += i;
-                    output_rows += o;
-                    files.extend(f);
-                }
-                BatchEnd::Failed(why) => {
-                    self.jobs
-                        .set_state(&self.job_id, JobState::Failed(why))
-                        .await;
-                    return Ok(None);
-                }
-            }
+            let outcome = match end {
+                Ok(outcome) => outcome,
+                Err(why) => return Ok(BatchEnd::Failed(why)),
+            };
+            input_rows += outcome.input_rows;
+            output_rows += outcome.output_rows;
+            files.extend(outcome.output_files);
         }
         if let SinkSpec::Files { dir, .. } = &self.planned.sink {
             commit_batch(&self.ws, dir, entry.batch, files, output_rows).await?;
         }
-        Ok(Some((input_rows, output_rows)))
+        Ok(BatchEnd::Committed {
+            input_rows,
+            output_rows,
+        })
     }
 
     /// Runs one task until it succeeds, re-running it where its worker was
     /// lost and retrying its own failures up to the job's limit.
-    async fn run_task(&self, batch: u64, task_index: u32, range: OffsetRange) -> BatchEnd {
+    async fn run_task(
+        &self,
+        batch: u64,
+        task_index: u32,
+        range: OffsetRange,
+    ) -> Result<TaskOutcome, String> {
         let mut failures = 0;
         loop {
             let spec = TaskSpec {
@@ -286,13 +285,7 @@ impl Coordinator {
             };
             let ended = self.cluster.submit(spec).await;
             match ended {
-                Ok(TaskEnd::Succeeded(outcome)) => {
-                    return BatchEnd::Done {
-                        input_rows: outcome.input_rows,
-                        output_rows: outcome.output_rows,
-                        files: outcome.output_files,
-                    };
-                }
+                Ok(TaskEnd::Succeeded(outcome)) => return Ok(outcome),
                 Ok(TaskEnd::WorkerLost(why)) => {
                     tracing::warn!(
                         job = self.job_id,
@@ -311,14 +304,14 @@ impl Coordinator {
                         "task failed: {why}"
                     );
                     if failures >= self.planned.options.max_task_failures {
-                        return BatchEnd::Failed(format!(
+                        return Err(format!(
                             "task {task_index} of batch {batch} (topic '{}' partition {} offsets {}..{}) failed {failures} times: {why}",
                             range.topic, range.partition, range.start, range.end
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
                 }
-                Err(_) => return BatchEnd::Failed("the scheduler dropped the task".to_string()),
+                Err(_) => return Err("the scheduler dropped the task".to_string()),
             }
         }
     }

@@ -24,6 +24,9 @@ impl From<MasterError> for tonic::Status {
             MasterError::Engine(e @ EngineError::PathEscape { .. }) => {
                 tonic::Status::invalid_argument(e.to_string())
             }
+            MasterError::Engine(e @ EngineError::UnknownTopic { .. }) => {
+                tonic::Status::not_found(e.to_string())
+            }
             MasterError::Engine(e @ EngineError::Kafka { .. }) => {
                 tonic::Status::failed_precondition(e.to_string())
             }

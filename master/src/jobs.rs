@@ -127,29 +127,30 @@ impl Jobs {
     ) -> Result<watch::Receiver<bool>> {
         self.ws.put_json(&record_path(&record.id), &record).await?;
         let (stop, stopped) = watch::channel(false);
-        self.lock().insert(
-            record.id.clone(),
-            JobEntry {
-                record,
-                batches: totals.0,
-                input_rows: totals.1,
-                output_rows: totals.2,
-                stop: Some(stop),
-            },
-        );
+        self.put_entry(record, totals, Some(stop));
         Ok(stopped)
     }
 
     /// Records a job that is not running (a finished one found at start-up).
     pub fn insert_inactive(&self, record: JobRecord, totals: (u64, u64, u64)) {
+        self.put_entry(record, totals, None);
+    }
+
+    fn put_entry(
+        &self,
+        record: JobRecord,
+        totals: (u64, u64, u64),
+        stop: Option<watch::Sender<bool>>,
+    ) {
+        let (batches, input_rows, output_rows) = totals;
         self.lock().insert(
             record.id.clone(),
             JobEntry {
                 record,
-                batches: totals.0,
-                input_rows: totals.1,
-                output_rows: totals.2,
-                stop: None,
+                batches,
+                input_rows,
+                output_rows,
+                stop,
             },
         );
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use spate_engine::checkpoint::Checkpoint;
 use spate_engine::job::{PlanEnv, plan_job};
+use spate_engine::kafka::KafkaAdmin;
 use spate_engine::{EngineError, Workspace};
 use spate_proto::client_service_server::ClientServiceServer;
 use spate_proto::worker_service_server::WorkerServiceServer;
@@ -205,13 +206,15 @@ impl Master {
             ))
             .into());
         }
-        // Fail fast on a missing topic or unreachable Kafka: nothing is submitted.
-        spate_engine::kafka::KafkaAdmin::new(
-            &planned.source.bootstrap_servers,
-            &planned.source.client_options,
-        )
-        .partition_offsets(&planned.source.topic)
-        .await?;
+        // A missing topic is a mistake in the job: refuse it. An unreachable
+        // Kafka is weather: accept the job, which waits and says why.
+        let source = &planned.source;
+        let admin = KafkaAdmin::new(&source.bootstrap_servers, &source.client_options);
+        match admin.partition_offsets(&source.topic).await {
+            Err(e @ EngineError::UnknownTopic { .. }) => return Err(e.into()),
+            Err(e) => tracing::warn!(job = id, "{e}; the job waits for Kafka"),
+            Ok(_) => {}
+        }
         let resumed = Checkpoint::new(&self.ws, &id)
             .latest_offsets()
             .await?

@@ -91,20 +91,21 @@ impl KafkaAdmin {
             let metadata = consumer
                 .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
                 .map_err(|e| error(format!("cannot read metadata of topic '{topic}': {e}")))?;
+            let unknown = || EngineError::UnknownTopic {
+                bootstrap: bootstrap.clone(),
+                topic: topic.clone(),
+            };
             let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                return Err(error(format!("topic '{topic}' does not exist")));
+                return Err(unknown());
             };
             if let Some(e) = found.error() {
-                let code = RDKafkaErrorCode::from(e);
-                return Err(match code {
-                    RDKafkaErrorCode::UnknownTopicOrPartition => {
-                        error(format!("topic '{topic}' does not exist"))
-                    }
+                return Err(match RDKafkaErrorCode::from(e) {
+                    RDKafkaErrorCode::UnknownTopicOrPartition => unknown(),
                     other => error(format!("topic '{topic}': {other}")),
                 });
             }
             if found.partitions().is_empty() {
-                return Err(error(format!("topic '{topic}' does not exist")));
+                return Err(unknown());
             }
             let mut offsets = Vec::with_capacity(found.partitions().len());
             for p in found.partitions() {
