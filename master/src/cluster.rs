@@ -46,8 +46,27 @@ pub struct WorkerView {
     pub tasks_failed: u64,
 }
 
+/// A task a worker ran, for the worker page.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    pub job_id: String,
+    pub batch: u64,
+    pub started_ms: i64,
+    /// Until it ended, as the master saw it.
+    pub duration_ms: i64,
+    /// SUCCEEDED, FAILED or LOST.
+    pub state: &'static str,
+    pub input_rows: u64,
+    pub error: String,
+}
+
+/// How many finished tasks the master remembers per worker.
+const RECENT_TASKS: usize = 50;
+
 struct WorkerEntry {
     view: WorkerView,
+    recent: VecDeque<TaskRecord>,
     /// Distinguishes this connection from a later one of the same worker.
     connection_id: u64,
     sender: Option<WorkerSender>,
@@ -62,6 +81,9 @@ struct PendingTask {
 
 struct RunningTask {
     worker_id: String,
+    job_id: String,
+    batch: u64,
+    started_ms: i64,
     reply: oneshot::Sender<TaskEnd>,
 }
 
@@ -105,9 +127,14 @@ impl Cluster {
             state.next_connection += 1;
             let connection_id = state.next_connection;
             let previous = state.workers.remove(id);
-            let (succeeded, failed, lost) = match previous {
-                Some(p) => (p.view.tasks_succeeded, p.view.tasks_failed, p.running),
-                None => (0, 0, HashSet::new()),
+            let (succeeded, failed, lost, recent) = match previous {
+                Some(p) => (
+                    p.view.tasks_succeeded,
+                    p.view.tasks_failed,
+                    p.running,
+                    p.recent,
+                ),
+                None => (0, 0, HashSet::new(), VecDeque::new()),
             };
             state.workers.insert(
                 id.to_string(),
@@ -126,6 +153,7 @@ impl Cluster {
                     connection_id,
                     sender: Some(sender),
                     running: HashSet::new(),
+                    recent,
                 },
             );
             let lost: Vec<RunningTask> = lost
@@ -168,10 +196,16 @@ impl Cluster {
             worker.view.slots_used = 0;
             worker.sender = None;
             let tasks: Vec<String> = worker.running.drain().collect();
-            tasks
-                .iter()
-                .filter_map(|t| state.running.remove(t))
-                .collect()
+            let lost: Vec<(String, RunningTask)> = tasks
+                .into_iter()
+                .filter_map(|t| state.running.remove(&t).map(|r| (t, r)))
+                .collect();
+            let worker = state.workers.get_mut(id).expect("worker exists");
+            let end = TaskEnd::WorkerLost(why.to_string());
+            for (task_id, running) in &lost {
+                remember(worker, task_id, running, &end);
+            }
+            lost.into_iter().map(|(_, r)| r).collect()
         };
         for task in lost {
             let _ = task
@@ -230,6 +264,7 @@ impl Cluster {
                     TaskEnd::Succeeded(_) => w.view.tasks_succeeded += 1,
                     _ => w.view.tasks_failed += 1,
                 }
+                remember(w, task_id, &running, &end);
             }
             if running.worker_id != worker_id {
                 tracing::warn!(
@@ -284,9 +319,33 @@ impl Cluster {
                 task.task_id,
                 RunningTask {
                     worker_id,
+                    job_id: task.spec.job_id,
+                    batch: task.spec.batch_id,
+                    started_ms: now_ms(),
                     reply: task.reply,
                 },
             );
+        }
+    }
+
+    /// A worker with the tasks it runs and the ones it ran lately, newest first.
+    pub fn worker(&self, id: &str) -> Option<(WorkerView, Vec<String>, Vec<TaskRecord>)> {
+        let state = self.lock();
+        let w = state.workers.get(id)?;
+        let mut running: Vec<String> = w.running.iter().cloned().collect();
+        running.sort();
+        Some((
+            w.view.clone(),
+            running,
+            w.recent.iter().rev().cloned().collect(),
+        ))
+    }
+
+    /// Ends every worker's stream (the master is shutting down); workers
+    /// reconnect to whichever master comes next.
+    pub fn disconnect_all(&self) {
+        for worker in self.lock().workers.values_mut() {
+            worker.sender = None;
         }
     }
 
@@ -321,4 +380,25 @@ fn launch_message(task_id: &str, spec: &TaskSpec) -> MasterMessage {
             task_index: spec.task_index,
         })),
     }
+}
+
+fn remember(worker: &mut WorkerEntry, task_id: &str, running: &RunningTask, end: &TaskEnd) {
+    let (state, input_rows, error) = match end {
+        TaskEnd::Succeeded(o) => ("SUCCEEDED", o.input_rows, String::new()),
+        TaskEnd::Failed(e) => ("FAILED", 0, e.clone()),
+        TaskEnd::WorkerLost(e) => ("LOST", 0, e.clone()),
+    };
+    if worker.recent.len() == RECENT_TASKS {
+        worker.recent.pop_front();
+    }
+    worker.recent.push_back(TaskRecord {
+        task_id: task_id.to_string(),
+        job_id: running.job_id.clone(),
+        batch: running.batch,
+        started_ms: running.started_ms,
+        duration_ms: now_ms() - running.started_ms,
+        state,
+        input_rows,
+        error,
+    });
 }

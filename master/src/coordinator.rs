@@ -21,7 +21,8 @@ use spate_engine::{EngineError, OffsetRange, Workspace, now_ms};
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, TaskEnd};
-use crate::jobs::{JobState, Jobs};
+use crate::jobs::{JobState, Jobs, describe_sink};
+use crate::progress::{BatchProgress, Durations, SinkProgress, SourceProgress, TopicOffsets};
 
 /// Backoff while Kafka is unreachable: doubles up to the cap.
 const KAFKA_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -36,12 +37,20 @@ pub struct Coordinator {
     pub stop: watch::Receiver<bool>,
 }
 
+/// What a committed batch did.
+struct BatchRun {
+    input_rows: u64,
+    output_rows: u64,
+    num_tasks: u32,
+    scheduling_delay_ms: u64,
+    planning_ms: u64,
+    tasks_ms: u64,
+    sink_commit_ms: u64,
+}
+
 /// How a batch ended.
 enum BatchEnd {
-    Committed {
-        input_rows: u64,
-        output_rows: u64,
-    },
+    Committed(BatchRun),
     /// A task failed by its own error as often as the job allows; says which and why.
     Failed(String),
 }
@@ -81,6 +90,9 @@ impl Coordinator {
                 return Ok(JobState::Stopped);
             }
             let trigger_started = Instant::now();
+            let trigger_started_ms = now_ms();
+            let mut durations = Durations::default();
+            let mut latest_offsets = None;
             let entry = match checkpoint.offsets(next_batch).await? {
                 Some(logged) => {
                     tracing::info!(
@@ -91,8 +103,10 @@ impl Coordinator {
                     logged
                 }
                 None => {
+                    let asked = Instant::now();
                     let latest = match admin.partition_offsets(&source.topic).await {
                         Ok(latest) => {
+                            durations.latest_offset = millis(asked.elapsed());
                             kafka_backoff = KAFKA_RETRY_MIN;
                             self.jobs.set_state(&self.job_id, JobState::Running).await;
                             latest
@@ -130,17 +144,19 @@ impl Coordinator {
                         ranges,
                         created_ms: now_ms(),
                     };
+                    let logging = Instant::now();
                     checkpoint.write_offsets(&entry).await?;
+                    durations.wal_commit = millis(logging.elapsed());
+                    latest_offsets = Some(latest);
                     entry
                 }
             };
-            let (input_rows, output_rows) = match self.run_batch(&entry).await? {
-                BatchEnd::Committed {
-                    input_rows,
-                    output_rows,
-                } => (input_rows, output_rows),
+            let ran = match self.run_batch(&entry).await? {
+                BatchEnd::Committed(ran) => ran,
                 BatchEnd::Failed(why) => return Ok(JobState::Failed(why)),
             };
+            let (input_rows, output_rows) = (ran.input_rows, ran.output_rows);
+            let committing = Instant::now();
             totals.0 += input_rows;
             totals.1 += output_rows;
             checkpoint
@@ -153,7 +169,18 @@ impl Coordinator {
                     total_output_rows: totals.1,
                 })
                 .await?;
-            self.jobs.add_batch(&self.job_id, input_rows, output_rows);
+            durations.query_planning = ran.planning_ms;
+            durations.add_batch = ran.tasks_ms;
+            durations.commit_offsets = ran.sink_commit_ms + millis(committing.elapsed());
+            durations.trigger_execution = millis(trigger_started.elapsed());
+            let progress = self.progress(
+                &entry,
+                &ran,
+                latest_offsets.as_deref(),
+                trigger_started_ms,
+                durations,
+            );
+            self.jobs.add_batch(progress).await;
             tracing::info!(
                 job = self.job_id,
                 batch = entry.batch,
@@ -166,6 +193,89 @@ impl Coordinator {
             if let Some(rest) = self.trigger_interval().checked_sub(elapsed) {
                 self.sleep(rest).await;
             }
+        }
+    }
+
+    /// The batch's progress record, Spark's StreamingQueryProgress in shape.
+    fn progress(
+        &self,
+        entry: &OffsetsEntry,
+        run: &BatchRun,
+        latest: Option<&[PartitionOffsets]>,
+        trigger_started_ms: i64,
+        durations: Durations,
+    ) -> BatchProgress {
+        let topic = &self.planned.source.topic;
+        let by_partition = |offsets: &mut dyn Iterator<Item = (i32, i64)>| -> TopicOffsets {
+            let partitions = offsets.map(|(p, o)| (p.to_string(), o)).collect();
+            TopicOffsets::from([(topic.clone(), partitions)])
+        };
+        let start = by_partition(&mut entry.ranges.iter().map(|r| (r.partition, r.start)));
+        let end = by_partition(&mut entry.ranges.iter().map(|r| (r.partition, r.end)));
+        // A batch re-run from the log has no fresh look at Kafka: its end is all it knows.
+        let (latest, behind) = match latest {
+            Some(latest) => {
+                let behind = latest
+                    .iter()
+                    .map(|p| {
+                        let read_to = entry.ranges.iter().find(|r| r.partition == p.partition);
+                        (p.high - read_to.map_or(p.low, |r| r.end)).max(0)
+                    })
+                    .sum();
+                (
+                    by_partition(&mut latest.iter().map(|p| (p.partition, p.high))),
+                    behind,
+                )
+            }
+            None => (end.clone(), 0),
+        };
+        let since_previous = self
+            .jobs
+            .last_trigger_ms(&self.job_id)
+            .map(|previous| (trigger_started_ms - previous) as f64 / 1000.0)
+            .filter(|s| *s > 0.0)
+            .unwrap_or(durations.trigger_execution as f64 / 1000.0);
+        let rate = |seconds: f64| {
+            if seconds > 0.0 {
+                run.input_rows as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let input_rate = rate(since_previous);
+        let processed_rate = rate(durations.trigger_execution as f64 / 1000.0);
+        BatchProgress {
+            id: self.job_id.clone(),
+            name: self.planned.name.clone(),
+            timestamp: chrono::DateTime::from_timestamp_millis(trigger_started_ms)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            timestamp_ms: trigger_started_ms,
+            batch_id: entry.batch,
+            num_input_rows: run.input_rows,
+            num_output_rows: run.output_rows,
+            input_rows_per_second: input_rate,
+            processed_rows_per_second: processed_rate,
+            duration_ms: durations,
+            scheduling_delay_ms: run.scheduling_delay_ms,
+            num_tasks: run.num_tasks,
+            event_time: Default::default(),
+            state_operators: Vec::new(),
+            late_rows_dropped: 0,
+            sources: vec![SourceProgress {
+                description: format!("KafkaSource[{topic}]"),
+                start_offset: start,
+                end_offset: end,
+                latest_offset: latest,
+                num_input_rows: run.input_rows,
+                input_rows_per_second: input_rate,
+                processed_rows_per_second: processed_rate,
+                offsets_behind_latest: behind,
+            }],
+            sink: SinkProgress {
+                description: describe_sink(&self.planned.sink),
+                num_output_rows: run.output_rows,
+            },
         }
     }
 
@@ -232,46 +342,64 @@ impl Coordinator {
                 batch = entry.batch,
                 "sink already holds this batch; committing the checkpoint only"
             );
-            return Ok(BatchEnd::Committed {
+            return Ok(BatchEnd::Committed(BatchRun {
                 input_rows: input,
                 output_rows: manifest.rows,
-            });
+                num_tasks: 0,
+                scheduling_delay_ms: 0,
+                planning_ms: 0,
+                tasks_ms: 0,
+                sink_commit_ms: 0,
+            }));
         }
-        let tasks = entry
+        let planning = Instant::now();
+        let tasks: Vec<_> = entry
             .ranges
             .iter()
             .filter(|r| !r.is_empty())
             .enumerate()
-            .map(|(index, range)| self.run_task(entry.batch, index as u32, range.clone()));
-        let mut input_rows = 0;
-        let mut output_rows = 0;
+            .map(|(index, range)| self.run_task(entry.batch, index as u32, range.clone()))
+            .collect();
+        let mut run = BatchRun {
+            input_rows: 0,
+            output_rows: 0,
+            num_tasks: tasks.len() as u32,
+            scheduling_delay_ms: 0,
+            planning_ms: millis(planning.elapsed()),
+            tasks_ms: 0,
+            sink_commit_ms: 0,
+        };
+        let running = Instant::now();
         let mut files = Vec::new();
         for end in join_all(tasks).await {
-            let outcome = match end {
-                Ok(outcome) => outcome,
+            let (outcome, delay_ms) = match end {
+                Ok(ended) => ended,
                 Err(why) => return Ok(BatchEnd::Failed(why)),
             };
-            input_rows += outcome.input_rows;
-            output_rows += outcome.output_rows;
+            run.input_rows += outcome.input_rows;
+            run.output_rows += outcome.output_rows;
+            run.scheduling_delay_ms = run.scheduling_delay_ms.max(delay_ms);
             files.extend(outcome.output_files);
         }
+        run.tasks_ms = millis(running.elapsed());
+        let committing = Instant::now();
         if let SinkSpec::Files { dir, .. } = &self.planned.sink {
-            commit_batch(&self.ws, dir, entry.batch, files, output_rows).await?;
+            commit_batch(&self.ws, dir, entry.batch, files, run.output_rows).await?;
         }
-        Ok(BatchEnd::Committed {
-            input_rows,
-            output_rows,
-        })
+        run.sink_commit_ms = millis(committing.elapsed());
+        Ok(BatchEnd::Committed(run))
     }
 
     /// Runs one task until it succeeds, re-running it where its worker was
     /// lost and retrying its own failures up to the job's limit.
+    /// Returns the outcome and how long the task spent outside its worker's
+    /// execution: waiting for a slot and travelling.
     async fn run_task(
         &self,
         batch: u64,
         task_index: u32,
         range: OffsetRange,
-    ) -> Result<TaskOutcome, String> {
+    ) -> Result<(TaskOutcome, u64), String> {
         let mut failures = 0;
         loop {
             let spec = TaskSpec {
@@ -283,9 +411,13 @@ impl Coordinator {
                 ranges: vec![range.clone()],
                 sink: self.planned.sink.clone(),
             };
+            let submitted = Instant::now();
             let ended = self.cluster.submit(spec).await;
             match ended {
-                Ok(TaskEnd::Succeeded(outcome)) => return Ok(outcome),
+                Ok(TaskEnd::Succeeded(outcome)) => {
+                    let delay = millis(submitted.elapsed()).saturating_sub(outcome.duration_ms);
+                    return Ok((outcome, delay));
+                }
                 Ok(TaskEnd::WorkerLost(why)) => {
                     tracing::warn!(
                         job = self.job_id,
@@ -315,6 +447,10 @@ impl Coordinator {
             }
         }
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// Unique across master restarts, so attempts never share output file names.

@@ -2,7 +2,7 @@
 //! workspace under `_spate/jobs/<job>/job.json` so a restarted master
 //! resumes what was running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use spate_engine::{Workspace, now_ms};
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::progress::{self, BatchProgress};
 
 /// A job's lifecycle. Running and Waiting have a coordinator; the others are
 /// final until the job is submitted again.
@@ -56,6 +57,9 @@ pub struct JobRecord {
     pub planned: PlannedJob,
     pub state: JobState,
     pub submitted_ms: i64,
+    /// When the job stopped, finished or failed.
+    #[serde(default)]
+    pub ended_ms: Option<i64>,
 }
 
 /// A job's progress, for the UI, the API and `driver jobs`.
@@ -66,11 +70,30 @@ pub struct JobView {
     pub state: &'static str,
     pub error: String,
     pub submitted_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// Since submission, until now or the job's end.
+    pub duration_ms: i64,
     pub batches: u64,
     pub input_rows: u64,
     pub output_rows: u64,
+    /// Over the batches the master keeps (the last 300).
+    pub avg_input_rows_per_second: f64,
+    pub avg_processed_rows_per_second: f64,
+    pub latest_batch: Option<u64>,
+    pub source: String,
     pub sink: String,
     pub sql: String,
+}
+
+/// Everything the job page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub view: JobView,
+    /// The physical plan every task runs, indented.
+    pub plan: String,
+    /// The batches the master keeps, oldest first.
+    pub batches_progress: Vec<BatchProgress>,
 }
 
 struct JobEntry {
@@ -79,6 +102,51 @@ struct JobEntry {
     input_rows: u64,
     output_rows: u64,
     stop: Option<watch::Sender<bool>>,
+    progress: VecDeque<BatchProgress>,
+}
+
+impl JobEntry {
+    fn view(&self) -> JobView {
+        let record = &self.record;
+        let end = record.ended_ms.unwrap_or_else(now_ms);
+        let rows: u64 = self.progress.iter().map(|p| p.num_input_rows).sum();
+        let rate = |seconds: f64| {
+            if seconds > 0.0 {
+                rows as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let input_seconds: f64 = self
+            .progress
+            .iter()
+            .map(|p| p.num_input_rows as f64 / p.input_rows_per_second.max(f64::MIN_POSITIVE))
+            .filter(|s| s.is_finite())
+            .sum();
+        let processing_seconds: f64 = self
+            .progress
+            .iter()
+            .map(|p| p.duration_ms.trigger_execution as f64 / 1000.0)
+            .sum();
+        JobView {
+            id: record.id.clone(),
+            name: record.planned.name.clone(),
+            state: record.state.name(),
+            error: record.state.reason().to_string(),
+            submitted_ms: record.submitted_ms,
+            ended_ms: record.ended_ms,
+            duration_ms: end - record.submitted_ms,
+            batches: self.batches,
+            input_rows: self.input_rows,
+            output_rows: self.output_rows,
+            avg_input_rows_per_second: rate(input_seconds),
+            avg_processed_rows_per_second: rate(processing_seconds),
+            latest_batch: self.progress.back().map(|p| p.batch_id),
+            source: format!("kafka topic {}", record.planned.source.topic),
+            sink: describe_sink(&record.planned.sink),
+            sql: record.planned.sql.clone(),
+        }
+    }
 }
 
 pub struct Jobs {
@@ -126,14 +194,17 @@ impl Jobs {
         totals: (u64, u64, u64),
     ) -> Result<watch::Receiver<bool>> {
         self.ws.put_json(&record_path(&record.id), &record).await?;
+        let history = progress::load_recent(&self.ws, &record.id).await?;
         let (stop, stopped) = watch::channel(false);
-        self.put_entry(record, totals, Some(stop));
+        self.put_entry(record, totals, Some(stop), history);
         Ok(stopped)
     }
 
     /// Records a job that is not running (a finished one found at start-up).
-    pub fn insert_inactive(&self, record: JobRecord, totals: (u64, u64, u64)) {
-        self.put_entry(record, totals, None);
+    pub async fn insert_inactive(&self, record: JobRecord, totals: (u64, u64, u64)) -> Result<()> {
+        let history = progress::load_recent(&self.ws, &record.id).await?;
+        self.put_entry(record, totals, None, history);
+        Ok(())
     }
 
     fn put_entry(
@@ -141,6 +212,7 @@ impl Jobs {
         record: JobRecord,
         totals: (u64, u64, u64),
         stop: Option<watch::Sender<bool>>,
+        progress: Vec<BatchProgress>,
     ) {
         let (batches, input_rows, output_rows) = totals;
         self.lock().insert(
@@ -151,6 +223,7 @@ impl Jobs {
                 input_rows,
                 output_rows,
                 stop,
+                progress: progress.into(),
             },
         );
     }
@@ -162,6 +235,7 @@ impl Jobs {
             if job.record.state == state {
                 return;
             }
+            job.record.ended_ms = (!state.is_active()).then(now_ms);
             job.record.state = state;
             job.record.clone()
         };
@@ -173,12 +247,43 @@ impl Jobs {
         }
     }
 
-    pub fn add_batch(&self, id: &str, input_rows: u64, output_rows: u64) {
-        if let Some(job) = self.lock().get_mut(id) {
-            job.batches += 1;
-            job.input_rows += input_rows;
-            job.output_rows += output_rows;
+    /// Counts a committed batch and keeps its progress record.
+    pub async fn add_batch(&self, progress: BatchProgress) {
+        if let Err(e) = progress::save(&self.ws, &progress).await {
+            tracing::warn!(job = progress.id, "cannot keep the progress record: {e}");
         }
+        if let Some(job) = self.lock().get_mut(&progress.id) {
+            job.batches += 1;
+            job.input_rows += progress.num_input_rows;
+            job.output_rows += progress.num_output_rows;
+            if job.progress.len() == progress::KEPT_PER_JOB {
+                job.progress.pop_front();
+            }
+            job.progress.push_back(progress);
+        }
+    }
+
+    /// The previous batch's trigger start, for input rates.
+    pub fn last_trigger_ms(&self, id: &str) -> Option<i64> {
+        self.lock().get(id)?.progress.back().map(|p| p.timestamp_ms)
+    }
+
+    pub fn detail(&self, id: &str) -> Option<JobDetail> {
+        let jobs = self.lock();
+        let job = jobs.get(id)?;
+        Some(JobDetail {
+            view: job.view(),
+            plan: job.record.planned.explain.clone(),
+            batches_progress: job.progress.iter().cloned().collect(),
+        })
+    }
+
+    /// The latest progress record of each job.
+    pub fn latest_progress(&self) -> Vec<BatchProgress> {
+        self.lock()
+            .values()
+            .filter_map(|j| j.progress.back().cloned())
+            .collect()
     }
 
     /// Asks a job's coordinator to stop after the batch it is running.
@@ -196,21 +301,7 @@ impl Jobs {
 
     pub fn views(&self) -> Vec<JobView> {
         let jobs = self.lock();
-        let mut views: Vec<JobView> = jobs
-            .values()
-            .map(|j| JobView {
-                id: j.record.id.clone(),
-                name: j.record.planned.name.clone(),
-                state: j.record.state.name(),
-                error: j.record.state.reason().to_string(),
-                submitted_ms: j.record.submitted_ms,
-                batches: j.batches,
-                input_rows: j.input_rows,
-                output_rows: j.output_rows,
-                sink: describe_sink(&j.record.planned.sink),
-                sql: j.record.planned.sql.clone(),
-            })
-            .collect();
+        let mut views: Vec<JobView> = jobs.values().map(JobEntry::view).collect();
         views.sort_by_key(|v| std::cmp::Reverse(v.submitted_ms));
         views
     }
@@ -221,11 +312,12 @@ impl Jobs {
             planned,
             state: JobState::Running,
             submitted_ms: now_ms(),
+            ended_ms: None,
         }
     }
 }
 
-fn describe_sink(sink: &spate_engine::job::SinkSpec) -> String {
+pub(crate) fn describe_sink(sink: &spate_engine::job::SinkSpec) -> String {
     match sink {
         spate_engine::job::SinkSpec::Files { dir, format, .. } => {
             format!("{format:?} files in {dir}/").to_lowercase()

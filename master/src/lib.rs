@@ -7,6 +7,7 @@ mod coordinator;
 pub mod error;
 mod grpc;
 mod jobs;
+pub mod progress;
 mod ui;
 
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use cluster::{WorkerState, WorkerView};
 pub use error::{MasterError, Result};
-pub use jobs::{JobState, JobView};
+pub use jobs::{JobDetail, JobState, JobView};
 
 use cluster::Cluster;
 use coordinator::Coordinator;
@@ -71,21 +72,44 @@ pub struct Master {
     cluster: Arc<Cluster>,
     jobs: Arc<Jobs>,
     started_ms: i64,
+    /// One task per running job, aborted at shutdown.
+    coordinators: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running master; dropping it does not stop it, `shutdown` does.
 pub struct MasterHandle {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    master: Arc<Master>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// How long shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 impl MasterHandle {
+    /// Stops serving. Running jobs stay RUNNING in the registry, so the next
+    /// master resumes them from their checkpoints, as after a crash.
     pub async fn shutdown(self) {
+        for coordinator in self
+            .master
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            coordinator.abort();
+        }
+        self.master.cluster.disconnect_all();
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        for mut task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
     }
 }
@@ -101,18 +125,22 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 
 /// Starts the master: binds both ports, resumes the jobs the workspace
 /// records as running, and serves until shut down.
-pub async fn start(config: MasterConfig) -> Result<MasterHandle> {
+pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
     let ws = Workspace::open(&config.workspace)?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let http_listener = bind(config.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    // Port 0 means "any": from here on the config says which one it got.
+    config.grpc_addr = grpc_addr;
+    config.http_addr = http_addr;
     let master = Arc::new(Master {
         cluster: Arc::new(Cluster::new(config.heartbeat_timeout)),
         jobs: Arc::new(Jobs::new(ws.clone())),
         ws,
         config,
         started_ms: spate_engine::now_ms(),
+        coordinators: Default::default(),
     });
     master.resume_jobs().await?;
     let (shutdown, mut stopped) = watch::channel(false);
@@ -163,6 +191,7 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle> {
     Ok(MasterHandle {
         grpc_addr,
         http_addr,
+        master,
         shutdown,
         tasks,
     })
@@ -241,7 +270,10 @@ impl Master {
             jobs: Arc::clone(&self.jobs),
             stop,
         };
-        tokio::spawn(coordinator.run());
+        let handle = tokio::spawn(coordinator.run());
+        let mut coordinators = self.coordinators.lock().unwrap_or_else(|p| p.into_inner());
+        coordinators.retain(|c| !c.is_finished());
+        coordinators.push(handle);
         Ok(())
     }
 
@@ -258,7 +290,7 @@ impl Master {
                     .map_or((0, 0, 0), |c| {
                         (c.batch + 1, c.total_input_rows, c.total_output_rows)
                     });
-                self.jobs.insert_inactive(record, totals);
+                self.jobs.insert_inactive(record, totals).await?;
             }
         }
         Ok(())

@@ -91,12 +91,22 @@ impl DisplayAs for KafkaScanExec {
             .collect();
         write!(
             f,
-            "KafkaScanExec: topic={}, format={:?}, columns=[{}], ranges={}",
+            "KafkaScanExec: topic={}, format={:?}, columns=[{}]",
             self.source.topic,
             self.source.format,
             columns.join(", "),
-            self.ranges.len()
-        )
+        )?;
+        // A planned stage has no ranges yet; each task is given its own.
+        match self.ranges.as_slice() {
+            [] => write!(f, ", ranges=per task"),
+            ranges => {
+                let shown: Vec<String> = ranges
+                    .iter()
+                    .map(|r| format!("{}:{}..{}", r.partition, r.start, r.end))
+                    .collect();
+                write!(f, ", ranges=[{}]", shown.join(", "))
+            }
+        }
     }
 }
 
