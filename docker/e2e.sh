@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# End-to-end test of the Docker packaging on this machine's Docker engine,
+# offline: builds the image (../build.sh, debug binaries), starts the compose
+# cluster with Spate's development broker as Kafka, submits the sample job,
+# scales the workers to 3, kills one, and checks that the job commits on.
+# Prints one `ok:` line per check, with the seconds it took. Run by .ci/run.
+#
+# Settings: SPATE_E2E_TIMEOUT, the most seconds any one wait may take (120).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! docker info >/dev/null 2>&1; then
+    echo "docker e2e: skipped, no Docker engine answers"
+    exit 0
+fi
+
+fail() {
+    echo "docker e2e: FAILED: $*" >&2
+    exit 1
+}
+
+if docker compose version >/dev/null 2>&1; then
+    compose_bin=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose_bin=(docker-compose)
+else
+    fail "a Docker engine answers, but neither 'docker compose' nor docker-compose is installed"
+fi
+command -v python3 >/dev/null || fail "python3 is needed to read the master's JSON API"
+
+timeout_s=${SPATE_E2E_TIMEOUT:-120}
+job=sales_filter
+sink=output/sales_filter
+
+began=$SECONDS
+step_began=$SECONDS
+ok() {
+    echo "ok: $* ($((SECONDS - step_began)) s)"
+    step_began=$SECONDS
+}
+
+# Checks against the master's API (UI) and the workspace's sink manifests.
+# Exit 0: satisfied; 1: not yet; 3: never will be (the wait stops at once).
+read -r -d '' checks <<'PYTHON' || true
+import json, os, sys, urllib.request
+
+def api(path):
+    with urllib.request.urlopen(os.environ["UI"] + path, timeout=5) as answer:
+        return json.load(answer)
+
+cmd, args = sys.argv[1], sys.argv[2:]
+if cmd == "alive":  # alive N [DEAD_HOST]
+    workers = api("/api/v1/workers")
+    print(" ".join(f"{w['host']}:{w['state']}" for w in workers))
+    alive = sum(w["state"] == "ALIVE" for w in workers)
+    dead_ok = len(args) < 2 or any(
+        w["host"] == args[1] and w["state"] == "DEAD" for w in workers)
+    sys.exit(0 if alive == int(args[0]) and dead_ok else 1)
+elif cmd == "job":  # job ID MIN_BATCHES MIN_INPUT_ROWS: it must be RUNNING
+    job = next((j for j in api("/api/v1/jobs") if j["id"] == args[0]), None)
+    if job is None:
+        sys.exit(f"no job {args[0]} yet")
+    print(job["state"], job["batches"], job["input_rows"])
+    if job["state"] != "RUNNING":
+        print("error:", job.get("error"))
+        sys.exit(3)
+    sys.exit(0 if job["batches"] >= int(args[1]) and job["input_rows"] >= int(args[2]) else 1)
+elif cmd == "sink":  # sink WORKSPACE DIR MIN_BATCHES: committed batches and rows
+    workspace, sink, min_batches = args[0], args[1], int(args[2])
+    manifests = os.path.join(workspace, sink, "_spate", "manifests")
+    batches = rows = 0
+    for name in os.listdir(manifests) if os.path.isdir(manifests) else []:
+        with open(os.path.join(manifests, name)) as f:
+            manifest = json.load(f)
+        missing = [p for p in manifest["files"]
+                   if not os.path.isfile(os.path.join(workspace, p))]
+        if missing:
+            print(f"batch {manifest['batch']} names missing files: {missing}")
+            sys.exit(3)
+        batches += 1
+        rows += manifest["rows"]
+    print(batches, rows)
+    sys.exit(0 if batches >= min_batches and rows > 0 else 1)
+PYTHON
+check() { UI="http://127.0.0.1:$ui_port" python3 -c "$checks" "$@"; }
+
+# wait_for WHAT COMMAND...: runs COMMAND every second until it succeeds, for
+# at most $timeout_s seconds. Its last output is kept in $last.
+last=
+wait_for() {
+    local what=$1 deadline=$((SECONDS + timeout_s)) rc
+    shift
+    while :; do
+        rc=0
+        last=$("$@" 2>&1) || rc=$?
+        [ "$rc" -eq 0 ] && return 0
+        [ "$rc" -eq 3 ] && fail "$what: $last"
+        [ "$SECONDS" -lt "$deadline" ] || fail "$what: not within $timeout_s s (last: $last)"
+        sleep 1
+    done
+}
+
+echo "docker e2e: using ${compose_bin[*]}"
+
+# The real-Kafka file cannot run here (no registry for apache/kafka), but it
+# must at least be valid.
+"${compose_bin[@]}" --file docker-compose.yml config --quiet ||
+    fail "docker-compose.yml is not a valid compose file"
+ok "docker-compose.yml (with apache/kafka) is valid: ${compose_bin[*]} config"
+
+# 1. The image, offline: build.sh makes debian:bookworm-slim with debootstrap
+# when it cannot pull it.
+SPATE_PROFILE=debug ./build.sh
+image=${SPATE_IMAGE:-spate:latest}
+[ "$(docker image inspect --format '{{.Config.User}}' "$image")" = spate ] ||
+    fail "the image $image does not run as the user spate"
+ok "build.sh made $image (debug binaries), which runs as the non-root user spate"
+
+# 2. A scratch workspace, so that the repository's workspace/ stays clean. The
+# containers run as a non-root uid that must own it: the caller's own, or 1000
+# when the caller is root.
+tmp=$(mktemp -d)
+workspace=$tmp/workspace
+mkdir "$workspace"
+cp -r workspace/jobs workspace/data "$workspace"/
+if [ "$(id -u)" -eq 0 ]; then
+    export SPATE_UID=1000 SPATE_GID=1000
+    chown -R "$SPATE_UID:$SPATE_GID" "$workspace"
+else
+    SPATE_UID=$(id -u) SPATE_GID=$(id -g)
+    export SPATE_UID SPATE_GID
+fi
+# Free host ports, so that parallel runs (and a cluster on 8080) do not clash.
+read -r ui_port master_port < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+export SPATE_WORKSPACE_DIR=$workspace SPATE_UI_PORT=$ui_port SPATE_MASTER_PORT=$master_port
+# A dead worker is noticed sooner than the default 10 s.
+export SPATE_WORKER_TIMEOUT=4
+
+project=spate-e2e-$$
+compose=("${compose_bin[@]}" --project-name "$project"
+    --file docker-compose.yml --file docker/compose.offline.yml)
+
+passed=no
+cleanup() {
+    if [ "$passed" != yes ]; then
+        echo "--- containers of $project"
+        "${compose[@]}" ps || true
+        echo "--- their logs (last 80 lines each)"
+        "${compose[@]}" logs --no-color --tail=80 || true
+    fi
+    "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 3. The cluster. `up` starts each service once what it depends on is healthy.
+"${compose[@]}" up --detach --scale worker=2 2>&1 | sed 's/^/  /'
+healthy() {
+    local ids
+    ids=$("${compose[@]}" ps -q)
+    [ "$(wc -w <<<"$ids")" -eq "$1" ] || return 1
+    # shellcheck disable=SC2086 # one argument per container id
+    docker inspect --format \
+        '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' \
+        $ids | awk '{ print } $2 != "running" || $3 != "healthy" { bad = 1 } END { exit bad }'
+}
+wait_for "kafka (offline broker), master, 2 workers and producer healthy" healthy 5
+ok "up: offline broker, master, 2 workers and producer running and healthy (UI on :$ui_port)"
+wait_for "2 workers ALIVE in /api/v1/workers" check alive 2
+ok "2 workers ALIVE in /api/v1/workers"
+
+# 4. The sample job, submitted from inside the master's container.
+out=$("${compose[@]}" exec -T master driver submit /workspace/jobs/$job.sql 2>&1) ||
+    fail "driver submit: $out"
+wait_for "job $job RUNNING" check job "$job" 0 0
+ok "submitted jobs/$job.sql; the job is RUNNING"
+wait_for "rows committed to $sink" check sink "$workspace" "$sink" 1
+read -r batches rows <<<"$last"
+ok "the sink has rows: $batches committed batches, $rows rows in $sink/_spate/manifests/"
+owner_uid=$(find "$workspace/$sink" -name '*.parquet' -printf '%U' -quit)
+[ "$owner_uid" = "$SPATE_UID" ] || fail "sink files belong to uid $owner_uid, not $SPATE_UID"
+ok "sink files belong to uid $SPATE_UID on the host, not root"
+
+# 5. Scale out.
+"${compose[@]}" up --detach --scale worker=3 2>&1 | sed 's/^/  /'
+wait_for "3 workers ALIVE in /api/v1/workers" check alive 3
+ok "--scale worker=3: 3 workers ALIVE in /api/v1/workers"
+
+# 6. Kill a worker: its tasks run elsewhere, and the job goes on.
+victim=$("${compose[@]}" ps -q worker | head -n1)
+wait_for "job $job status" check job "$job" 0 0
+read -r _ batches0 input0 <<<"$last"
+wait_for "committed batches" check sink "$workspace" "$sink" 1
+read -r committed0 _ <<<"$last"
+docker kill "$victim" >/dev/null
+wait_for "the killed worker DEAD, 2 ALIVE" check alive 2 "${victim:0:12}"
+ok "docker kill of worker ${victim:0:12}: the master lists it DEAD, 2 ALIVE"
+wait_for "job $job going on after the kill" check job "$job" $((batches0 + 5)) $((input0 + 1))
+read -r _ batches1 input1 <<<"$last"
+wait_for "batches committed after the kill" check sink "$workspace" "$sink" $((committed0 + 5))
+read -r committed1 rows1 <<<"$last"
+ok "after the kill the job stayed RUNNING: batches $batches0 -> $batches1, input rows $input0 -> $input1, committed batches $committed0 -> $committed1"
+ok "all $committed1 committed manifests ($rows1 rows) name files that exist"
+
+# 7. Down, and nothing of the project left behind.
+"${compose[@]}" down --volumes --remove-orphans --timeout 10 2>&1 | sed 's/^/  /'
+left=$(
+    docker ps -aq --filter "label=com.docker.compose.project=$project"
+    docker network ls -q --filter "label=com.docker.compose.project=$project"
+    docker volume ls -q --filter "label=com.docker.compose.project=$project"
+)
+[ -z "$left" ] || fail "down left containers, networks or volumes: $left"
+ok "down --volumes: no container, network or volume of $project left"
+
+passed=yes
+echo "docker e2e: passed in $((SECONDS - began)) s"

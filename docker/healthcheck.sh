@@ -1,0 +1,24 @@
+#!/bin/sh
+# spate-healthcheck ROLE: exits 0 when this container serves its role.
+# Uses only the driver (no curl in the image); it exits 1 when it cannot
+# reach what it asks.
+set -eu
+case "${1:-}" in
+master)
+    # The master answers on its gRPC port.
+    bind=${SPATE_MASTER_BIND:-0.0.0.0:7077}
+    exec driver workers --master "http://127.0.0.1:${bind##*:}" >/dev/null
+    ;;
+worker)
+    # A running process is not enough: the master must list this worker as
+    # ALIVE. The master shows a worker's host as its hostname.
+    driver workers | grep -q "$(cat /etc/hostname).*ALIVE"
+    ;;
+broker)
+    exec driver topics list --bootstrap 127.0.0.1:9092 >/dev/null
+    ;;
+*)
+    echo "usage: spate-healthcheck master|worker|broker" >&2
+    exit 2
+    ;;
+esac
