@@ -109,11 +109,23 @@ async fn read_sink(ws: &Workspace, sink: &SinkSpec) -> String {
     ))
     .await
     .unwrap();
-    let columns = ctx.table("result").await.unwrap().schema().fields().len();
-    let order: Vec<String> = (1..=columns).map(|i| i.to_string()).collect();
+    // Inferred from several files, the column order is not stable across
+    // runs; name order is.
+    let mut columns: Vec<String> = ctx
+        .table("result")
+        .await
+        .unwrap()
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect();
+    columns.sort();
+    let order: Vec<String> = (1..=columns.len()).map(|i| i.to_string()).collect();
     let batches = ctx
         .sql(&format!(
-            "SELECT * FROM result ORDER BY {}",
+            "SELECT {} FROM result ORDER BY {}",
+            columns.join(", "),
             order.join(", ")
         ))
         .await
