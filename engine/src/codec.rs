@@ -14,11 +14,16 @@ use serde::{Deserialize, Serialize};
 use crate::OffsetRange;
 use crate::error::Result;
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec};
+use crate::shuffle::{ShuffleReaderExec, ShuffleReaderSpec, ShuffleScope, ShuffleWriterExec};
 
 #[derive(Debug, Default)]
 pub struct SpateCodec {
+    /// Decoding for a task (not re-reading a planned job).
+    in_task: bool,
     /// The ranges given to every `KafkaScanExec` this codec decodes.
     ranges: Vec<OffsetRange>,
+    /// Where this task's shuffle files are written and read.
+    shuffle: Option<ShuffleScope>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -26,12 +31,28 @@ enum SpateNode {
     KafkaScan {
         source: KafkaSourceSpec,
         projection: Vec<usize>,
+        #[serde(default)]
+        planned_partitions: Option<usize>,
     },
+    /// Its child, the RepartitionExec, travels as a normal plan node.
+    ShuffleWriter {
+        stage: u32,
+    },
+    ShuffleReader(ShuffleReaderSpec),
 }
 
 impl SpateCodec {
     pub fn for_task(ranges: Vec<OffsetRange>) -> Self {
-        SpateCodec { ranges }
+        SpateCodec {
+            in_task: true,
+            ranges,
+            shuffle: None,
+        }
+    }
+
+    pub fn with_shuffle(mut self, scope: ShuffleScope) -> Self {
+        self.shuffle = Some(scope);
+        self
     }
 
     pub fn encode_plan(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>> {
@@ -53,18 +74,45 @@ impl PhysicalExtensionCodec for SpateCodec {
     fn try_decode(
         &self,
         buf: &[u8],
-        _inputs: &[Arc<dyn ExecutionPlan>],
+        inputs: &[Arc<dyn ExecutionPlan>],
         _ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let node: SpateNode = serde_json::from_slice(buf)
             .map_err(|e| DataFusionError::Internal(format!("undecodable Spate plan node: {e}")))?;
         match node {
-            SpateNode::KafkaScan { source, projection } => Ok(Arc::new(KafkaScanExec::new(
-                Arc::new(source),
-                Some(projection),
-                self.ranges.clone(),
-            )?)),
+            SpateNode::KafkaScan {
+                source,
+                projection,
+                planned_partitions,
+            } => {
+                let partitions = if self.in_task {
+                    1
+                } else {
+                    planned_partitions.unwrap_or(1)
+                };
+                Ok(Arc::new(KafkaScanExec::new(
+                    Arc::new(source),
+                    Some(projection),
+                    self.ranges.clone(),
+                    partitions,
+                )?))
+            }
+            SpateNode::ShuffleWriter { stage } => {
+                let [repartition] = inputs else {
+                    return Err(DataFusionError::Internal(
+                        "a shuffle writer has one input".into(),
+                    ));
+                };
+                Ok(Arc::new(ShuffleWriterExec::new(
+                    stage,
+                    Arc::clone(repartition),
+                    self.shuffle.clone(),
+                )?))
+            }
+            SpateNode::ShuffleReader(spec) => {
+                Ok(Arc::new(ShuffleReaderExec::new(spec, self.shuffle.clone())))
+            }
         }
     }
 
@@ -74,18 +122,26 @@ impl PhysicalExtensionCodec for SpateCodec {
         buf: &mut Vec<u8>,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
-            let node = SpateNode::KafkaScan {
+        let spate_node = if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            SpateNode::KafkaScan {
                 source: scan.source().as_ref().clone(),
                 projection: scan.projection().to_vec(),
-            };
-            serde_json::to_writer(buf, &node)
-                .map_err(|e| DataFusionError::Internal(e.to_string()))?;
-            return Ok(());
-        }
-        Err(DataFusionError::NotImplemented(format!(
-            "Spate cannot ship operator {} to workers",
-            node.name()
-        )))
+                planned_partitions: Some(scan.planned_partitions()),
+            }
+        } else if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
+            SpateNode::ShuffleWriter {
+                stage: writer.stage(),
+            }
+        } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            SpateNode::ShuffleReader(reader.spec())
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "Spate cannot ship operator {} to workers",
+                node.name()
+            )));
+        };
+        serde_json::to_writer(buf, &spate_node)
+            .map_err(|e| DataFusionError::Internal(e.to_string()))?;
+        Ok(())
     }
 }

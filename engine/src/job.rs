@@ -145,15 +145,25 @@ const TABLE_TYPES: &[&str] = &["KAFKA", "PARQUET", "JSON", "NDJSON", "CSV"];
 
 /// A session with Spate's table factories, as the planner and the workers use.
 pub fn session(env: &PlanEnv) -> SessionContext {
+    session_with_partitions(env, 1)
+}
+
+/// A session that plans for `partitions` shuffle partitions: stages are cut
+/// at hash repartitions, never at round-robin ones, which only balance load
+/// inside one process.
+pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(partitions.max(1))
+        .with_information_schema(true);
+    config
+        .options_mut()
+        .optimizer
+        .enable_round_robin_repartition = false;
     let files = Arc::new(WorkspaceTableFactory {
         workspace: env.workspace.clone(),
     });
     let state = SessionStateBuilder::new()
-        .with_config(
-            SessionConfig::new()
-                .with_target_partitions(1)
-                .with_information_schema(true),
-        )
+        .with_config(config)
         .with_default_features()
         .with_table_factory(
             "KAFKA".to_string(),

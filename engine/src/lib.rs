@@ -9,6 +9,8 @@ pub mod error;
 pub mod files;
 pub mod job;
 pub mod kafka;
+pub mod shuffle;
+pub mod stages;
 pub mod task;
 pub mod workspace;
 

@@ -286,7 +286,7 @@ impl TableProvider for KafkaTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
@@ -296,6 +296,7 @@ impl TableProvider for KafkaTable {
             Arc::new(self.spec.clone()),
             projection.cloned(),
             Vec::new(),
+            state.config().target_partitions(),
         )?))
     }
 }

@@ -45,16 +45,20 @@ pub struct KafkaScanExec {
 }
 
 impl KafkaScanExec {
+    /// `partitions` is what the scan claims when planned (the session's
+    /// target partitions, so DataFusion plans the shuffles a distributed
+    /// query needs); a scan decoded for a task claims one, its ranges.
     pub fn new(
         source: Arc<KafkaSourceSpec>,
         projection: Option<Vec<usize>>,
         ranges: Vec<OffsetRange>,
+        partitions: usize,
     ) -> Result<Self> {
         let projection = projection.unwrap_or_else(|| (0..source.schema.fields().len()).collect());
         let schema = Arc::new(source.schema.project(&projection)?);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(partitions.max(1)),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
@@ -74,6 +78,10 @@ impl KafkaScanExec {
 
     pub fn projection(&self) -> &[usize] {
         &self.projection
+    }
+
+    pub fn planned_partitions(&self) -> usize {
+        self.properties.partitioning.partition_count()
     }
 
     pub fn ranges(&self) -> &[OffsetRange] {
@@ -148,7 +156,7 @@ impl ExecutionPlan for KafkaScanExec {
     ) -> DfResult<SendableRecordBatchStream> {
         if partition != 0 {
             return Err(DataFusionError::Internal(format!(
-                "KafkaScanExec has one partition, asked for {partition}"
+                "a Kafka scan runs inside a task, as partition 0; asked for {partition}"
             )));
         }
         let batch_size = context.session_config().batch_size();
