@@ -6,47 +6,19 @@
 //! `SPATE_UPDATE_GOLDEN=1 cargo test -p spate-engine` rewrites the goldens.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::files::commit_batch;
 use spate_engine::job::{PlanEnv, SinkSpec, plan_job, session};
 use spate_engine::kafka::DevBroker;
 use spate_engine::task::{TaskSpec, run_task};
 use spate_engine::{OffsetRange, Workspace};
 
+mod common;
+use common::produce_lines;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// Produces each line of `input` to `topic`, alternating partitions 0 and 1;
-/// returns the record count per partition.
-async fn produce_lines(broker: &DevBroker, topic: &str, input: &str) -> [i64; 2] {
-    broker.create_topic(topic, 2).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
-        .create()
-        .unwrap();
-    let mut counts = [0i64; 2];
-    for (i, line) in input.lines().enumerate() {
-        let partition = (i % 2) as i32;
-        let key = format!("k{i}");
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .payload(line)
-                    .key(&key)
-                    .partition(partition),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        counts[partition as usize] += 1;
-    }
-    counts
 }
 
 /// Plans `sql` and runs batch 0 over `[0, count)` of each partition.
@@ -55,7 +27,7 @@ async fn run_batch(
     broker: &DevBroker,
     topic: &str,
     sql: &str,
-    counts: [i64; 2],
+    counts: Vec<i64>,
 ) -> spate_engine::Result<SinkSpec> {
     let env = PlanEnv {
         workspace: ws.clone(),
@@ -161,7 +133,7 @@ async fn sql_fixtures_match_their_golden_outputs() {
             });
         let input = std::fs::read_to_string(fixtures().join(input_name)).unwrap();
         let topic = Path::new(input_name).file_stem().unwrap().to_str().unwrap();
-        let counts = produce_lines(&broker, topic, &input).await;
+        let counts = produce_lines(&broker, topic, 2, input.lines()).await;
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::open(dir.path()).unwrap();
         let sink = run_batch(&ws, &broker, topic, &sql, counts)
@@ -185,7 +157,7 @@ async fn sql_fixtures_match_their_golden_outputs() {
 /// Runs a one-column-pair job over `input` and returns its error and workspace.
 async fn failing_batch(topic: &str, input: &str) -> (String, Workspace, tempfile::TempDir) {
     let broker = DevBroker::start().unwrap();
-    let counts = produce_lines(&broker, topic, input).await;
+    let counts = produce_lines(&broker, topic, 2, input.lines()).await;
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(dir.path()).unwrap();
     let sql = format!(

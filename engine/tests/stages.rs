@@ -3,19 +3,18 @@
 //! the workspace, stage-2 tasks (one per shuffle partition) finish them, and
 //! the union equals DataFusion's answer over the same records in one process.
 
-use std::time::Duration;
-
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::codec::SpateCodec;
 use spate_engine::job::{PlanEnv, session_with_partitions};
 use spate_engine::kafka::DevBroker;
 use spate_engine::shuffle::{ShuffleScope, file_stem};
 use spate_engine::stages::split_into_stages;
 use spate_engine::{OffsetRange, Workspace};
+
+mod common;
+use common::produce_lines;
 
 const KAFKA_PARTITIONS: i32 = 4;
 const SHUFFLE_PARTITIONS: usize = 3;
@@ -30,26 +29,13 @@ fn record(i: u64) -> String {
 #[tokio::test]
 async fn a_group_by_runs_as_two_stages_through_a_workspace_shuffle() {
     let broker = DevBroker::start().unwrap();
-    broker.create_topic("sales", KAFKA_PARTITIONS).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.bootstrap_servers())
-        .create()
-        .unwrap();
-    let mut counts = [0i64; KAFKA_PARTITIONS as usize];
-    for i in 0..400u64 {
-        let partition = (i % KAFKA_PARTITIONS as u64) as i32;
-        producer
-            .send(
-                FutureRecord::<(), String>::to("sales")
-                    .payload(&record(i))
-                    .partition(partition),
-                Duration::from_secs(5),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-        counts[partition as usize] += 1;
-    }
+    let counts = produce_lines(
+        &broker,
+        "sales",
+        KAFKA_PARTITIONS as usize,
+        (0..400).map(record),
+    )
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(dir.path()).unwrap();

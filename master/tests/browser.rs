@@ -60,6 +60,17 @@ async fn browser(chromedriver: &ChromeDriver) -> WebDriver {
     WebDriver::new(&chromedriver.url, caps).await.unwrap()
 }
 
+/// The visible text of the first element matching `css`.
+async fn text_of(driver: &WebDriver, css: &str) -> String {
+    driver
+        .find(By::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Reloads until `check` finds what it wants in the page's text.
 async fn wait_for_text(driver: &WebDriver, css: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -93,25 +104,13 @@ async fn the_ui_shows_workers_and_jobs_draws_charts_and_kills_a_job() {
     let chromedriver = ChromeDriver::start();
     let driver = browser(&chromedriver).await;
     driver.goto(&ui).await.unwrap();
-    let workers = driver
-        .find(By::Css("table#workers"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let workers = text_of(&driver, "table#workers").await;
     assert!(
         workers.contains("w1") && workers.contains("w2"),
         "{workers}"
     );
     assert_eq!(workers.matches("ALIVE").count(), 2, "{workers}");
-    let running = driver
-        .find(By::Css("table#running-jobs"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let running = text_of(&driver, "table#running-jobs").await;
     assert!(
         running.contains(&id) && running.contains("RUNNING"),
         "{running}"
@@ -147,13 +146,7 @@ async fn the_ui_shows_workers_and_jobs_draws_charts_and_kills_a_job() {
     assert_eq!(polylines.len(), 2, "input and processing rate");
     let batches = driver.find_all(By::Css("table#batches tr")).await.unwrap();
     assert!(batches.len() >= 4, "a header and three batches");
-    let plan = driver
-        .find(By::Css("pre#plan"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let plan = text_of(&driver, "pre#plan").await;
     assert!(plan.contains("KafkaScanExec"), "{plan}");
     let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-job.png");
     driver.screenshot(&screenshot).await.unwrap();
@@ -170,13 +163,7 @@ async fn the_ui_shows_workers_and_jobs_draws_charts_and_kills_a_job() {
     driver.accept_alert().await.unwrap();
     wait_for_text(&driver, "h1", "STOPPED").await;
     driver.goto(&ui).await.unwrap();
-    let finished = driver
-        .find(By::Css("table#finished-jobs"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let finished = text_of(&driver, "table#finished-jobs").await;
     assert!(
         finished.contains(&id) && finished.contains("STOPPED"),
         "{finished}"
