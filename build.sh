@@ -7,7 +7,8 @@
 #   SPATE_PROFILE=debug ./build.sh  debug binaries (CI, docker/e2e.sh)
 #
 # Settings: SPATE_PROFILE (release | debug, default release), SPATE_IMAGE
-# (default spate:latest), SPATE_DEBIAN_MIRROR (for the offline base image).
+# (default spate:latest), SPATE_DEBIAN_MIRROR (for the offline base image),
+# SPATE_PREBUILT=1 (use the binaries in target/ without running cargo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,11 +34,20 @@ esac
 command -v cargo >/dev/null || die "cargo is not installed (https://rustup.rs)"
 docker info >/dev/null 2>&1 || die "no Docker engine answers (docker info fails)"
 
-# 1. Binaries. Cargo rebuilds only what changed, so this is quick when the
-# tests (or an earlier run) already built them.
-say "cargo build --bins (${profile}); cargo skips what is up to date"
-cargo build --bins "${cargo_flags[@]}"
-took "cargo build"
+# 1. Binaries. Cargo rebuilds only what changed. SPATE_PREBUILT=1 takes the
+# binaries already in target/ as they are: `cargo test` builds them with the
+# dev-dependencies' features unified in, so a plain `cargo build` would
+# recompile most of the dependency tree (minutes) for the same programs.
+if [ "${SPATE_PREBUILT:-0}" = 1 ]; then
+    for bin in master worker driver; do
+        [ -x "$target_dir/$bin" ] || die "SPATE_PREBUILT=1, but $target_dir/$bin is missing: build it first"
+    done
+    say "using the binaries already in $target_dir (SPATE_PREBUILT=1)"
+else
+    say "cargo build --bins (${profile}); cargo skips what is up to date"
+    cargo build --bins "${cargo_flags[@]}"
+    took "cargo build"
+fi
 
 # 2. Stage the binaries in the build context. A copy keeps its source's mtime,
 # so an unchanged binary is not copied again (and the image not rebuilt).
