@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
+use spate_engine::kafka::enqueue;
 
 use crate::DriverError;
 
@@ -90,33 +91,15 @@ async fn send(
     key: Option<&str>,
     payload: &[u8],
 ) -> Result<(), DriverError> {
-    loop {
-        let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        match producer.send_result(record) {
-            Ok(delivery) => {
-                // Delivery is checked at flush; failures there are reported.
-                drop(delivery);
-                return Ok(());
-            }
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                _,
-            )) => {
-                producer.poll(Duration::from_millis(10));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => {
-                return Err(DriverError::Kafka(format!(
-                    "cannot write to topic '{topic}': {e}"
-                )));
-            }
-        }
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+    if let Some(k) = key {
+        record = record.key(k);
     }
+    // Delivery is checked at flush; failures there are reported.
+    enqueue(producer, record)
+        .await
+        .map(drop)
+        .map_err(|e| DriverError::Kafka(format!("cannot write to topic '{topic}': {e}")))
 }
 
 async fn flush(producer: &FutureProducer, topic: &str) -> Result<(), DriverError> {

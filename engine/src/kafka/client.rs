@@ -13,7 +13,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KEY_COLUMN, KafkaSinkSpec, OFFSET_COLUMN, PARTITION_COLUMN, TIMESTAMP_COLUMN};
@@ -179,6 +179,25 @@ impl KafkaAdmin {
     }
 }
 
+/// Hands one record to librdkafka, waiting for room while its queue is full
+/// (100k records by default), and returns the future of its delivery.
+pub async fn enqueue<K: rdkafka::message::ToBytes + ?Sized>(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, K, [u8]>,
+) -> std::result::Result<DeliveryFuture, KafkaError> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Writes rows to a Kafka topic as JSON objects, one record per row, and
 /// waits until the broker acknowledged every one. A `_key` column becomes the
 /// record key and is left out of the value.
@@ -214,8 +233,7 @@ pub async fn produce_batches(sink: &KafkaSinkSpec, batches: &[RecordBatch]) -> R
             if let Some(key) = key.as_ref() {
                 record = record.key(key);
             }
-            let delivery = producer.send_result(record).map_err(|(e, _)| error(e))?;
-            deliveries.push(delivery);
+            deliveries.push(enqueue(&producer, record).await.map_err(error)?);
             rows += 1;
         }
     }

@@ -21,7 +21,7 @@ use datafusion::prelude::Expr;
 use serde::{Deserialize, Serialize};
 
 pub use broker::DevBroker;
-pub use client::{KafkaAdmin, PartitionOffsets, produce_batches};
+pub use client::{KafkaAdmin, PartitionOffsets, enqueue, produce_batches};
 pub use scan::KafkaScanExec;
 
 use crate::error::{EngineError, Result};
