@@ -84,6 +84,13 @@ impl Checkpoint {
         }
     }
 
+    /// (batches committed, total input rows, total output rows) so far.
+    pub async fn totals(&self) -> Result<(u64, u64, u64)> {
+        Ok(self.latest_commit().await?.map_or((0, 0, 0), |c| {
+            (c.batch + 1, c.total_input_rows, c.total_output_rows)
+        }))
+    }
+
     pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
         self.ws
             .put_json(&format!("{}/commits/{}", self.dir, entry.batch), entry)

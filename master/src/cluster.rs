@@ -122,7 +122,7 @@ impl Cluster {
         memory_bytes: u64,
         sender: WorkerSender,
     ) -> u64 {
-        let lost = {
+        let (connection_id, lost) = {
             let mut state = self.lock();
             state.next_connection += 1;
             let connection_id = state.next_connection;
@@ -162,7 +162,6 @@ impl Cluster {
                 .collect();
             (connection_id, lost)
         };
-        let (connection_id, lost) = lost;
         for task in lost {
             let _ = task
                 .reply

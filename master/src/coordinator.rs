@@ -77,11 +77,8 @@ impl Coordinator {
         let checkpoint = Checkpoint::new(&self.ws, &self.job_id);
         let source = self.planned.source.clone();
         let admin = KafkaAdmin::new(&source.bootstrap_servers, &source.client_options);
-        let mut next_batch = checkpoint.latest_commit().await?.map_or(0, |c| c.batch + 1);
-        let mut totals = checkpoint
-            .latest_commit()
-            .await?
-            .map_or((0, 0), |c| (c.total_input_rows, c.total_output_rows));
+        let (mut next_batch, input_rows, output_rows) = checkpoint.totals().await?;
+        let mut totals = (input_rows, output_rows);
         // availableNow: the offsets at the first look are where the job ends.
         let mut end_of_input: Option<BTreeMap<i32, i64>> = None;
         let mut kafka_backoff = KAFKA_RETRY_MIN;

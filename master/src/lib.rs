@@ -255,10 +255,7 @@ impl Master {
     }
 
     async fn start_job(&self, record: JobRecord) -> Result<()> {
-        let checkpoint = Checkpoint::new(&self.ws, &record.id);
-        let totals = checkpoint.latest_commit().await?.map_or((0, 0, 0), |c| {
-            (c.batch + 1, c.total_input_rows, c.total_output_rows)
-        });
+        let totals = Checkpoint::new(&self.ws, &record.id).totals().await?;
         let id = record.id.clone();
         let planned = record.planned.clone();
         let stop = self.jobs.insert(record, totals).await?;
@@ -284,12 +281,7 @@ impl Master {
                 record.state = JobState::Running;
                 self.start_job(record).await?;
             } else {
-                let totals = Checkpoint::new(&self.ws, &record.id)
-                    .latest_commit()
-                    .await?
-                    .map_or((0, 0, 0), |c| {
-                        (c.batch + 1, c.total_input_rows, c.total_output_rows)
-                    });
+                let totals = Checkpoint::new(&self.ws, &record.id).totals().await?;
                 self.jobs.insert_inactive(record, totals).await?;
             }
         }
