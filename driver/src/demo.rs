@@ -53,10 +53,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     broker.create_topic("sales", 4)?;
     let bootstrap = broker.bootstrap_servers().to_string();
     let ws = Workspace::open(&args.workspace)?;
-    let env = PlanEnv {
-        workspace: ws.clone(),
-        default_bootstrap_servers: bootstrap.clone(),
-    };
+    let env = PlanEnv::new(ws.clone(), bootstrap.clone());
     let planned = plan_job(&env, &sql, &name)
         .await
         .map_err(|e| DriverError::Usage(format!("{}: {e}", args.job.display())))?;

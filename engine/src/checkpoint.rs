@@ -15,6 +15,10 @@ pub struct OffsetsEntry {
     pub ranges: Vec<OffsetRange>,
     /// Unix milliseconds when the batch was planned.
     pub created_ms: i64,
+    /// The event-time watermark (Unix ms) this batch drops late rows by
+    /// and closes windows at; logged so that a re-run uses the same one.
+    #[serde(default)]
+    pub watermark_ms: Option<i64>,
 }
 
 /// Written after the sink committed the batch.
@@ -28,6 +32,15 @@ pub struct CommitEntry {
     /// only the latest entry.
     pub total_input_rows: u64,
     pub total_output_rows: u64,
+    /// The largest event time seen up to this batch (Unix ms), from which
+    /// the next batch's watermark follows.
+    #[serde(default)]
+    pub max_event_time_ms: Option<i64>,
+}
+
+/// A job's checkpoint folder, relative to the workspace root.
+pub fn job_dir(job: &str) -> String {
+    format!("{SPATE_DIR}/checkpoints/{job}")
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +53,7 @@ impl Checkpoint {
     pub fn new(ws: &Workspace, job: &str) -> Self {
         Checkpoint {
             ws: ws.clone(),
-            dir: format!("{SPATE_DIR}/checkpoints/{job}"),
+            dir: job_dir(job),
         }
     }
 

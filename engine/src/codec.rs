@@ -15,6 +15,9 @@ use crate::OffsetRange;
 use crate::error::Result;
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec};
 use crate::shuffle::{ShuffleReaderExec, ShuffleReaderSpec, ShuffleScope, ShuffleWriterExec};
+use crate::state::{PartitionState, StateCache, partition_dir};
+use crate::stateful::{StateScope, StatefulAggregateExec, StatefulSpec};
+use crate::workspace::Workspace;
 
 #[derive(Debug, Default)]
 pub struct SpateCodec {
@@ -24,12 +27,27 @@ pub struct SpateCodec {
     ranges: Vec<OffsetRange>,
     /// Where this task's shuffle files are written and read.
     shuffle: Option<ShuffleScope>,
+    /// The batch's watermark, given to every `KafkaScanExec`.
+    watermark_ms: Option<i64>,
+    /// Where this task's stateful operators keep their state.
+    state: Option<TaskState>,
+}
+
+/// What a task's stateful operators need to find their state.
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    pub workspace: Workspace,
+    pub job: String,
+    pub batch: u64,
+    /// The shuffle partition the task runs.
+    pub partition: u32,
+    pub cache: Arc<StateCache>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum SpateNode {
     KafkaScan {
-        source: KafkaSourceSpec,
+        source: Box<KafkaSourceSpec>,
         projection: Vec<usize>,
         #[serde(default)]
         planned_partitions: Option<usize>,
@@ -39,6 +57,8 @@ enum SpateNode {
         stage: u32,
     },
     ShuffleReader(ShuffleReaderSpec),
+    /// Its child, the final AggregateExec, travels as a normal plan node.
+    StatefulAggregate(StatefulSpec),
 }
 
 impl SpateCodec {
@@ -46,12 +66,22 @@ impl SpateCodec {
         SpateCodec {
             in_task: true,
             ranges,
-            shuffle: None,
+            ..SpateCodec::default()
         }
     }
 
     pub fn with_shuffle(mut self, scope: ShuffleScope) -> Self {
         self.shuffle = Some(scope);
+        self
+    }
+
+    pub fn with_watermark(mut self, watermark_ms: Option<i64>) -> Self {
+        self.watermark_ms = watermark_ms;
+        self
+    }
+
+    pub fn with_state(mut self, state: TaskState) -> Self {
+        self.state = Some(state);
         self
     }
 
@@ -91,12 +121,15 @@ impl PhysicalExtensionCodec for SpateCodec {
                 } else {
                     planned_partitions.unwrap_or(1)
                 };
-                Ok(Arc::new(KafkaScanExec::new(
-                    Arc::new(source),
-                    Some(projection),
-                    self.ranges.clone(),
-                    partitions,
-                )?))
+                Ok(Arc::new(
+                    KafkaScanExec::new(
+                        Arc::new(*source),
+                        Some(projection),
+                        self.ranges.clone(),
+                        partitions,
+                    )?
+                    .with_watermark(self.watermark_ms),
+                ))
             }
             SpateNode::ShuffleWriter { stage } => {
                 let [repartition] = inputs else {
@@ -113,6 +146,27 @@ impl PhysicalExtensionCodec for SpateCodec {
             SpateNode::ShuffleReader(spec) => {
                 Ok(Arc::new(ShuffleReaderExec::new(spec, self.shuffle.clone())))
             }
+            SpateNode::StatefulAggregate(spec) => {
+                let [aggregate] = inputs else {
+                    return Err(DataFusionError::Internal(
+                        "a stateful aggregate has one input".into(),
+                    ));
+                };
+                let scope = self.state.as_ref().map(|task| StateScope {
+                    state: PartitionState {
+                        workspace: task.workspace.clone(),
+                        dir: partition_dir(&task.job, spec.operator, task.partition),
+                        cache: Arc::clone(&task.cache),
+                    },
+                    batch: task.batch,
+                    watermark_ms: self.watermark_ms,
+                });
+                Ok(Arc::new(StatefulAggregateExec::new(
+                    spec,
+                    Arc::clone(aggregate),
+                    scope,
+                )?))
+            }
         }
     }
 
@@ -124,7 +178,7 @@ impl PhysicalExtensionCodec for SpateCodec {
     ) -> DfResult<()> {
         let spate_node = if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
             SpateNode::KafkaScan {
-                source: scan.source().as_ref().clone(),
+                source: Box::new(scan.source().as_ref().clone()),
                 projection: scan.projection().to_vec(),
                 planned_partitions: Some(scan.planned_partitions()),
             }
@@ -134,6 +188,8 @@ impl PhysicalExtensionCodec for SpateCodec {
             }
         } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
             SpateNode::ShuffleReader(reader.spec())
+        } else if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
+            SpateNode::StatefulAggregate(stateful.spec().clone())
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "Spate cannot ship operator {} to workers",

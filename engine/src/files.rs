@@ -107,6 +107,10 @@ pub struct SinkManifest {
     pub files: Vec<String>,
     /// Rows in those files.
     pub rows: u64,
+    /// The batch holds the whole table (complete output mode): readers
+    /// ignore the batches before it.
+    #[serde(default)]
+    pub replaces: bool,
 }
 
 pub fn manifests_dir(sink_dir: &str) -> String {
@@ -125,11 +129,17 @@ pub async fn commit_batch(
     batch: u64,
     mut files: Vec<String>,
     rows: u64,
+    replaces: bool,
 ) -> Result<()> {
     files.sort();
     ws.put_json(
         &manifest_path(sink_dir, batch),
-        &SinkManifest { batch, files, rows },
+        &SinkManifest {
+            batch,
+            files,
+            rows,
+            replaces,
+        },
     )
     .await
 }
@@ -153,16 +163,21 @@ pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Ve
     if batches.is_empty() {
         return Ok(None);
     }
-    let mut files = Vec::new();
-    for batch in batches {
+    // Newest first, down to the batch that replaced everything before it.
+    let mut newest_first = Vec::new();
+    for batch in batches.into_iter().rev() {
         if let Some(m) = ws
             .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
             .await?
         {
-            files.extend(m.files);
+            let replaces = m.replaces;
+            newest_first.push(m.files);
+            if replaces {
+                break;
+            }
         }
     }
-    Ok(Some(files))
+    Ok(Some(newest_first.into_iter().rev().flatten().collect()))
 }
 
 /// Builds file tables for `CREATE EXTERNAL TABLE ... STORED AS PARQUET|JSON|CSV`.

@@ -6,10 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{JoinType, ScalarValue};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
+use datafusion::physical_expr::ScalarFunctionExpr;
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateOutputMode};
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::{ExecutionPlan, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use serde::{Deserialize, Serialize};
@@ -18,6 +23,9 @@ use crate::codec::SpateCodec;
 use crate::error::{EngineError, Result};
 use crate::files::{FileFormatKind, WorkspaceTable, WorkspaceTableFactory};
 use crate::kafka::{KafkaScanExec, KafkaSinkSpec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
+use crate::stages::split_into_stages;
+use crate::stateful::{EventWindow, OutputMode, StatefulAggregateExec, StatefulSpec};
+use crate::windows::{self, ExpandSlidingWindows};
 use crate::workspace::Workspace;
 
 /// Where a job's rows go.
@@ -43,6 +51,13 @@ pub struct JobOptions {
     pub available_now: bool,
     /// Times one task may fail by its own error before the job fails.
     pub max_task_failures: u32,
+    /// Spark's output mode: what an aggregation emits each batch.
+    #[serde(default)]
+    pub output_mode: OutputMode,
+    /// Partitions of an aggregation's shuffle and state; fixed when the job
+    /// is planned (default: the cluster's worker slots at submit time).
+    #[serde(default)]
+    pub shuffle_partitions: Option<usize>,
 }
 
 impl Default for JobOptions {
@@ -52,11 +67,13 @@ impl Default for JobOptions {
             trigger_interval_ms: 1000,
             available_now: false,
             max_task_failures: 4,
+            output_mode: OutputMode::Append,
+            shuffle_partitions: None,
         }
     }
 }
 
-const KNOWN_JOB_OPTIONS: &str = "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures";
+const KNOWN_JOB_OPTIONS: &str = "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures, spate.output_mode (append, update, complete), spate.shuffle.partitions";
 
 impl JobOptions {
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -88,6 +105,19 @@ impl JobOptions {
                     .ok()
                     .filter(|n| *n > 0)
                     .ok_or_else(|| bad("a positive whole number"))?;
+            }
+            "spate.output_mode" | "spate.output.mode" | "spate.outputmode" => {
+                self.output_mode =
+                    OutputMode::parse(value).ok_or_else(|| bad("append, update or complete"))?;
+            }
+            "spate.shuffle.partitions" => {
+                self.shuffle_partitions = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=4096).contains(n))
+                        .ok_or_else(|| bad("a whole number from 1 to 4096"))?,
+                );
             }
             _ => {
                 return Err(EngineError::plan(format!(
@@ -124,6 +154,18 @@ pub struct PlanEnv {
     pub workspace: Workspace,
     /// For Kafka tables that name no `bootstrap.servers`.
     pub default_bootstrap_servers: String,
+    /// Shuffle partitions of a job that does not set spate.shuffle.partitions.
+    pub shuffle_partitions: usize,
+}
+
+impl PlanEnv {
+    pub fn new(workspace: Workspace, default_bootstrap_servers: impl Into<String>) -> Self {
+        PlanEnv {
+            workspace,
+            default_bootstrap_servers: default_bootstrap_servers.into(),
+            shuffle_partitions: 4,
+        }
+    }
 }
 
 /// A job, planned: ready for the coordinator to run batch after batch.
@@ -133,11 +175,32 @@ pub struct PlannedJob {
     pub sql: String,
     pub source: KafkaSourceSpec,
     pub sink: SinkSpec,
-    /// The stage's physical plan, datafusion-proto bytes with `SpateCodec`.
-    pub plan: Vec<u8>,
-    /// The plan as text, for humans.
+    /// In the order they run; the last one writes the sink.
+    pub stages: Vec<PlannedStage>,
+    /// The whole plan as text, for humans.
     pub explain: String,
     pub options: JobOptions,
+}
+
+/// One stage of a job: its plan and where its input comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStage {
+    pub id: u32,
+    /// datafusion-proto bytes with `SpateCodec`.
+    pub plan: Vec<u8>,
+    /// Stages whose shuffle output it reads; none for the Kafka stage.
+    pub reads: Vec<u32>,
+    /// Tasks per batch of a shuffle-reading stage (its partitions); a
+    /// Kafka stage runs one task per partition with new records.
+    pub tasks: usize,
+    pub explain: String,
+}
+
+impl PlannedJob {
+    /// Whether the job keeps state between batches.
+    pub fn is_stateful(&self) -> bool {
+        self.stages.len() > 1
+    }
 }
 
 /// `STORED AS` types Spate's sessions know.
@@ -155,10 +218,19 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions.max(1))
         .with_information_schema(true);
-    config
-        .options_mut()
-        .optimizer
-        .enable_round_robin_repartition = false;
+    let options = config.options_mut();
+    options.optimizer.enable_round_robin_repartition = false;
+    // A static table joined with a stream is broadcast to every task (a
+    // collect-left hash join), never shuffled with the stream.
+    options.optimizer.hash_join_single_partition_threshold = usize::MAX;
+    options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    // A COUNT(DISTINCT x) alone would become two aggregations, and a
+    // streaming job keeps state for one: the distinct set stays state.
+    let optimizer_rules = datafusion::optimizer::Optimizer::new()
+        .rules
+        .into_iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .collect();
     let files = Arc::new(WorkspaceTableFactory {
         workspace: env.workspace.clone(),
     });
@@ -175,8 +247,29 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
         .with_table_factory("JSON".to_string(), files.clone())
         .with_table_factory("NDJSON".to_string(), files.clone())
         .with_table_factory("CSV".to_string(), files)
+        .with_optimizer_rules(optimizer_rules)
+        .with_analyzer_rule(Arc::new(ExpandSlidingWindows))
         .build();
-    SessionContext::new_with_state(state)
+    let ctx = SessionContext::new_with_state(state);
+    for udf in windows::udfs() {
+        ctx.register_udf(udf);
+    }
+    ctx
+}
+
+/// Runs one SQL statement in a Spate session as a job would read it:
+/// `window.start` and friends resolve as in jobs. For the REPL and tests.
+pub async fn sql(ctx: &SessionContext, text: &str) -> Result<datafusion::dataframe::DataFrame> {
+    let mut statements =
+        DFParser::parse_sql(text).map_err(|e| EngineError::plan(format!("syntax error: {e}")))?;
+    let (Some(mut statement), None) = (statements.pop_front(), statements.pop_front()) else {
+        return Err(EngineError::plan("expected exactly one SQL statement"));
+    };
+    if let DfStatement::Statement(inner) = &mut statement {
+        windows::resolve_window_columns(inner);
+    }
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    Ok(ctx.execute_logical_plan(plan).await?)
 }
 
 /// Plans a job file. `default_name` is used unless the SQL sets spate.job.name.
@@ -190,7 +283,10 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     let count = statements.len();
     let mut options = JobOptions::default();
     let mut insert: Option<DmlStatement> = None;
-    for (index, statement) in statements.into_iter().enumerate() {
+    for (index, mut statement) in statements.into_iter().enumerate() {
+        if let DfStatement::Statement(inner) = &mut statement {
+            windows::resolve_window_columns(inner);
+        }
         let at = |e: EngineError| {
             EngineError::plan(format!(
                 "statement {} of {count} ({}): {}",
@@ -251,13 +347,38 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         EngineError::plan("the job has no INSERT INTO ... SELECT, so it would write nothing")
     })?;
     let sink = sink_spec(&ctx, &insert).await?;
-    let physical = ctx
-        .state()
+    let aggregates = insert
+        .input
+        .exists(|node| Ok(matches!(node, LogicalPlan::Aggregate(_))))?;
+    let mut state = ctx.state();
+    if aggregates {
+        // A stateful job needs its shuffle, which one partition would not plan.
+        let partitions = options
+            .shuffle_partitions
+            .unwrap_or(env.shuffle_partitions)
+            .max(2);
+        options.shuffle_partitions = Some(partitions);
+        state.config_mut().options_mut().execution.target_partitions = partitions;
+    }
+    let physical = state
         .create_physical_plan(&insert.input)
         .await
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let source = check_streamable(&physical)?;
-    let plan = SpateCodec::default().encode_plan(Arc::clone(&physical))?;
+    let physical = make_stateful(physical, &source, &sink, options.output_mode)?;
+    let explain = displayable(physical.as_ref()).indent(true).to_string();
+    let stages = split_into_stages(physical)?
+        .into_iter()
+        .map(|stage| {
+            Ok(PlannedStage {
+                id: stage.id,
+                explain: displayable(stage.plan.as_ref()).indent(true).to_string(),
+                plan: SpateCodec::default().encode_plan(Arc::clone(&stage.plan))?,
+                reads: stage.reads,
+                tasks: stage.tasks,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let name = options
         .name
         .clone()
@@ -267,10 +388,109 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         sql: sql.to_string(),
         source,
         sink,
-        plan,
-        explain: displayable(physical.as_ref()).indent(true).to_string(),
+        stages,
+        explain,
         options,
     })
+}
+
+/// Puts a `StatefulAggregateExec` in place of the job's final aggregate,
+/// after checking the output mode against the query and the sink with
+/// Spark's rules.
+fn make_stateful(
+    plan: Arc<dyn ExecutionPlan>,
+    source: &KafkaSourceSpec,
+    sink: &SinkSpec,
+    mode: OutputMode,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let finals = count_nodes(&plan, |node| {
+        node.downcast_ref::<AggregateExec>()
+            .is_some_and(|a| a.mode().output_mode() == AggregateOutputMode::Final)
+    });
+    if finals == 0 {
+        if mode == OutputMode::Complete {
+            return Err(EngineError::plan(
+                "complete output mode re-emits every group each batch, so it needs an aggregation (GROUP BY); this query has none: use append",
+            ));
+        }
+        return Ok(plan);
+    }
+    if finals > 1 {
+        return Err(EngineError::plan(
+            "this query aggregates more than once; a streaming job keeps state for one aggregation",
+        ));
+    }
+    if mode == OutputMode::Update && matches!(sink, SinkSpec::Files { .. }) {
+        return Err(EngineError::plan(
+            "update output mode rewrites groups as they change, which a file sink cannot; write to a Kafka table (its _key column makes a compacted topic hold the latest row per key), or use append or complete",
+        ));
+    }
+    let mut window = None;
+    let stateful = plan
+        .transform_up(|node| {
+            let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if aggregate.mode().output_mode() == AggregateOutputMode::Partial {
+                window = event_window(aggregate);
+                return Ok(Transformed::no(node));
+            }
+            let spec = StatefulSpec {
+                operator: 1,
+                mode,
+                window: window.clone(),
+            };
+            Ok(Transformed::yes(
+                Arc::new(StatefulAggregateExec::new(spec, Arc::clone(&node), None)?)
+                    as Arc<dyn ExecutionPlan>,
+            ))
+        })?
+        .data;
+    if mode == OutputMode::Append && (window.is_none() || source.watermark.is_none()) {
+        return Err(EngineError::plan(
+            "append output mode emits each group once, when the watermark closes its window, so the query must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) and the Kafka table must declare 'watermark' 'ts - INTERVAL 5 SECONDS'; or SET spate.output_mode = 'update' or 'complete'",
+        ));
+    }
+    Ok(stateful)
+}
+
+fn count_nodes(plan: &Arc<dyn ExecutionPlan>, f: impl Fn(&dyn ExecutionPlan) -> bool) -> usize {
+    let mut count = 0;
+    let _ = plan.apply(|node| {
+        if f(node.as_ref()) {
+            count += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    count
+}
+
+/// The partial aggregate's group key that is an event-time window:
+/// `window(...)` (a struct with its end) or `date_bin(width, ts)`.
+fn event_window(partial: &AggregateExec) -> Option<EventWindow> {
+    let schema = partial.schema();
+    partial
+        .group_expr()
+        .expr()
+        .iter()
+        .enumerate()
+        .find_map(|(column, (expr, _))| {
+            if windows::is_window_field(schema.field(column)) {
+                return Some(EventWindow::Struct { column });
+            }
+            let call = expr.downcast_ref::<ScalarFunctionExpr>()?;
+            if call.name() != "date_bin" {
+                return None;
+            }
+            let width = call.args().first()?.downcast_ref::<Literal>()?;
+            let ScalarValue::IntervalMonthDayNano(Some(width)) = width.value() else {
+                return None;
+            };
+            (width.months == 0).then_some(EventWindow::Bin {
+                column,
+                width_ms: width.days as i64 * 86_400_000 + width.nanoseconds / 1_000_000,
+            })
+        })
 }
 
 fn summary(statement: &DfStatement) -> String {
@@ -301,14 +521,23 @@ async fn sink_spec(ctx: &SessionContext, insert: &DmlStatement) -> Result<SinkSp
     )))
 }
 
-/// Operators a stateless stage may hold: they work row by row, so running
-/// them per task over a part of the stream gives the same rows as over all of it.
-const STATELESS_OPERATORS: &[&str] = &[
+/// Operators a streaming job may hold. Row-by-row ones give the same rows
+/// over parts of the stream as over all of it; an aggregation becomes a
+/// partial aggregate, a shuffle and a stateful merge; a static table is
+/// read whole by every task that joins it.
+const STREAMING_OPERATORS: &[&str] = &[
     "KafkaScanExec",
     "ProjectionExec",
     "FilterExec",
     "CoalesceBatchesExec",
     "CooperativeExec",
+    "AggregateExec",
+    "RepartitionExec",
+    "UnnestExec",
+    "HashJoinExec",
+    "CoalescePartitionsExec",
+    "DataSourceExec",
+    "EmptyExec",
 ];
 
 /// Checks that the plan can run per micro-batch task, and returns its one Kafka source.
@@ -318,32 +547,60 @@ fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<KafkaSourceSpec> {
     plan.apply(|node| {
         if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
             sources.push(scan.source().as_ref().clone());
-        } else if !STATELESS_OPERATORS.contains(&node.name()) && refused.is_none() {
-            refused = Some(node.name().to_string());
+        } else if refused.is_none() {
+            refused = refusal(node.as_ref());
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    if let Some(operator) = refused {
-        return Err(EngineError::plan(format!(
-            "this query needs {operator}, which a streaming job cannot run yet: jobs filter and project Kafka rows; aggregations, joins, ORDER BY and LIMIT over a stream come with stateful streaming"
-        )));
+    if let Some(why) = refused {
+        return Err(EngineError::plan(why));
     }
     match sources.len() {
         0 => Err(EngineError::plan(
             "the query reads no Kafka table; a streaming job reads one table STORED AS KAFKA",
         )),
-        1 => {
-            if plan.output_partitioning().partition_count() != 1 {
-                return Err(EngineError::plan(
-                    "internal: a stateless stage must have one partition",
-                ));
-            }
-            Ok(sources.remove(0))
-        }
+        1 => Ok(sources.remove(0)),
         _ => Err(EngineError::plan(
             "the query reads more than one Kafka table; joining two streams is not supported yet",
         )),
     }
+}
+
+/// Why a streaming job cannot run this operator, if it cannot.
+fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
+    let name = node.name();
+    if !STREAMING_OPERATORS.contains(&name) {
+        let what = match name {
+            "SortExec" | "SortPreservingMergeExec" => "ORDER BY",
+            "GlobalLimitExec" | "LocalLimitExec" => "LIMIT",
+            "WindowAggExec" | "BoundedWindowAggExec" => "an OVER (...) window function",
+            "NestedLoopJoinExec" | "CrossJoinExec" | "SortMergeJoinExec" => {
+                "a join without an equality condition"
+            }
+            _ => name,
+        };
+        return Some(format!(
+            "this query needs {what} ({name}), which a streaming job cannot run: an unbounded stream has no last row to sort or limit by; aggregate it by window, or run the query in the REPL over a sink"
+        ));
+    }
+    if let Some(join) = node.downcast_ref::<HashJoinExec>() {
+        let kafka_on_build_side = join
+            .left()
+            .exists(|n| Ok(n.is::<KafkaScanExec>()))
+            .unwrap_or(false);
+        if *join.partition_mode() != PartitionMode::CollectLeft || kafka_on_build_side {
+            return Some(
+                "a stream joins a static table (a Parquet, CSV or JSON table in the workspace); this join would hold the stream itself in memory".to_string(),
+            );
+        }
+        if !matches!(join.join_type(), JoinType::Inner | JoinType::Right) {
+            return Some(format!(
+                "a {} join of a stream with a table is not supported: use an inner join, or a LEFT JOIN with the stream on the left",
+                join.join_type()
+            ));
+        }
+    }
+    None
 }
 
 /// Per-partition starting offsets as the source spec gives them, resolved

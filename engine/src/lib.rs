@@ -11,7 +11,10 @@ pub mod job;
 pub mod kafka;
 pub mod shuffle;
 pub mod stages;
+pub mod state;
+pub mod stateful;
 pub mod task;
+pub mod windows;
 pub mod workspace;
 
 use serde::{Deserialize, Serialize};

@@ -48,6 +48,16 @@ pub struct ShuffleScope {
     pub partition: u32,
 }
 
+/// A streaming job's shuffle folders, one per batch in flight.
+pub fn job_dir(job: &str) -> String {
+    format!("{}/shuffle/{job}", crate::workspace::SPATE_DIR)
+}
+
+/// A streaming batch's shuffle folder, removed once the batch commits.
+pub fn batch_dir(job: &str, batch: u64) -> String {
+    format!("{}/{batch}", job_dir(job))
+}
+
 pub fn file_stem(task_index: u32, attempt_id: &str) -> String {
     format!("from-{task_index}-{attempt_id}")
 }

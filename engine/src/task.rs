@@ -1,7 +1,8 @@
 //! Running one task on a worker: decode the stage plan with the task's
-//! offset ranges, run it, and write its rows to the sink. File outputs are
-//! named by batch, task and attempt, so a re-run never overwrites a file
-//! that a committed manifest names.
+//! offset ranges, shuffle inputs, watermark and state, run it, and write
+//! its rows to the sink (last stage) or the shuffle (earlier stages). File
+//! outputs are named by batch, task and attempt, so a re-run never
+//! overwrites a file that a committed manifest names.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,10 +12,13 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use serde::{Deserialize, Serialize};
 
 use crate::OffsetRange;
-use crate::codec::SpateCodec;
+use crate::codec::{SpateCodec, TaskState};
 use crate::error::{EngineError, Result};
 use crate::job::{PlanEnv, SinkSpec, session};
 use crate::kafka::{KafkaScanExec, produce_batches};
+use crate::shuffle::{ShuffleScope, ShuffleWriterExec, batch_dir};
+use crate::state::StateCache;
+use crate::stateful::StatefulAggregateExec;
 use crate::workspace::Workspace;
 
 /// One task of one batch, as the master sends it.
@@ -23,9 +27,15 @@ pub struct TaskSpec {
     pub job_id: String,
     pub batch_id: u64,
     pub attempt_id: String,
+    pub stage_id: u32,
     pub task_index: u32,
     pub plan: Vec<u8>,
     pub ranges: Vec<OffsetRange>,
+    /// For a shuffle-reading stage: the partition it reads, and per stage
+    /// read, the committed attempts (`from-<task>-<attempt>` file stems).
+    pub partition: u32,
+    pub shuffle_inputs: Vec<(u32, Vec<String>)>,
+    pub watermark_ms: Option<i64>,
     pub sink: SinkSpec,
 }
 
@@ -36,6 +46,20 @@ pub struct TaskOutcome {
     /// Relative to the workspace root.
     pub output_files: Vec<String>,
     pub duration_ms: u64,
+    /// The largest event time read (Unix ms), where the source has a watermark.
+    pub max_event_time_ms: Option<i64>,
+    /// Rows dropped for coming after the watermark.
+    pub late_rows: u64,
+    pub state: StateMetrics,
+}
+
+/// What a task's stateful operator holds after the batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateMetrics {
+    pub rows: u64,
+    pub bytes: u64,
+    pub rows_updated: u64,
+    pub rows_removed: u64,
 }
 
 /// The file a task attempt writes into a file sink.
@@ -49,23 +73,44 @@ pub fn output_file_name(
     format!("{dir}/part-{batch:08}-{task_index:04}-{attempt}.{extension}")
 }
 
-pub async fn run_task(ws: &Workspace, task: &TaskSpec) -> Result<TaskOutcome> {
+pub async fn run_task(
+    ws: &Workspace,
+    task: &TaskSpec,
+    state_cache: &Arc<StateCache>,
+) -> Result<TaskOutcome> {
     let started = Instant::now();
-    let env = PlanEnv {
-        workspace: ws.clone(),
-        default_bootstrap_servers: String::new(),
-    };
+    let env = PlanEnv::new(ws.clone(), String::new());
     let ctx = session(&env);
-    let codec = SpateCodec::for_task(task.ranges.clone());
+    let codec = SpateCodec::for_task(task.ranges.clone())
+        .with_watermark(task.watermark_ms)
+        .with_shuffle(ShuffleScope {
+            workspace: ws.clone(),
+            dir: batch_dir(&task.job_id, task.batch_id),
+            task_index: task.task_index,
+            attempt_id: task.attempt_id.clone(),
+            reads: task.shuffle_inputs.clone(),
+            partition: task.partition,
+        })
+        .with_state(TaskState {
+            workspace: ws.clone(),
+            job: task.job_id.clone(),
+            batch: task.batch_id,
+            partition: task.partition,
+            cache: Arc::clone(state_cache),
+        });
     let plan = codec.decode_plan(&task.plan, &ctx.task_ctx())?;
     let batches = collect(Arc::clone(&plan), ctx.task_ctx())
         .await
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
-    let output_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let mut output_files = Vec::new();
+    let mut outcome = measure(&plan);
+    if plan.is::<ShuffleWriterExec>() {
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+        return Ok(outcome);
+    }
+    outcome.output_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     match &task.sink {
         SinkSpec::Files { dir, format, .. } => {
-            if output_rows > 0 {
+            if outcome.output_rows > 0 {
                 let path = output_file_name(
                     dir,
                     task.batch_id,
@@ -75,33 +120,39 @@ pub async fn run_task(ws: &Workspace, task: &TaskSpec) -> Result<TaskOutcome> {
                 );
                 let bytes = format.encode(plan.schema(), &batches)?;
                 ws.put(&path, bytes).await?;
-                output_files.push(path);
+                outcome.output_files.push(path);
             }
         }
         SinkSpec::Kafka(sink) => {
             produce_batches(sink, &batches).await?;
         }
     }
-    Ok(TaskOutcome {
-        input_rows: records_read(&plan),
-        output_rows,
-        output_files,
-        duration_ms: started.elapsed().as_millis() as u64,
-    })
+    outcome.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(outcome)
 }
 
-fn records_read(plan: &Arc<dyn ExecutionPlan>) -> u64 {
-    let mut total = 0u64;
+/// Reads what the plan's operators counted.
+fn measure(plan: &Arc<dyn ExecutionPlan>) -> TaskOutcome {
+    let mut outcome = TaskOutcome::default();
     let _ = plan.apply(|node| {
-        if node.is::<KafkaScanExec>()
-            && let Some(metrics) = node.metrics()
-        {
-            total += metrics
-                .sum_by_name("records_read")
-                .map(|v| v.as_usize() as u64)
-                .unwrap_or(0);
+        let counter = |name: &str| {
+            node.metrics()
+                .and_then(|m| m.sum_by_name(name))
+                .map_or(0, |v| v.as_usize() as u64)
+        };
+        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            outcome.input_rows += counter("records_read");
+            outcome.late_rows += scan.event_times().late_rows();
+            outcome.max_event_time_ms = outcome.max_event_time_ms.max(scan.event_times().max_ms());
+        } else if node.is::<StatefulAggregateExec>() {
+            outcome.state = StateMetrics {
+                rows: counter("state_rows"),
+                bytes: counter("state_bytes"),
+                rows_updated: counter("state_rows_updated"),
+                rows_removed: counter("state_rows_removed"),
+            };
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    total
+    outcome
 }

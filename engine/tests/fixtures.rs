@@ -29,12 +29,13 @@ async fn run_batch(
     sql: &str,
     counts: Vec<i64>,
 ) -> spate_engine::Result<SinkSpec> {
-    let env = PlanEnv {
-        workspace: ws.clone(),
-        default_bootstrap_servers: broker.bootstrap_servers().to_string(),
-    };
+    let env = PlanEnv::new(ws.clone(), broker.bootstrap_servers().to_string());
     let sql = sql.replace("{bootstrap}", broker.bootstrap_servers());
     let planned = plan_job(&env, &sql, "fixture").await?;
+    let [stage] = planned.stages.as_slice() else {
+        panic!("fixtures are single-stage jobs");
+    };
+    let state = Default::default();
     let mut files = Vec::new();
     let mut rows = 0;
     for (partition, count) in counts.iter().enumerate() {
@@ -42,8 +43,12 @@ async fn run_batch(
             job_id: "fixture".into(),
             batch_id: 0,
             attempt_id: "a1".into(),
+            stage_id: stage.id,
             task_index: partition as u32,
-            plan: planned.plan.clone(),
+            plan: stage.plan.clone(),
+            partition: 0,
+            shuffle_inputs: Vec::new(),
+            watermark_ms: None,
             ranges: vec![OffsetRange {
                 topic: topic.to_string(),
                 partition: partition as i32,
@@ -52,7 +57,7 @@ async fn run_batch(
             }],
             sink: planned.sink.clone(),
         };
-        let outcome = run_task(ws, &task).await?;
+        let outcome = run_task(ws, &task, &state).await?;
         assert_eq!(
             outcome.input_rows, *count as u64,
             "every record of the range is read once"
@@ -61,7 +66,7 @@ async fn run_batch(
         files.extend(outcome.output_files);
     }
     if let SinkSpec::Files { dir, .. } = &planned.sink {
-        commit_batch(ws, dir, 0, files, rows).await?;
+        commit_batch(ws, dir, 0, files, rows, false).await?;
     }
     Ok(planned.sink)
 }
@@ -71,10 +76,7 @@ async fn read_sink(ws: &Workspace, sink: &SinkSpec) -> String {
     let SinkSpec::Files { dir, format, .. } = sink else {
         panic!("fixtures write files")
     };
-    let ctx = session(&PlanEnv {
-        workspace: ws.clone(),
-        default_bootstrap_servers: String::new(),
-    });
+    let ctx = session(&PlanEnv::new(ws.clone(), String::new()));
     let stored_as = format!("{format:?}").to_uppercase();
     ctx.sql(&format!(
         "CREATE EXTERNAL TABLE result STORED AS {stored_as} LOCATION '{dir}'"

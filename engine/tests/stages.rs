@@ -39,10 +39,7 @@ async fn a_group_by_runs_as_two_stages_through_a_workspace_shuffle() {
 
     let dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(dir.path()).unwrap();
-    let env = PlanEnv {
-        workspace: ws.clone(),
-        default_bootstrap_servers: broker.bootstrap_servers().to_string(),
-    };
+    let env = PlanEnv::new(ws.clone(), broker.bootstrap_servers().to_string());
     let ctx = session_with_partitions(&env, SHUFFLE_PARTITIONS);
     ctx.sql("CREATE EXTERNAL TABLE sales (customer VARCHAR, revenue DOUBLE) STORED AS KAFKA LOCATION 'sales'")
         .await

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Serialize;
 use spate_engine::now_ms;
 use spate_engine::task::{TaskOutcome, TaskSpec};
-use spate_proto::{LaunchTask, MasterMessage, OffsetRange as WireRange, master_message};
+use spate_proto::{
+    LaunchTask, MasterMessage, OffsetRange as WireRange, ShuffleInput, master_message,
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
@@ -377,6 +379,17 @@ fn launch_message(task_id: &str, spec: &TaskSpec) -> MasterMessage {
                 .collect(),
             sink: serde_json::to_string(&spec.sink).expect("sink spec serializes"),
             task_index: spec.task_index,
+            stage_id: spec.stage_id,
+            partition: spec.partition,
+            shuffle_inputs: spec
+                .shuffle_inputs
+                .iter()
+                .map(|(stage, stems)| ShuffleInput {
+                    stage: *stage,
+                    stems: stems.clone(),
+                })
+                .collect(),
+            watermark_ms: spec.watermark_ms,
         })),
     }
 }

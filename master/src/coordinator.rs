@@ -14,15 +14,20 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry};
 use spate_engine::files::{SinkManifest, commit_batch, manifest_path};
-use spate_engine::job::{PlannedJob, SinkSpec, starting_offset};
+use spate_engine::job::{PlannedJob, PlannedStage, SinkSpec, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
-use spate_engine::task::{TaskOutcome, TaskSpec};
+use spate_engine::shuffle::{batch_dir, file_stem};
+use spate_engine::stateful::OutputMode;
+use spate_engine::task::{StateMetrics, TaskOutcome, TaskSpec};
 use spate_engine::{EngineError, OffsetRange, Workspace, now_ms};
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, TaskEnd};
 use crate::jobs::{JobState, Jobs, describe_sink};
-use crate::progress::{BatchProgress, Durations, SinkProgress, SourceProgress, TopicOffsets};
+use crate::progress::{
+    BatchProgress, Durations, SinkProgress, SourceProgress, StateOperatorProgress, TopicOffsets,
+    event_time,
+};
 
 /// Backoff while Kafka is unreachable: doubles up to the cap.
 const KAFKA_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -38,9 +43,13 @@ pub struct Coordinator {
 }
 
 /// What a committed batch did.
+#[derive(Default)]
 struct BatchRun {
     input_rows: u64,
     output_rows: u64,
+    max_event_time_ms: Option<i64>,
+    late_rows: u64,
+    state: StateMetrics,
     num_tasks: u32,
     scheduling_delay_ms: u64,
     planning_ms: u64,
@@ -79,6 +88,15 @@ impl Coordinator {
         let admin = KafkaAdmin::new(&source.bootstrap_servers, &source.client_options);
         let (mut next_batch, input_rows, output_rows) = checkpoint.totals().await?;
         let mut totals = (input_rows, output_rows);
+        let mut max_event_time_ms = checkpoint
+            .latest_commit()
+            .await?
+            .and_then(|c| c.max_event_time_ms);
+        let mut last_watermark_ms = match next_batch.checked_sub(1) {
+            Some(b) => checkpoint.offsets(b).await?.and_then(|e| e.watermark_ms),
+            None => None,
+        };
+        self.remove_shuffles_before(next_batch).await;
         // availableNow: the offsets at the first look are where the job ends.
         let mut end_of_input: Option<BTreeMap<i32, i64>> = None;
         let mut kafka_backoff = KAFKA_RETRY_MIN;
@@ -129,7 +147,12 @@ impl Coordinator {
                     }
                     let ranges =
                         self.next_ranges(&latest, previous.as_ref(), end_of_input.as_ref());
-                    if ranges.iter().all(OffsetRange::is_empty) {
+                    let watermark_ms = self.watermark_after(max_event_time_ms, last_watermark_ms);
+                    // A stateful job runs a batch without data when the
+                    // watermark moved, so the windows it closed are emitted.
+                    let watermark_moved =
+                        self.planned.is_stateful() && watermark_ms > last_watermark_ms;
+                    if ranges.iter().all(OffsetRange::is_empty) && !watermark_moved {
                         if self.planned.options.available_now {
                             return Ok(JobState::Finished);
                         }
@@ -140,6 +163,7 @@ impl Coordinator {
                         batch: next_batch,
                         ranges,
                         created_ms: now_ms(),
+                        watermark_ms,
                     };
                     let logging = Instant::now();
                     checkpoint.write_offsets(&entry).await?;
@@ -156,6 +180,8 @@ impl Coordinator {
             let committing = Instant::now();
             totals.0 += input_rows;
             totals.1 += output_rows;
+            max_event_time_ms = max_event_time_ms.max(ran.max_event_time_ms);
+            last_watermark_ms = entry.watermark_ms;
             checkpoint
                 .write_commit(&CommitEntry {
                     batch: entry.batch,
@@ -164,8 +190,15 @@ impl Coordinator {
                     output_rows,
                     total_input_rows: totals.0,
                     total_output_rows: totals.1,
+                    max_event_time_ms,
                 })
                 .await?;
+            if self.planned.is_stateful() {
+                let shuffle = batch_dir(&self.job_id, entry.batch);
+                if let Err(e) = self.ws.delete_dir(&shuffle).await {
+                    tracing::warn!(job = self.job_id, "could not remove {shuffle}: {e}");
+                }
+            }
             durations.query_planning = ran.planning_ms;
             durations.add_batch = ran.tasks_ms;
             durations.commit_offsets = ran.sink_commit_ms + millis(committing.elapsed());
@@ -173,6 +206,7 @@ impl Coordinator {
             let progress = self.progress(
                 &entry,
                 &ran,
+                max_event_time_ms,
                 latest_offsets.as_deref(),
                 trigger_started_ms,
                 durations,
@@ -198,6 +232,7 @@ impl Coordinator {
         &self,
         entry: &OffsetsEntry,
         run: &BatchRun,
+        max_event_time_ms: Option<i64>,
         latest: Option<&[PartitionOffsets]>,
         trigger_started_ms: i64,
         durations: Durations,
@@ -256,9 +291,20 @@ impl Coordinator {
             duration_ms: durations,
             scheduling_delay_ms: run.scheduling_delay_ms,
             num_tasks: run.num_tasks,
-            event_time: Default::default(),
-            state_operators: Vec::new(),
-            late_rows_dropped: 0,
+            event_time: event_time(entry.watermark_ms, max_event_time_ms),
+            state_operators: if self.planned.is_stateful() {
+                vec![StateOperatorProgress {
+                    operator_name: "stateful aggregate".to_string(),
+                    num_rows_total: run.state.rows,
+                    num_rows_updated: run.state.rows_updated,
+                    num_rows_removed: run.state.rows_removed,
+                    memory_used_bytes: run.state.bytes,
+                    num_rows_dropped_by_watermark: run.late_rows,
+                }]
+            } else {
+                Vec::new()
+            },
+            late_rows_dropped: run.late_rows,
             sources: vec![SourceProgress {
                 description: format!("KafkaSource[{topic}]"),
                 start_offset: start,
@@ -323,9 +369,9 @@ impl Coordinator {
         ranges
     }
 
-    /// Runs a batch's tasks and commits its sink. A file sink that already
-    /// holds this batch's manifest committed it before a crash: its tasks
-    /// are not run again.
+    /// Runs a batch's stages in order and commits its sink. A file sink
+    /// that already holds this batch's manifest committed it before a
+    /// crash: its tasks are not run again.
     async fn run_batch(&self, entry: &OffsetsEntry) -> Result<BatchEnd, EngineError> {
         if let SinkSpec::Files { dir, .. } = &self.planned.sink
             && let Some(manifest) = self
@@ -342,46 +388,77 @@ impl Coordinator {
             return Ok(BatchEnd::Committed(BatchRun {
                 input_rows: input,
                 output_rows: manifest.rows,
-                num_tasks: 0,
-                scheduling_delay_ms: 0,
-                planning_ms: 0,
-                tasks_ms: 0,
-                sink_commit_ms: 0,
+                ..BatchRun::default()
             }));
         }
-        let planning = Instant::now();
-        let tasks: Vec<_> = entry
-            .ranges
-            .iter()
-            .filter(|r| !r.is_empty())
-            .enumerate()
-            .map(|(index, range)| self.run_task(entry.batch, index as u32, range.clone()))
-            .collect();
-        let mut run = BatchRun {
-            input_rows: 0,
-            output_rows: 0,
-            num_tasks: tasks.len() as u32,
-            scheduling_delay_ms: 0,
-            planning_ms: millis(planning.elapsed()),
-            tasks_ms: 0,
-            sink_commit_ms: 0,
-        };
+        let mut run = BatchRun::default();
         let running = Instant::now();
         let mut files = Vec::new();
-        for end in join_all(tasks).await {
-            let (outcome, delay_ms) = match end {
-                Ok(ended) => ended,
-                Err(why) => return Ok(BatchEnd::Failed(why)),
+        // Per stage, the attempts whose shuffle files count.
+        let mut committed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for (position, stage) in self.planned.stages.iter().enumerate() {
+            let last = position + 1 == self.planned.stages.len();
+            let tasks: Vec<TaskPlace> = if stage.reads.is_empty() {
+                entry
+                    .ranges
+                    .iter()
+                    .filter(|r| !r.is_empty())
+                    .enumerate()
+                    .map(|(index, range)| TaskPlace {
+                        index: index as u32,
+                        ranges: vec![range.clone()],
+                        partition: 0,
+                        inputs: Vec::new(),
+                    })
+                    .collect()
+            } else {
+                let inputs: Vec<(u32, Vec<String>)> = stage
+                    .reads
+                    .iter()
+                    .map(|s| (*s, committed.get(s).cloned().unwrap_or_default()))
+                    .collect();
+                (0..stage.tasks as u32)
+                    .map(|p| TaskPlace {
+                        index: p,
+                        ranges: Vec::new(),
+                        partition: p,
+                        inputs: inputs.clone(),
+                    })
+                    .collect()
             };
-            run.input_rows += outcome.input_rows;
-            run.output_rows += outcome.output_rows;
-            run.scheduling_delay_ms = run.scheduling_delay_ms.max(delay_ms);
-            files.extend(outcome.output_files);
+            run.num_tasks += tasks.len() as u32;
+            let ended = join_all(
+                tasks
+                    .into_iter()
+                    .map(|place| self.run_task(entry, stage, place)),
+            )
+            .await;
+            let stems = committed.entry(stage.id).or_default();
+            for end in ended {
+                let (outcome, delay_ms, stem) = match end {
+                    Ok(ended) => ended,
+                    Err(why) => return Ok(BatchEnd::Failed(why)),
+                };
+                stems.push(stem);
+                run.input_rows += outcome.input_rows;
+                run.late_rows += outcome.late_rows;
+                run.max_event_time_ms = run.max_event_time_ms.max(outcome.max_event_time_ms);
+                run.scheduling_delay_ms = run.scheduling_delay_ms.max(delay_ms);
+                run.state.rows += outcome.state.rows;
+                run.state.bytes += outcome.state.bytes;
+                run.state.rows_updated += outcome.state.rows_updated;
+                run.state.rows_removed += outcome.state.rows_removed;
+                if last {
+                    run.output_rows += outcome.output_rows;
+                    files.extend(outcome.output_files);
+                }
+            }
         }
         run.tasks_ms = millis(running.elapsed());
         let committing = Instant::now();
         if let SinkSpec::Files { dir, .. } = &self.planned.sink {
-            commit_batch(&self.ws, dir, entry.batch, files, run.output_rows).await?;
+            let replaces = self.planned.options.output_mode == OutputMode::Complete;
+            commit_batch(&self.ws, dir, entry.batch, files, run.output_rows, replaces).await?;
         }
         run.sink_commit_ms = millis(committing.elapsed());
         Ok(BatchEnd::Committed(run))
@@ -389,36 +466,45 @@ impl Coordinator {
 
     /// Runs one task until it succeeds, re-running it where its worker was
     /// lost and retrying its own failures up to the job's limit.
-    /// Returns the outcome and how long the task spent outside its worker's
-    /// execution: waiting for a slot and travelling.
+    /// Returns the outcome, how long the task spent outside its worker's
+    /// execution (waiting for a slot and travelling), and the file stem of
+    /// its committed attempt.
     async fn run_task(
         &self,
-        batch: u64,
-        task_index: u32,
-        range: OffsetRange,
-    ) -> Result<(TaskOutcome, u64), String> {
+        entry: &OffsetsEntry,
+        stage: &PlannedStage,
+        place: TaskPlace,
+    ) -> Result<(TaskOutcome, u64, String), String> {
+        let batch = entry.batch;
+        let task_index = place.index;
         let mut failures = 0;
         loop {
             let spec = TaskSpec {
                 job_id: self.job_id.clone(),
                 batch_id: batch,
                 attempt_id: attempt_id(),
+                stage_id: stage.id,
                 task_index,
-                plan: self.planned.plan.clone(),
-                ranges: vec![range.clone()],
+                plan: stage.plan.clone(),
+                ranges: place.ranges.clone(),
+                partition: place.partition,
+                shuffle_inputs: place.inputs.clone(),
+                watermark_ms: entry.watermark_ms,
                 sink: self.planned.sink.clone(),
             };
+            let stem = file_stem(task_index, &spec.attempt_id);
             let submitted = Instant::now();
             let ended = self.cluster.submit(spec).await;
             match ended {
                 Ok(TaskEnd::Succeeded(outcome)) => {
                     let delay = millis(submitted.elapsed()).saturating_sub(outcome.duration_ms);
-                    return Ok((outcome, delay));
+                    return Ok((outcome, delay, stem));
                 }
                 Ok(TaskEnd::WorkerLost(why)) => {
                     tracing::warn!(
                         job = self.job_id,
                         batch,
+                        stage = stage.id,
                         task_index,
                         "re-running task: {why}"
                     );
@@ -428,14 +514,22 @@ impl Coordinator {
                     tracing::warn!(
                         job = self.job_id,
                         batch,
+                        stage = stage.id,
                         task_index,
                         failures,
                         "task failed: {why}"
                     );
                     if failures >= self.planned.options.max_task_failures {
+                        let what = match place.ranges.first() {
+                            Some(range) => format!(
+                                "topic '{}' partition {} offsets {}..{}",
+                                range.topic, range.partition, range.start, range.end
+                            ),
+                            None => format!("shuffle partition {}", place.partition),
+                        };
                         return Err(format!(
-                            "task {task_index} of batch {batch} (topic '{}' partition {} offsets {}..{}) failed {failures} times: {why}",
-                            range.topic, range.partition, range.start, range.end
+                            "task {task_index} of stage {} of batch {batch} ({what}) failed {failures} times: {why}",
+                            stage.id
                         ));
                     }
                     tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
@@ -444,6 +538,39 @@ impl Coordinator {
             }
         }
     }
+
+    /// The watermark of the next batch: the largest event time seen so far
+    /// minus the source's delay, never moving back.
+    fn watermark_after(
+        &self,
+        max_event_time_ms: Option<i64>,
+        previous: Option<i64>,
+    ) -> Option<i64> {
+        let delay = self.planned.source.watermark.as_ref()?.delay_ms;
+        previous.max(max_event_time_ms.map(|m| m - delay))
+    }
+
+    /// Shuffle folders of committed batches that a crash left behind.
+    async fn remove_shuffles_before(&self, next_batch: u64) {
+        let root = spate_engine::shuffle::job_dir(&self.job_id);
+        let Ok(names) = self.ws.list_names(&root).await else {
+            return;
+        };
+        for batch in names.iter().filter_map(|n| n.parse::<u64>().ok()) {
+            if batch < next_batch {
+                let _ = self.ws.delete_dir(&batch_dir(&self.job_id, batch)).await;
+            }
+        }
+    }
+}
+
+/// Where one task of a stage sits: its index, and what it reads.
+struct TaskPlace {
+    index: u32,
+    ranges: Vec<OffsetRange>,
+    /// The shuffle partition it reads and keeps state for.
+    partition: u32,
+    inputs: Vec<(u32, Vec<String>)>,
 }
 
 fn millis(d: Duration) -> u64 {

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use spate_engine::task::TaskOutcome;
+use spate_engine::task::{StateMetrics, TaskOutcome};
 use spate_proto::client_service_server::ClientService;
 use spate_proto::worker_service_server::WorkerService;
 use spate_proto::{
@@ -94,6 +94,16 @@ impl WorkerService for WorkerApi {
                                         output_rows: r.output_rows,
                                         output_files: r.output_files,
                                         duration_ms: r.duration_ms,
+                                        max_event_time_ms: r.max_event_time_ms,
+                                        late_rows: r.late_rows,
+                                        state: r.state.map_or_else(Default::default, |s| {
+                                            StateMetrics {
+                                                rows: s.rows,
+                                                bytes: s.bytes,
+                                                rows_updated: s.rows_updated,
+                                                rows_removed: s.rows_removed,
+                                            }
+                                        }),
                                     })
                                 }
                                 Ok(TaskState::Failed) => TaskEnd::Failed(update.error),

@@ -211,6 +211,15 @@ impl Master {
         PlanEnv {
             workspace: self.ws.clone(),
             default_bootstrap_servers: self.config.default_bootstrap_servers.clone(),
+            // Spark's default is 200; the cluster's slots are what run at once here.
+            shuffle_partitions: self
+                .cluster
+                .workers()
+                .iter()
+                .filter(|w| w.state == WorkerState::Alive)
+                .map(|w| w.slots as usize)
+                .sum::<usize>()
+                .max(2),
         }
     }
 

@@ -62,7 +62,30 @@ pub struct StateOperatorProgress {
     pub operator_name: String,
     pub num_rows_total: u64,
     pub num_rows_updated: u64,
+    /// Groups whose window the watermark closed, gone from state.
+    #[serde(default)]
+    pub num_rows_removed: u64,
+    /// Bytes of the state versions the batch wrote (kept in memory, too).
     pub memory_used_bytes: u64,
+    #[serde(default)]
+    pub num_rows_dropped_by_watermark: u64,
+}
+
+/// Spark's `eventTime`: `watermark` and `max`, ISO-8601.
+pub fn event_time(watermark_ms: Option<i64>, max_ms: Option<i64>) -> BTreeMap<String, String> {
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut map = BTreeMap::new();
+    if let Some(w) = watermark_ms {
+        map.insert("watermark".to_string(), iso(w));
+    }
+    if let Some(m) = max_ms {
+        map.insert("max".to_string(), iso(m));
+    }
+    map
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

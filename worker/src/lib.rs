@@ -5,15 +5,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use spate_engine::state::StateCache;
 use spate_engine::task::{TaskSpec, run_task};
 use spate_engine::{OffsetRange, Workspace};
 use spate_proto::worker_service_client::WorkerServiceClient;
 use spate_proto::{
-    Heartbeat, LaunchTask, RegisterWorker, TaskResult, TaskState, TaskUpdate, WorkerMessage,
-    master_message, worker_message,
+    Heartbeat, LaunchTask, RegisterWorker, StateStats, TaskResult, TaskState, TaskUpdate,
+    WorkerMessage, master_message, worker_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -75,11 +77,14 @@ pub async fn run(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let ws = Workspace::open(&config.workspace)?;
+    let env = TaskEnv {
+        ws: Workspace::open(&config.workspace)?,
+        state: Arc::default(),
+    };
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut connected = false;
-        let result = session(&config, &ws, &mut shutdown, &mut connected).await;
+        let result = session(&config, &env, &mut shutdown, &mut connected).await;
         if *shutdown.borrow() {
             return Ok(());
         }
@@ -102,10 +107,18 @@ pub async fn run(
     }
 }
 
+/// What every task on this worker shares; it outlives connections, so the
+/// state cache survives a master restart.
+#[derive(Clone)]
+struct TaskEnv {
+    ws: Workspace,
+    state: Arc<StateCache>,
+}
+
 /// One connection to the master, from registration until it ends.
 async fn session(
     config: &WorkerConfig,
-    ws: &Workspace,
+    env: &TaskEnv,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), WorkerError> {
@@ -169,7 +182,7 @@ async fn session(
                     }
                     Some(master_message::Kind::LaunchTask(launch)) => {
                         let task_id = launch.task_id.clone();
-                        let handle = tokio::spawn(execute(ws.clone(), launch, outbound.clone()));
+                        let handle = tokio::spawn(execute(env.clone(), launch, outbound.clone()));
                         running.insert(task_id, handle);
                     }
                     Some(master_message::Kind::CancelTask(cancel)) => {
@@ -192,10 +205,10 @@ async fn session(
     ended
 }
 
-async fn execute(ws: Workspace, launch: LaunchTask, outbound: mpsc::Sender<WorkerMessage>) {
+async fn execute(env: TaskEnv, launch: LaunchTask, outbound: mpsc::Sender<WorkerMessage>) {
     let task_id = launch.task_id.clone();
     let update = match decode_task(launch) {
-        Ok(spec) => match run_task(&ws, &spec).await {
+        Ok(spec) => match run_task(&env.ws, &spec, &env.state).await {
             Ok(outcome) => TaskUpdate {
                 task_id,
                 state: TaskState::Succeeded as i32,
@@ -205,6 +218,14 @@ async fn execute(ws: Workspace, launch: LaunchTask, outbound: mpsc::Sender<Worke
                     output_rows: outcome.output_rows,
                     output_files: outcome.output_files,
                     duration_ms: outcome.duration_ms,
+                    max_event_time_ms: outcome.max_event_time_ms,
+                    late_rows: outcome.late_rows,
+                    state: Some(StateStats {
+                        rows: outcome.state.rows,
+                        bytes: outcome.state.bytes,
+                        rows_updated: outcome.state.rows_updated,
+                        rows_removed: outcome.state.rows_removed,
+                    }),
                 }),
             },
             Err(e) => failed(task_id, e.unwrap_datafusion().to_string()),
@@ -234,6 +255,14 @@ fn decode_task(launch: LaunchTask) -> Result<TaskSpec, String> {
         batch_id: launch.batch_id,
         attempt_id: launch.attempt_id,
         task_index: launch.task_index,
+        stage_id: launch.stage_id,
+        partition: launch.partition,
+        shuffle_inputs: launch
+            .shuffle_inputs
+            .into_iter()
+            .map(|input| (input.stage, input.stems))
+            .collect(),
+        watermark_ms: launch.watermark_ms,
         plan: launch.plan,
         ranges: launch
             .ranges

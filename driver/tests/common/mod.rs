@@ -275,10 +275,10 @@ pub async fn query_sink(
     format: &str,
     query: &str,
 ) -> String {
-    let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv {
-        workspace: spate_engine::Workspace::open(workspace).unwrap(),
-        default_bootstrap_servers: String::new(),
-    });
+    let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
+        spate_engine::Workspace::open(workspace).unwrap(),
+        String::new(),
+    ));
     ctx.sql(&format!(
         "CREATE EXTERNAL TABLE out ({columns}) STORED AS {format} LOCATION '{dir}'"
     ))

@@ -67,6 +67,56 @@ pub struct KafkaSourceSpec {
     pub starting_offsets: StartingOffsets,
     /// Caps a batch's size, summed over partitions.
     pub max_offsets_per_trigger: Option<u64>,
+    /// The event-time column and how late its rows may come.
+    #[serde(default)]
+    pub watermark: Option<WatermarkSpec>,
+}
+
+/// `'watermark' 'ts - INTERVAL 5 SECONDS'`: the watermark trails the
+/// largest event time seen by `delay_ms`; rows older than it are late.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkSpec {
+    pub column: String,
+    pub delay_ms: i64,
+}
+
+impl WatermarkSpec {
+    fn parse(table: &str, value: &str, schema: &Schema) -> Result<Self> {
+        let bad = |why: String| {
+            EngineError::plan(format!(
+                "table '{table}': option 'watermark' is '{value}': {why}; write it as '<timestamp column> - INTERVAL <n> SECONDS'"
+            ))
+        };
+        let (column, delay) = match value.split_once('-') {
+            Some((column, delay)) => (column.trim(), delay.trim()),
+            None => (value.trim(), "0 seconds"),
+        };
+        let column = column.trim_matches('"');
+        let field = schema
+            .fields()
+            .iter()
+            .find(|f| f.name().eq_ignore_ascii_case(column))
+            .ok_or_else(|| bad(format!("the table has no column '{column}'")))?;
+        if !matches!(field.data_type(), DataType::Timestamp(..)) {
+            return Err(bad(format!(
+                "column '{column}' is {}, not a TIMESTAMP",
+                field.data_type()
+            )));
+        }
+        let delay = delay
+            .strip_prefix("INTERVAL")
+            .or_else(|| delay.strip_prefix("interval"))
+            .unwrap_or(delay)
+            .trim()
+            .trim_matches('\'');
+        let delay_ms = crate::windows::duration_ms(delay)
+            .filter(|d| *d >= 0)
+            .ok_or_else(|| bad(format!("'{delay}' is not a duration")))?;
+        Ok(WatermarkSpec {
+            column: field.name().clone(),
+            delay_ms,
+        })
+    }
 }
 
 impl KafkaSourceSpec {
@@ -86,7 +136,8 @@ pub struct KafkaSinkSpec {
 }
 
 const KNOWN_OPTIONS: &str = "bootstrap.servers, format (json, csv, raw), starting_offsets \
-(earliest, latest, or {\"<topic>\":{\"<partition>\":<offset>}}), max_offsets_per_trigger, kafka.<librdkafka option>";
+(earliest, latest, or {\"<topic>\":{\"<partition>\":<offset>}}), max_offsets_per_trigger, \
+watermark ('<timestamp column> - INTERVAL <n> SECONDS'), kafka.<librdkafka option>";
 
 /// Builds Kafka tables from `CREATE EXTERNAL TABLE ... STORED AS KAFKA`.
 #[derive(Debug)]
@@ -123,6 +174,7 @@ impl KafkaTableFactory {
         let mut format = RecordFormat::Json;
         let mut starting_offsets = StartingOffsets::Earliest;
         let mut max_offsets_per_trigger = None;
+        let mut watermark = None;
         let mut client_options = BTreeMap::new();
         for (key, value) in &options {
             match key.as_str() {
@@ -150,6 +202,7 @@ impl KafkaTableFactory {
                     })?;
                     max_offsets_per_trigger = Some(n);
                 }
+                "watermark" => watermark = Some(value.clone()),
                 k if k.starts_with("kafka.") => {
                     client_options.insert(k["kafka.".len()..].to_string(), value.clone());
                 }
@@ -161,7 +214,11 @@ impl KafkaTableFactory {
             }
         }
         let schema = table_schema(&table, cmd.schema.as_arrow(), format)?;
+        let watermark = watermark
+            .map(|w| WatermarkSpec::parse(&table, &w, &schema))
+            .transpose()?;
         Ok(KafkaSourceSpec {
+            watermark,
             table,
             topic,
             bootstrap_servers: bootstrap,

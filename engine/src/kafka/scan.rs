@@ -6,7 +6,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::kernels::aggregate::max;
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -40,8 +45,39 @@ pub struct KafkaScanExec {
     projection: Vec<usize>,
     schema: SchemaRef,
     ranges: Vec<OffsetRange>,
+    /// The batch's watermark (Unix ms): rows with an older event time are
+    /// late and dropped here, before any window sees them.
+    watermark_ms: Option<i64>,
+    event_times: Arc<EventTimes>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+}
+
+/// What a task saw of event time, for the coordinator's next watermark.
+#[derive(Debug)]
+pub struct EventTimes {
+    /// Unix ms; `i64::MIN` until a row with an event time is read.
+    max_ms: AtomicI64,
+    late_rows: AtomicU64,
+}
+
+impl Default for EventTimes {
+    fn default() -> Self {
+        EventTimes {
+            max_ms: AtomicI64::new(i64::MIN),
+            late_rows: AtomicU64::new(0),
+        }
+    }
+}
+
+impl EventTimes {
+    pub fn max_ms(&self) -> Option<i64> {
+        Some(self.max_ms.load(Ordering::Relaxed)).filter(|m| *m != i64::MIN)
+    }
+
+    pub fn late_rows(&self) -> u64 {
+        self.late_rows.load(Ordering::Relaxed)
+    }
 }
 
 impl KafkaScanExec {
@@ -67,9 +103,20 @@ impl KafkaScanExec {
             projection,
             schema,
             ranges,
+            watermark_ms: None,
+            event_times: Arc::default(),
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    pub fn with_watermark(mut self, watermark_ms: Option<i64>) -> Self {
+        self.watermark_ms = watermark_ms;
+        self
+    }
+
+    pub fn event_times(&self) -> &EventTimes {
+        &self.event_times
     }
 
     pub fn source(&self) -> &Arc<KafkaSourceSpec> {
@@ -161,14 +208,40 @@ impl ExecutionPlan for KafkaScanExec {
         }
         let batch_size = context.session_config().batch_size();
         let records_read = MetricBuilder::new(&self.metrics).counter("records_read", partition);
+        let late_rows = MetricBuilder::new(&self.metrics).counter("late_rows", partition);
         let (tx, rx) = mpsc::channel(2);
+        let mut projection = self.projection.clone();
+        let mut schema = Arc::clone(&self.schema);
+        // The event time is read even where the query does not select it.
+        let event_time = match &self.source.watermark {
+            Some(w) => {
+                let index = self.source.schema.index_of(&w.column)?;
+                let column = match projection.iter().position(|p| *p == index) {
+                    Some(column) => column,
+                    None => {
+                        projection.push(index);
+                        schema = Arc::new(self.source.schema.project(&projection)?);
+                        projection.len() - 1
+                    }
+                };
+                Some(EventTimeFilter {
+                    column,
+                    keep_columns: self.schema.fields().len(),
+                    watermark_ms: self.watermark_ms,
+                    seen: Arc::clone(&self.event_times),
+                    late_rows,
+                })
+            }
+            None => None,
+        };
         let reader = RangeReader {
             source: Arc::clone(&self.source),
-            projection: self.projection.clone(),
-            schema: Arc::clone(&self.schema),
+            projection,
+            schema,
             ranges: self.ranges.clone(),
             batch_size,
             records_read,
+            event_time,
         };
         tokio::spawn(async move {
             if let Err(e) = reader.run(&tx).await {
@@ -197,6 +270,57 @@ struct RangeReader {
     ranges: Vec<OffsetRange>,
     batch_size: usize,
     records_read: Count,
+    event_time: Option<EventTimeFilter>,
+}
+
+/// Tracks the largest event time and drops rows older than the watermark.
+struct EventTimeFilter {
+    /// The event time's column in decoded batches.
+    column: usize,
+    /// Columns the scan outputs; an event time read only for this filter
+    /// sits after them and is dropped.
+    keep_columns: usize,
+    watermark_ms: Option<i64>,
+    seen: Arc<EventTimes>,
+    late_rows: Count,
+}
+
+impl EventTimeFilter {
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let times = cast(
+            batch.column(self.column),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?;
+        let times = cast(&times, &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        if let Some(max) = max(times) {
+            self.seen.max_ms.fetch_max(max, Ordering::Relaxed);
+        }
+        let batch = match self.watermark_ms {
+            Some(watermark) => {
+                let on_time: BooleanArray = times
+                    .iter()
+                    .map(|t| Some(t.is_none_or(|t| t >= watermark)))
+                    .collect();
+                let late = batch.num_rows() - on_time.true_count();
+                if late > 0 {
+                    self.late_rows.add(late);
+                    self.seen
+                        .late_rows
+                        .fetch_add(late as u64, Ordering::Relaxed);
+                    filter_record_batch(&batch, &on_time)?
+                } else {
+                    batch
+                }
+            }
+            None => batch,
+        };
+        if batch.num_columns() > self.keep_columns {
+            let keep: Vec<usize> = (0..self.keep_columns).collect();
+            return Ok(batch.project(&keep)?);
+        }
+        Ok(batch)
+    }
 }
 
 type BatchSender = mpsc::Sender<DfResult<datafusion::arrow::record_batch::RecordBatch>>;
@@ -278,6 +402,10 @@ impl RangeReader {
 
     async fn send(&self, decoder: &mut RecordDecoder, tx: &BatchSender) -> Result<()> {
         if let Some(batch) = decoder.flush()? {
+            let batch = match &self.event_time {
+                Some(filter) => filter.apply(batch)?,
+                None => batch,
+            };
             // A closed receiver means the query stopped early (a LIMIT, a cancel).
             let _ = tx.send(Ok(batch)).await;
         }

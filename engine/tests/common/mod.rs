@@ -9,6 +9,7 @@ use spate_engine::kafka::DevBroker;
 /// Creates `topic` with `partitions` partitions and produces `lines` to it,
 /// line i to partition i % partitions with key `k<i>`; returns the record
 /// count per partition.
+#[allow(dead_code)]
 pub async fn produce_lines<S: AsRef<str>>(
     broker: &DevBroker,
     topic: &str,
@@ -16,6 +17,16 @@ pub async fn produce_lines<S: AsRef<str>>(
     lines: impl IntoIterator<Item = S>,
 ) -> Vec<i64> {
     broker.create_topic(topic, partitions as i32).unwrap();
+    append_lines(broker, topic, partitions, lines).await
+}
+
+/// Produces `lines` to an existing topic as `produce_lines` does.
+pub async fn append_lines<S: AsRef<str>>(
+    broker: &DevBroker,
+    topic: &str,
+    partitions: usize,
+    lines: impl IntoIterator<Item = S>,
+) -> Vec<i64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap_servers())
         .create()

@@ -1,0 +1,272 @@
+//! Stateful streaming in the engine, batch after batch, without a cluster:
+//! each batch runs the job's stages in order through plan bytes, as the
+//! coordinator and workers do, with the watermark advancing between
+//! batches. The sink must equal DataFusion's answer over the same records
+//! in one batch with the late ones removed, and a re-run of a batch must
+//! write byte-identical state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use spate_engine::files::commit_batch;
+use spate_engine::job::{PlanEnv, PlannedJob, SinkSpec, plan_job, session};
+use spate_engine::kafka::DevBroker;
+use spate_engine::shuffle::file_stem;
+use spate_engine::state::{StateCache, partition_dir};
+use spate_engine::stateful::OutputMode;
+use spate_engine::task::{TaskOutcome, TaskSpec, run_task};
+use spate_engine::{OffsetRange, Workspace};
+
+mod common;
+use common::{append_lines, produce_lines};
+
+const PARTITIONS: usize = 2;
+/// 2023-11-14T22:13:20Z, a multiple of every window size used here.
+const T0: i64 = 1_700_000_000_000;
+const DELAY_MS: i64 = 5_000;
+
+const TABLES: &str = "
+CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR, amount DOUBLE)
+  STORED AS KAFKA LOCATION 'events'
+  OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS');
+CREATE EXTERNAL TABLE out (window_start TIMESTAMP, window_end TIMESTAMP, customer VARCHAR, revenue DOUBLE, n BIGINT)
+  STORED AS PARQUET LOCATION 'out/';
+SET spate.shuffle.partitions = 3;
+";
+
+const SLIDING: &str = "SELECT window.start, window.end, customer, sum(amount) AS revenue, count(*) AS n \
+FROM events GROUP BY window(ts, '30 seconds', '10 seconds'), customer";
+
+fn event(ts_ms: i64, i: i64) -> String {
+    let ts = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap();
+    // Quarters add up exactly in any order, so sums compare as text.
+    serde_json::json!({"ts": ts.to_rfc3339(), "customer": format!("c{}", i % 5), "amount": (i % 7) as f64 * 0.25})
+        .to_string()
+}
+
+/// Runs a job's batches as the coordinator would, in one process.
+struct LocalJob {
+    ws: Workspace,
+    planned: PlannedJob,
+    cache: Arc<StateCache>,
+    batch: u64,
+    read_to: Vec<i64>,
+    max_event_time_ms: Option<i64>,
+    watermark_ms: Option<i64>,
+}
+
+impl LocalJob {
+    fn task(
+        &self,
+        stage: usize,
+        index: u32,
+        ranges: Vec<OffsetRange>,
+        inputs: Vec<(u32, Vec<String>)>,
+    ) -> TaskSpec {
+        let stage = &self.planned.stages[stage];
+        TaskSpec {
+            job_id: self.planned.name.clone(),
+            batch_id: self.batch,
+            attempt_id: format!("b{}s{}t{index}", self.batch, stage.id),
+            stage_id: stage.id,
+            task_index: index,
+            plan: stage.plan.clone(),
+            ranges,
+            partition: index,
+            shuffle_inputs: inputs,
+            watermark_ms: self.watermark_ms,
+            sink: self.planned.sink.clone(),
+        }
+    }
+
+    /// Runs the next batch over everything produced so far.
+    async fn run_batch(&mut self, produced: &[i64]) -> Vec<TaskOutcome> {
+        let mut outcomes = Vec::new();
+        let mut stems = Vec::new();
+        for (p, end) in produced.iter().enumerate() {
+            let range = OffsetRange {
+                topic: "events".into(),
+                partition: p as i32,
+                start: self.read_to[p],
+                end: *end,
+            };
+            if range.is_empty() {
+                continue;
+            }
+            let task = self.task(0, stems.len() as u32, vec![range], Vec::new());
+            stems.push(file_stem(task.task_index, &task.attempt_id));
+            let outcome = run_task(&self.ws, &task, &self.cache).await.unwrap();
+            self.max_event_time_ms = self.max_event_time_ms.max(outcome.max_event_time_ms);
+            outcomes.push(outcome);
+        }
+        let mut files = Vec::new();
+        let mut rows = 0;
+        for p in 0..self.planned.stages[1].tasks as u32 {
+            let task = self.task(1, p, Vec::new(), vec![(1, stems.clone())]);
+            let outcome = run_task(&self.ws, &task, &self.cache).await.unwrap();
+            files.extend(outcome.output_files.clone());
+            rows += outcome.output_rows;
+            outcomes.push(outcome);
+        }
+        if let SinkSpec::Files { dir, .. } = &self.planned.sink {
+            let replaces = self.planned.options.output_mode == OutputMode::Complete;
+            commit_batch(&self.ws, dir, self.batch, files, rows, replaces)
+                .await
+                .unwrap();
+        }
+        self.read_to = produced.to_vec();
+        self.batch += 1;
+        self.watermark_ms = self
+            .watermark_ms
+            .max(self.max_event_time_ms.map(|m| m - DELAY_MS));
+        outcomes
+    }
+}
+
+async fn query(ws: &Workspace, setup: &str, sql: &str) -> String {
+    let ctx = session(&PlanEnv::new(ws.clone(), ""));
+    for statement in setup.split(';').filter(|s| !s.trim().is_empty()) {
+        ctx.sql(statement).await.unwrap().collect().await.unwrap();
+    }
+    let batches = spate_engine::job::sql(&ctx, sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn sliding_windows_close_with_the_watermark_and_equal_one_batch() {
+    let broker = DevBroker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path()).unwrap();
+    let env = PlanEnv::new(ws.clone(), broker.bootstrap_servers());
+    let planned = plan_job(
+        &env,
+        &format!("{TABLES} INSERT INTO out {SLIDING}"),
+        "sliding",
+    )
+    .await
+    .unwrap();
+    assert_eq!(planned.stages.len(), 2, "{}", planned.explain);
+    let mut job = LocalJob {
+        ws: ws.clone(),
+        planned,
+        cache: Arc::default(),
+        batch: 0,
+        read_to: vec![0; PARTITIONS],
+        max_event_time_ms: None,
+        watermark_ms: None,
+    };
+    let mut on_time = Vec::new();
+
+    // Batch 0: a minute of events, in order.
+    let a: Vec<String> = (0..300).map(|i| event(T0 + i * 200, i)).collect();
+    on_time.extend(a.clone());
+    let mut produced = produce_lines(&broker, "events", PARTITIONS, &a).await;
+    let first = job.run_batch(&produced).await;
+    assert_eq!(first.iter().map(|o| o.input_rows).sum::<u64>(), 300);
+    assert_eq!(
+        first.iter().map(|o| o.output_rows).sum::<u64>(),
+        0,
+        "no window closed yet"
+    );
+    assert_eq!(job.watermark_ms, Some(T0 + 59_800 - DELAY_MS));
+
+    // Batch 1: half late (older than the watermark), half on time; none
+    // moves the watermark.
+    let late: Vec<String> = (0..50).map(|i| event(T0 + i * 1000, 1000 + i)).collect();
+    let in_time: Vec<String> = (0..50)
+        .map(|i| event(T0 + 55_000 + i * 90, 2000 + i))
+        .collect();
+    on_time.extend(in_time.clone());
+    let mixed: Vec<String> = late
+        .iter()
+        .zip(&in_time)
+        .flat_map(|(l, o)| [l.clone(), o.clone()])
+        .collect();
+    add(
+        &mut produced,
+        append_lines(&broker, "events", PARTITIONS, &mixed).await,
+    );
+    let second = job.run_batch(&produced).await;
+    assert_eq!(second.iter().map(|o| o.late_rows).sum::<u64>(), 50);
+    // Windows ending by the watermark (T0+54.8s) closed: [..T0+30s], [..T0+40s], [..T0+50s].
+    assert!(second.iter().map(|o| o.output_rows).sum::<u64>() > 0);
+
+    // Batch 2: one event far ahead closes everything before it.
+    let ahead = vec![event(T0 + 200_000, 3000)];
+    on_time.extend(ahead.clone());
+    add(
+        &mut produced,
+        append_lines(&broker, "events", PARTITIONS, &ahead).await,
+    );
+    job.run_batch(&produced).await;
+    let state_file = |p: u32, batch: u64| {
+        dir.path()
+            .join(partition_dir("sliding", 1, p))
+            .join(format!("{batch:020}.arrow"))
+    };
+    // Batch 3 has no data: the watermark moved, so closed windows come out.
+    let before_rerun: BTreeMap<u32, Vec<u8>> = (0..3).map(|p| (p, Vec::new())).collect();
+    let last = job.run_batch(&produced).await;
+    assert_eq!(last.iter().map(|o| o.input_rows).sum::<u64>(), 0);
+    let state_rows: u64 = last.iter().map(|o| o.state.rows).sum();
+    assert_eq!(
+        state_rows, 3,
+        "only the far event's three windows stay open"
+    );
+
+    // Re-running the last batch from the same checkpoint, on a worker with
+    // no cached state, writes the same state bytes.
+    let mut saved = before_rerun;
+    for (p, bytes) in saved.iter_mut() {
+        *bytes = std::fs::read(state_file(*p, 3)).unwrap();
+    }
+    job.batch = 3;
+    job.cache = Arc::default();
+    job.watermark_ms = Some(T0 + 200_000 - DELAY_MS);
+    job.run_batch(&produced).await;
+    for (p, bytes) in &saved {
+        assert_eq!(
+            &std::fs::read(state_file(*p, 3)).unwrap(),
+            bytes,
+            "partition {p}"
+        );
+    }
+    assert!(!state_file(0, 1).exists(), "old state versions are pruned");
+
+    // The reference: DataFusion over the on-time records as one batch,
+    // keeping the windows the final watermark closed.
+    std::fs::create_dir_all(dir.path().join("ref")).unwrap();
+    std::fs::write(dir.path().join("ref/events.json"), on_time.join("\n")).unwrap();
+    let watermark = chrono::DateTime::from_timestamp_millis(T0 + 200_000 - DELAY_MS)
+        .unwrap()
+        .naive_utc();
+    let want = query(
+        &ws,
+        "CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR, amount DOUBLE) STORED AS JSON LOCATION 'ref/'",
+        &format!("SELECT * FROM ({SLIDING}) WHERE \"end\" <= TIMESTAMP '{watermark}' ORDER BY start, customer"),
+    )
+    .await;
+    let got = query(
+        &ws,
+        "CREATE EXTERNAL TABLE out STORED AS PARQUET LOCATION 'out/'",
+        "SELECT * FROM out ORDER BY window_start, customer",
+    )
+    .await;
+    assert_eq!(got.lines().count(), want.lines().count(), "{got}\n{want}");
+    assert_eq!(
+        got.lines().skip(3).collect::<Vec<_>>(),
+        want.lines().skip(3).collect::<Vec<_>>()
+    );
+}
+
+fn add(produced: &mut [i64], more: Vec<i64>) {
+    for (p, n) in produced.iter_mut().zip(more) {
+        *p += n;
+    }
+}
