@@ -13,8 +13,10 @@ use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp}
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateOutputMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::{ExecutionPlan, displayable};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use serde::{Deserialize, Serialize};
@@ -224,6 +226,12 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
     // collect-left hash join), never shuffled with the stream.
     options.optimizer.hash_join_single_partition_threshold = usize::MAX;
     options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
+    options.optimizer.repartition_joins = false;
+    // Dynamic filters are runtime state between operators of one process;
+    // a job's stages run in other processes and batches.
+    options.optimizer.enable_dynamic_filter_pushdown = false;
+    options.optimizer.enable_join_dynamic_filter_pushdown = false;
+    options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     // A COUNT(DISTINCT x) alone would become two aggregations, and a
     // streaming job keeps state for one: the distinct set stays state.
     let optimizer_rules = datafusion::optimizer::Optimizer::new()
@@ -364,12 +372,23 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         .create_physical_plan(&insert.input)
         .await
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
+    let physical = stream_on_probe_side(physical)?;
     let source = check_streamable(&physical)?;
     let physical = make_stateful(physical, &source, &sink, options.output_mode)?;
     let explain = displayable(physical.as_ref()).indent(true).to_string();
     let stages = split_into_stages(physical)?
         .into_iter()
         .map(|stage| {
+            let reads_kafka = stage
+                .plan
+                .exists(|n| Ok(n.is::<KafkaScanExec>()))
+                .unwrap_or(false);
+            if stage.reads.is_empty() != reads_kafka {
+                return Err(EngineError::plan(format!(
+                    "this query would shuffle a static table or read the stream twice (stage {}); a streaming job reads the stream once, joined with static tables whole",
+                    stage.id
+                )));
+            }
             Ok(PlannedStage {
                 id: stage.id,
                 explain: displayable(stage.plan.as_ref()).indent(true).to_string(),
@@ -452,6 +471,46 @@ fn make_stateful(
         ));
     }
     Ok(stateful)
+}
+
+/// A hash join collects its left input whole; where DataFusion put the
+/// stream there (it knows no sizes of either side), the inputs swap, so the
+/// static table is what each task holds in memory.
+fn stream_on_probe_side(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    Ok(plan
+        .transform_up(|node| {
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            let reads_stream = |side: &Arc<dyn ExecutionPlan>| {
+                side.exists(|n| Ok(n.is::<KafkaScanExec>()))
+                    .unwrap_or(false)
+            };
+            if reads_stream(join.left()) && !reads_stream(join.right()) {
+                return Ok(Transformed::yes(
+                    join.swap_inputs(PartitionMode::CollectLeft)?,
+                ));
+            }
+            Ok(Transformed::no(node))
+        })?
+        .data
+        .transform_up(|node| {
+            // The collected side is read whole, as one partition.
+            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if join.left().output_partitioning().partition_count() <= 1 {
+                return Ok(Transformed::no(node));
+            }
+            let left: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(join.left())));
+            let right = Arc::clone(join.right());
+            Ok(Transformed::yes(node.replace_children(
+                vec![left, right],
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+            )?))
+        })?
+        .data)
 }
 
 fn count_nodes(plan: &Arc<dyn ExecutionPlan>, f: impl Fn(&dyn ExecutionPlan) -> bool) -> usize {

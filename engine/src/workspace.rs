@@ -134,6 +134,10 @@ impl Workspace {
 
     /// File names (last path segment) directly below `dir`.
     pub async fn list_names(&self, dir: &str) -> Result<Vec<String>> {
+        // Below a file (a table whose LOCATION is one file) nothing is listed.
+        if self.root.join(dir).ancestors().any(|p| p.is_file()) {
+            return Ok(Vec::new());
+        }
         let prefix = StorePath::from(dir);
         let listed = self
             .store

@@ -114,14 +114,29 @@ pub async fn get_json(url: &str) -> serde_json::Value {
 }
 
 /// Polls until `check` holds; the deadline guards against a hang, it measures nothing.
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+pub async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        wait_until_or_timeout(check).await,
+        "gave up waiting for {what}"
+    );
+}
+
+/// Polls until `check` holds, for at most 90 s; says whether it did.
+pub async fn wait_until_or_timeout<F, Fut>(mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = Instant::now() + Duration::from_secs(90);
     while !check().await {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    true
 }
