@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, ScalarValue};
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
 use datafusion::physical_expr::ScalarFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateOutputMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -447,6 +451,11 @@ fn make_stateful(
     let mut window = None;
     let stateful = plan
         .transform_up(|node| {
+            if let (Some(EventWindow::Session { column }), Some(shuffle)) =
+                (&window, node.downcast_ref::<RepartitionExec>())
+            {
+                return Ok(Transformed::yes(by_session_key(shuffle, *column)?));
+            }
             let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
                 return Ok(Transformed::no(node));
             };
@@ -471,6 +480,34 @@ fn make_stateful(
         ));
     }
     Ok(stateful)
+}
+
+/// Sessions of one key merge with each other, so they must meet in one
+/// shuffle partition: the shuffle hashes the other group keys only.
+fn by_session_key(
+    shuffle: &RepartitionExec,
+    session_column: usize,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let Partitioning::Hash(exprs, partitions) = shuffle.partitioning() else {
+        return Ok(Arc::new(shuffle.clone()));
+    };
+    let keys: Vec<_> = exprs
+        .iter()
+        .filter(|e| {
+            e.downcast_ref::<Column>()
+                .is_none_or(|c| c.index() != session_column)
+        })
+        .cloned()
+        .collect();
+    if keys.is_empty() {
+        return Err(DataFusionError::Plan(
+            "session_window(...) needs a key to group by besides the session, e.g. GROUP BY session_window(ts, '5 minutes'), user_id".into(),
+        ));
+    }
+    Ok(Arc::new(RepartitionExec::try_new(
+        Arc::clone(shuffle.input()),
+        Partitioning::Hash(keys, *partitions),
+    )?))
 }
 
 /// A hash join collects its left input whole; where DataFusion put the
@@ -534,6 +571,9 @@ fn event_window(partial: &AggregateExec) -> Option<EventWindow> {
         .iter()
         .enumerate()
         .find_map(|(column, (expr, _))| {
+            if windows::is_session_field(schema.field(column)) {
+                return Some(EventWindow::Session { column });
+            }
             if windows::is_window_field(schema.field(column)) {
                 return Some(EventWindow::Struct { column });
             }

@@ -18,7 +18,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StructArray,
+};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -89,6 +91,9 @@ pub enum EventWindow {
     Struct { column: usize },
     /// `date_bin(width, ts)`: the start; the end is `width` later.
     Bin { column: usize, width_ms: i64 },
+    /// `session_window(ts, gap)`: a struct `{start, end}` that grows as
+    /// sessions of the same key overlap and merge.
+    Session { column: usize },
 }
 
 /// Known only inside a task.
@@ -312,14 +317,21 @@ impl Merge {
         let schema = Arc::clone(&self.partial_schema);
         let mut input: Vec<RecordBatch> = before.to_vec();
         input.extend(new_rows.iter().cloned());
-        let merged = if input.iter().all(|b| b.num_rows() == 0) {
-            RecordBatch::new_empty(Arc::clone(&schema))
+        let mut all = concat_batches(&schema, &input)?;
+        let before_rows: usize = before.iter().map(RecordBatch::num_rows).sum();
+        if let Some(EventWindow::Session { column }) = &self.window {
+            all = merge_sessions(&all, *column, self.rebuild.group_by.expr().len())?;
+        }
+        // This batch's rows, keyed as they are after sessions merged.
+        let touched = all.slice(before_rows, all.num_rows() - before_rows);
+        let merged = if all.num_rows() == 0 {
+            all
         } else {
             let reduced = self
                 .rebuild
                 .run(
                     AggregateMode::PartialReduce,
-                    input,
+                    vec![all],
                     Arc::clone(&schema),
                     Arc::clone(&context),
                 )
@@ -327,7 +339,7 @@ impl Merge {
             concat_batches(&schema, &reduced)?
         };
         let closed = self.closed(&merged, watermark_ms)?;
-        let changed = self.changed(&merged, new_rows)?;
+        let changed = self.changed(&merged, &touched)?;
         let emit_mask = match self.mode {
             OutputMode::Append => closed.clone(),
             OutputMode::Update => changed,
@@ -366,7 +378,9 @@ impl Merge {
             return Ok(BooleanArray::from(vec![false; merged.num_rows()]));
         };
         let (times, width_ms) = match window {
-            EventWindow::Struct { column } => (merged.column(*column).as_struct().column(1), 0),
+            EventWindow::Struct { column } | EventWindow::Session { column } => {
+                (merged.column(*column).as_struct().column(1), 0)
+            }
             EventWindow::Bin { column, width_ms } => (merged.column(*column), *width_ms),
         };
         let millis = cast(times, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
@@ -379,21 +393,82 @@ impl Merge {
     }
 
     /// Rows whose group this batch's input touched.
-    fn changed(&self, merged: &RecordBatch, new_rows: &[RecordBatch]) -> DfResult<BooleanArray> {
+    fn changed(&self, merged: &RecordBatch, touched: &RecordBatch) -> DfResult<BooleanArray> {
         let groups = self.rebuild.group_by.expr().len();
         let fields: Vec<SortField> = (0..groups)
             .map(|i| SortField::new(self.partial_schema.field(i).data_type().clone()))
             .collect();
         let converter = RowConverter::new(fields)?;
-        let mut touched = HashSet::new();
-        for batch in new_rows {
-            let rows = converter.convert_columns(&batch.columns()[..groups])?;
-            touched.extend(rows.iter().map(|r| r.as_ref().to_vec()));
-        }
+        let touched_rows = converter.convert_columns(&touched.columns()[..groups])?;
+        let touched: HashSet<&[u8]> = touched_rows.iter().map(|r| r.data()).collect();
         let rows = converter.convert_columns(&merged.columns()[..groups])?;
         Ok(rows
             .iter()
-            .map(|r| Some(touched.contains(r.as_ref())))
+            .map(|r| Some(touched.contains(r.data())))
             .collect())
     }
+}
+
+/// Gives every row the merged session of its key: sessions of one key
+/// (the other group columns) that overlap become one, from the earliest
+/// start to the latest end. A row's session is `[ts, ts + gap)`, so rows
+/// less than `gap` apart share a session, as in Spark.
+fn merge_sessions(rows: &RecordBatch, column: usize, groups: usize) -> DfResult<RecordBatch> {
+    if rows.num_rows() == 0 {
+        return Ok(rows.clone());
+    }
+    let keys: Vec<usize> = (0..groups).filter(|i| *i != column).collect();
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|i| SortField::new(rows.schema().field(*i).data_type().clone()))
+            .collect(),
+    )?;
+    let key_columns: Vec<_> = keys.iter().map(|i| Arc::clone(rows.column(*i))).collect();
+    let key_rows = converter.convert_columns(&key_columns)?;
+    let sessions = rows.column(column).as_struct();
+    let bound = |i: usize| -> DfResult<Vec<i64>> {
+        let values = cast(sessions.column(i), &DataType::Int64)?;
+        Ok(values.as_primitive::<Int64Type>().values().to_vec())
+    };
+    let (starts, ends) = (bound(0)?, bound(1)?);
+    let mut order: Vec<usize> = (0..rows.num_rows()).collect();
+    order.sort_by(|a, b| {
+        key_rows
+            .row(*a)
+            .cmp(&key_rows.row(*b))
+            .then(starts[*a].cmp(&starts[*b]))
+    });
+    let (mut merged_starts, mut merged_ends) = (starts.clone(), ends.clone());
+    let mut run: Vec<usize> = Vec::new();
+    let mut run_end = i64::MIN;
+    let mut close = |run: &mut Vec<usize>, end: i64| {
+        if let Some(first) = run.first() {
+            let start = starts[*first];
+            for &i in run.iter() {
+                merged_starts[i] = start;
+                merged_ends[i] = end;
+            }
+        }
+        run.clear();
+    };
+    for (n, &i) in order.iter().enumerate() {
+        let same_key = n > 0 && key_rows.row(order[n - 1]) == key_rows.row(i);
+        if !(same_key && starts[i] < run_end) {
+            close(&mut run, run_end);
+            run_end = i64::MIN;
+        }
+        run.push(i);
+        run_end = run_end.max(ends[i]);
+    }
+    close(&mut run, run_end);
+    let time_type = sessions.column(0).data_type().clone();
+    let as_time = |v: Vec<i64>| cast(&(Arc::new(Int64Array::from(v)) as ArrayRef), &time_type);
+    let merged = StructArray::try_new(
+        sessions.fields().clone(),
+        vec![as_time(merged_starts)?, as_time(merged_ends)?],
+        sessions.nulls().cloned(),
+    )?;
+    let mut columns = rows.columns().to_vec();
+    columns[column] = Arc::new(merged);
+    Ok(RecordBatch::try_new(rows.schema(), columns)?)
 }

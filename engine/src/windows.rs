@@ -43,8 +43,9 @@ use datafusion::sql::sqlparser::ast::{
     GroupByExpr, Ident, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr, VisitorMut,
 };
 
-/// The name users call; also the name of the group column it gives.
+/// The names users call; also the names of the group columns they give.
 pub const WINDOW: &str = "window";
+pub const SESSION_WINDOW: &str = "session_window";
 const WINDOW_LIST: &str = "spate_windows";
 const EXPANDED: &str = "__spate_window";
 
@@ -58,7 +59,11 @@ fn window_list_udf() -> ScalarUDF {
 
 /// The UDFs a Spate session registers.
 pub fn udfs() -> Vec<ScalarUDF> {
-    vec![window_udf(), window_list_udf()]
+    vec![
+        window_udf(),
+        window_list_udf(),
+        ScalarUDF::new_from_impl(WindowUdf::new(SESSION_WINDOW)),
+    ]
 }
 
 /// The struct a window is: `{start, end}` in the event time's own type.
@@ -81,8 +86,16 @@ pub fn is_window_field(field: &Field) -> bool {
         && (field.name().starts_with("window(") || field.name() == WINDOW)
 }
 
-/// `window(ts, size [, slide])` (one window, the row's tumbling one) and
-/// `spate_windows(ts, size, slide)` (every window the row falls in).
+/// Whether a group column is a session window, which merging decides.
+pub fn is_session_field(field: &Field) -> bool {
+    field.name().starts_with("session_window(")
+}
+
+/// `window(ts, size [, slide])` (one window, the row's tumbling one),
+/// `spate_windows(ts, size, slide)` (every window the row falls in) and
+/// `session_window(ts, gap)`: `[ts, ts + gap)`, the session of the row
+/// alone; the stateful aggregate merges the sessions of a key that
+/// overlap, so a session ends `gap` after its last row.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WindowUdf {
     name: &'static str,
@@ -94,7 +107,11 @@ impl WindowUdf {
         WindowUdf {
             name,
             signature: Signature::one_of(
-                vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+                if name == SESSION_WINDOW {
+                    vec![TypeSignature::Any(2)]
+                } else {
+                    vec![TypeSignature::Any(2), TypeSignature::Any(3)]
+                },
                 Volatility::Immutable,
             ),
         }
@@ -216,6 +233,16 @@ impl ScalarUDFImpl for WindowUdf {
         let values = values.as_primitive::<Int64Type>();
         let fields = window_fields(&time_type);
         let as_time = |v: Vec<i64>| cast(&(Arc::new(Int64Array::from(v)) as ArrayRef), &time_type);
+        if self.name == SESSION_WINDOW {
+            let starts: Vec<i64> = values.iter().map(|t| t.unwrap_or(0)).collect();
+            let ends = starts.iter().map(|s| s + shape.size).collect();
+            let windows = StructArray::try_new(
+                fields,
+                vec![as_time(starts)?, as_time(ends)?],
+                times.nulls().cloned(),
+            )?;
+            return Ok(ColumnarValue::Array(Arc::new(windows)));
+        }
         if self.name == WINDOW {
             if shape.slide != shape.size {
                 return exec_err!(
@@ -368,17 +395,29 @@ impl VisitorMut for WindowColumns {
 }
 
 fn is_window_call(expr: &sql::Expr) -> bool {
-    matches!(expr, sql::Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case(WINDOW))
+    window_call_name(expr).is_some()
+}
+
+/// `window` or `session_window`, where `expr` calls one.
+fn window_call_name(expr: &sql::Expr) -> Option<&'static str> {
+    let sql::Expr::Function(f) = expr else {
+        return None;
+    };
+    let name = f.name.to_string();
+    [WINDOW, SESSION_WINDOW]
+        .into_iter()
+        .find(|w| name.eq_ignore_ascii_case(w))
 }
 
 fn window_column(expr: &sql::Expr, call: &sql::Expr) -> Option<(sql::Expr, String)> {
+    let name = window_call_name(call)?;
     match expr {
-        sql::Expr::Identifier(id) if id.value.eq_ignore_ascii_case(WINDOW) => {
-            Some((call.clone(), WINDOW.to_string()))
+        sql::Expr::Identifier(id) if id.value.eq_ignore_ascii_case(name) => {
+            Some((call.clone(), name.to_string()))
         }
         sql::Expr::CompoundIdentifier(ids)
             if ids.len() == 2
-                && ids[0].value.eq_ignore_ascii_case(WINDOW)
+                && ids[0].value.eq_ignore_ascii_case(name)
                 && ["start", "end"].contains(&ids[1].value.to_lowercase().as_str()) =>
         {
             let field = ids[1].value.to_lowercase();

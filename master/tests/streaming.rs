@@ -5,7 +5,8 @@
 //! The sink must equal the reference: the fixture's INSERT run by DataFusion
 //! in one process over the records as one batch, without the late rows,
 //! filtered by the fixture's `-- reference:` predicate (which windows the
-//! final watermark closed). Kafka sinks are read as a compacted topic would
+//! final watermark closed), or by its `-- reference query:` where the
+//! fixture's own query would use what it tests. Kafka sinks are read as a compacted topic would
 //! keep them: the latest row per key.
 
 mod common;
@@ -26,30 +27,95 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::Workspace;
-use spate_engine::job::{PlanEnv, session};
+use spate_engine::job::{self, PlanEnv, SinkSpec};
+use spate_engine::stateful::OutputMode;
 use spate_proto::SubmitJobRequest;
 use spate_proto::client_service_client::ClientServiceClient;
 
 const TOPIC_PARTITIONS: i32 = 4;
 /// 2023-11-14T22:13:20Z, a multiple of every window size used here.
 const T0: i64 = 1_700_000_000_000;
-const DELAY_MS: i64 = 5_000;
 const FAR_AHEAD_MS: i64 = 200_000;
 
-/// The columns every fixture's `events` table draws from.
-const EVENTS: &str = "(ts TIMESTAMP, customer VARCHAR, country VARCHAR, user_id BIGINT, gender VARCHAR, amount DOUBLE)";
 const CUSTOMERS_CSV: &str = "customer,segment\nc0,retail\nc1,retail\nc2,business\nc3,enterprise\n";
+
+/// The topic a job reads, every column its records may have, and how the
+/// test makes record `i` at a given event time.
+struct Source {
+    topic: &'static str,
+    columns: &'static str,
+    record: fn(i64, i64) -> String,
+}
+
+/// What the fixtures read.
+const EVENTS: Source = Source {
+    topic: "events",
+    columns: "(ts TIMESTAMP, customer VARCHAR, country VARCHAR, user_id BIGINT, gender VARCHAR, amount DOUBLE)",
+    record: event,
+};
+
+/// What `driver produce` writes and the sample jobs in workspace/jobs read.
+const SALES: Source = Source {
+    topic: "sales",
+    columns: "(id BIGINT, customer VARCHAR, revenue DOUBLE, revenue_counter DOUBLE, \"timestamp\" TIMESTAMP, country VARCHAR, gender VARCHAR, ip VARCHAR)",
+    record: sale,
+};
 
 macro_rules! fixture_tests {
     ($($name:ident),*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            run_fixture(stringify!($name)).await;
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/streaming/{}.sql", stringify!($name)));
+            run_job(stringify!($name), std::fs::read_to_string(path).unwrap(), &EVENTS).await;
         }
     )*};
 }
 
-fixture_tests!(tumbling, sliding, date_bin, complete, update, join);
+fixture_tests!(
+    tumbling,
+    sliding,
+    session_windows,
+    date_bin,
+    complete,
+    update,
+    join
+);
+
+macro_rules! sample_job_tests {
+    ($($name:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../workspace/jobs/{}.sql", stringify!($name)));
+            // Triggers come faster than the job's own, so the test is quick.
+            let sql = std::fs::read_to_string(path).unwrap()
+                + "\nSET spate.trigger.interval = '200ms';\n";
+            run_job(stringify!($name), sql, &SALES).await;
+        }
+    )*};
+}
+
+sample_job_tests!(sliding_revenue, window_metrics, running_revenue);
+
+fn sale(ts_ms: i64, i: i64) -> String {
+    let ts = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap();
+    let id = i % 7 + 1;
+    let customer = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace"][(id - 1) as usize];
+    let country = ["US", "DE", "FR", "GB", "IN"][(i % 5) as usize];
+    let gender = ["M", "F"][(id % 2) as usize];
+    serde_json::json!({
+        "id": id,
+        "customer": customer,
+        "revenue": (i % 13) as f64 * 1.25,
+        "revenue_counter": 0.0,
+        "timestamp": ts.to_rfc3339(),
+        "country": country,
+        "gender": gender,
+        "ip": format!("10.0.0.{id}"),
+    })
+    .to_string()
+}
 
 fn event(ts_ms: i64, i: i64) -> String {
     let ts = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap();
@@ -75,19 +141,21 @@ struct Phases {
 }
 
 /// A minute in order; then 60 rows older than the watermark that minute
-/// sets and 60 newer ones (neither moves it); then one row far ahead.
-fn phases() -> Phases {
+/// sets (for delays up to 20 s) and 60 newer ones (neither moves it); then
+/// one row far ahead.
+fn phases(source: &Source) -> Phases {
+    let record = source.record;
     Phases {
-        in_order: (0..300).map(|i| event(T0 + i * 200, i)).collect(),
-        late: (0..60).map(|i| event(T0 + i * 900, 1000 + i)).collect(),
+        in_order: (0..300).map(|i| record(T0 + i * 200, i)).collect(),
+        late: (0..60).map(|i| record(T0 + i * 600, 1000 + i)).collect(),
         on_time: (0..60)
-            .map(|i| event(T0 + 55_000 + i * 80, 2000 + i))
+            .map(|i| record(T0 + 55_000 + i * 80, 2000 + i))
             .collect(),
-        far_ahead: vec![event(T0 + FAR_AHEAD_MS, 3000)],
+        far_ahead: vec![record(T0 + FAR_AHEAD_MS, 3000)],
     }
 }
 
-async fn produce(cluster: &Cluster, lines: &[String]) {
+async fn produce(cluster: &Cluster, topic: &str, lines: &[String]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.broker.bootstrap_servers())
         .create()
@@ -95,7 +163,7 @@ async fn produce(cluster: &Cluster, lines: &[String]) {
     for (i, line) in lines.iter().enumerate() {
         producer
             .send(
-                FutureRecord::<(), String>::to("events")
+                FutureRecord::<(), String>::to(topic)
                     .payload(line)
                     .partition(i as i32 % TOPIC_PARTITIONS),
                 Duration::from_secs(5),
@@ -150,29 +218,44 @@ fn iso(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn run_fixture(name: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/streaming/{name}.sql"));
-    let sql = std::fs::read_to_string(&path).unwrap();
-    let predicate = sql
-        .lines()
-        .find_map(|l| l.strip_prefix("-- reference:"))
-        .unwrap_or_else(|| panic!("{name}.sql has no `-- reference:` line"))
-        .trim()
-        .to_string();
-    let watermarked = sql.contains("'watermark'");
+async fn run_job(name: &str, sql: String, source: &Source) {
     let ws_dir = tempfile::tempdir().unwrap();
     let ws = Workspace::open(ws_dir.path()).unwrap();
     std::fs::create_dir_all(ws_dir.path().join("data")).unwrap();
     std::fs::write(ws_dir.path().join("data/customers.csv"), CUSTOMERS_CSV).unwrap();
     let cluster = Cluster::start(ws_dir.path(), 2).await;
-    cluster
-        .broker
-        .create_topic("events", TOPIC_PARTITIONS)
-        .unwrap();
-    cluster.broker.create_topic("running_totals", 2).unwrap();
+    // The cluster comes with a 4-partition `sales` topic.
+    if source.topic != "sales" {
+        cluster
+            .broker
+            .create_topic(source.topic, TOPIC_PARTITIONS)
+            .unwrap();
+    }
+    // The job as the master plans it: its watermark delay, sink and mode.
+    let planned = job::plan_job(
+        &PlanEnv::new(ws.clone(), cluster.broker.bootstrap_servers()),
+        &sql,
+        name,
+    )
+    .await
+    .unwrap();
+    if let SinkSpec::Kafka(sink) = &planned.sink {
+        cluster.broker.create_topic(&sink.topic, 2).unwrap();
+    }
+    let delay_ms = planned.source.watermark.as_ref().map(|w| w.delay_ms);
+    let watermarked = delay_ms.is_some();
+    // Which rows to compare: the fixture says; a windowed job in append
+    // mode shows the windows the final watermark closed; others all rows.
+    let predicate = match sql.lines().find_map(|l| l.strip_prefix("-- reference:")) {
+        Some(p) => p.trim().to_string(),
+        None if planned.options.output_mode == OutputMode::Append => {
+            "window_end <= {watermark}".to_string()
+        }
+        None => "true".to_string(),
+    };
 
-    let phases = phases();
-    produce(&cluster, &phases.in_order).await;
+    let phases = phases(source);
+    produce(&cluster, source.topic, &phases.in_order).await;
     let id = submit(&cluster, name, sql.clone()).await;
     wait_for_input(&cluster, &id, 300).await;
     let mixed: Vec<String> = phases
@@ -181,11 +264,11 @@ async fn run_fixture(name: &str) {
         .zip(&phases.on_time)
         .flat_map(|(l, o)| [l.clone(), o.clone()])
         .collect();
-    produce(&cluster, &mixed).await;
+    produce(&cluster, source.topic, &mixed).await;
     wait_for_input(&cluster, &id, 420).await;
-    produce(&cluster, &phases.far_ahead).await;
+    produce(&cluster, source.topic, &phases.far_ahead).await;
     wait_for_input(&cluster, &id, 421).await;
-    let final_watermark = T0 + FAR_AHEAD_MS - DELAY_MS;
+    let final_watermark = T0 + FAR_AHEAD_MS - delay_ms.unwrap_or(0);
     if watermarked {
         // The batch after the far row runs on the watermark it set, without data.
         wait_until("the final watermark's batch", || async {
@@ -212,8 +295,8 @@ async fn run_fixture(name: &str) {
         counted.extend(phases.late.clone());
     }
     counted.extend(phases.far_ahead.clone());
-    let want = reference(&ws, &sql, &counted, &predicate, final_watermark).await;
-    let got = sink_rows(&cluster, &ws, &sql).await;
+    let want = reference(&ws, &sql, source, &counted, &predicate, final_watermark).await;
+    let got = sink_rows(&cluster, &ws, &sql, &planned.sink).await;
     cluster.stop().await;
     assert!(
         !want.is_empty(),
@@ -246,7 +329,7 @@ fn sink_name(sql: &str) -> String {
 
 /// The job's tables in a Spate session, as the master planned them.
 async fn job_session(ws: &Workspace, sql: &str) -> SessionContext {
-    let ctx = session(&PlanEnv::new(ws.clone(), "127.0.0.1:1"));
+    let ctx = job::session(&PlanEnv::new(ws.clone(), "127.0.0.1:1"));
     for statement in statements(sql) {
         if statement.to_uppercase().starts_with("CREATE") {
             ctx.sql(&statement).await.unwrap().collect().await.unwrap();
@@ -260,15 +343,17 @@ async fn job_session(ws: &Workspace, sql: &str) -> SessionContext {
 async fn reference(
     ws: &Workspace,
     sql: &str,
+    source: &Source,
     records: &[String],
     predicate: &str,
     watermark_ms: i64,
 ) -> Vec<String> {
-    let ctx = session(&PlanEnv::new(ws.clone(), ""));
+    let ctx = job::session(&PlanEnv::new(ws.clone(), ""));
     std::fs::create_dir_all(ws.root().join("reference")).unwrap();
-    std::fs::write(ws.root().join("reference/events.json"), records.join("\n")).unwrap();
+    std::fs::write(ws.root().join("reference/records.json"), records.join("\n")).unwrap();
     ctx.sql(&format!(
-        "CREATE EXTERNAL TABLE events {EVENTS} STORED AS JSON LOCATION 'reference/'"
+        "CREATE EXTERNAL TABLE {} {} STORED AS JSON LOCATION 'reference/'",
+        source.topic, source.columns
     ))
     .await
     .unwrap();
@@ -285,7 +370,13 @@ async fn reference(
         if upper.starts_with("INSERT")
             || (upper.starts_with("CREATE") && !upper.contains("STORED AS KAFKA") && !is_sink)
         {
-            spate_engine::job::sql(&ctx, &statement)
+            // A fixture may say the same in other words where Spate's own
+            // functions would check themselves (session windows).
+            let statement = match (upper.starts_with("INSERT"), reference_query(sql)) {
+                (true, Some(query)) => format!("INSERT INTO {sink} {query}"),
+                _ => statement,
+            };
+            job::sql(&ctx, &statement)
                 .await
                 .unwrap()
                 .collect()
@@ -315,6 +406,12 @@ async fn reference(
     }
 }
 
+fn reference_query(sql: &str) -> Option<String> {
+    sql.lines()
+        .find_map(|l| l.strip_prefix("-- reference query:"))
+        .map(|q| q.trim().to_string())
+}
+
 async fn sink_schema(ws: &Workspace, sql: &str) -> SchemaRef {
     let ctx = job_session(ws, sql).await;
     ctx.table_provider(sink_name(sql).as_str())
@@ -334,7 +431,7 @@ fn sink_is_kafka(sql: &str) -> bool {
 
 /// What the job committed: the file sink's manifests, or the Kafka topic
 /// with the latest row per key.
-async fn sink_rows(cluster: &Cluster, ws: &Workspace, sql: &str) -> Vec<String> {
+async fn sink_rows(cluster: &Cluster, ws: &Workspace, sql: &str, spec: &SinkSpec) -> Vec<String> {
     let sink = sink_name(sql);
     let schema = sink_schema(ws, sql).await;
     if !sink_is_kafka(sql) {
@@ -355,7 +452,10 @@ async fn sink_rows(cluster: &Cluster, ws: &Workspace, sql: &str) -> Vec<String> 
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    let topic = "running_totals";
+    let SinkSpec::Kafka(spec) = spec else {
+        unreachable!("a file sink was read above");
+    };
+    let topic = spec.topic.as_str();
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(5))
         .unwrap();
