@@ -158,6 +158,7 @@ async fn forget_previous_run(ws: &Workspace, planned: &PlannedJob) -> Result<(),
     }
     checkpoint.delete().await?;
     ws.delete_dir(&format!("{SPATE_DIR}/jobs/{job}")).await?;
+    ws.delete_dir(&spate_engine::shuffle::job_dir(job)).await?;
     if let SinkSpec::Files { dir, .. } = &planned.sink {
         ws.delete_dir(dir).await?;
     }

@@ -296,14 +296,15 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     let mut options = JobOptions::default();
     let mut insert: Option<DmlStatement> = None;
     for (index, mut statement) in statements.into_iter().enumerate() {
+        // Errors name the statement as the user wrote it.
+        let described = summary(&statement);
         if let DfStatement::Statement(inner) = &mut statement {
             windows::resolve_window_columns(inner);
         }
         let at = |e: EngineError| {
             EngineError::plan(format!(
-                "statement {} of {count} ({}): {}",
+                "statement {} of {count} ({described}): {}",
                 index + 1,
-                summary(&statement),
                 e.unwrap_datafusion()
             ))
         };
@@ -683,11 +684,16 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
         ));
     }
     if let Some(join) = node.downcast_ref::<HashJoinExec>() {
-        let kafka_on_build_side = join
-            .left()
-            .exists(|n| Ok(n.is::<KafkaScanExec>()))
-            .unwrap_or(false);
-        if *join.partition_mode() != PartitionMode::CollectLeft || kafka_on_build_side {
+        let reads_stream = |side: &Arc<dyn ExecutionPlan>| {
+            side.exists(|n| Ok(n.is::<KafkaScanExec>()))
+                .unwrap_or(false)
+        };
+        if reads_stream(join.left()) && reads_stream(join.right()) {
+            return Some(
+                "the query reads more than one Kafka table; joining two streams is not supported yet: a stream joins static tables (Parquet, CSV or JSON in the workspace)".to_string(),
+            );
+        }
+        if *join.partition_mode() != PartitionMode::CollectLeft || reads_stream(join.left()) {
             return Some(
                 "a stream joins a static table (a Parquet, CSV or JSON table in the workspace); this join would hold the stream itself in memory".to_string(),
             );

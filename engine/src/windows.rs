@@ -26,16 +26,17 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, ListArray, 
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Field, Fields, Int64Type, IntervalMonthDayNanoType, TimeUnit,
+    DataType, Field, FieldRef, Fields, Int64Type, IntervalMonthDayNanoType, TimeUnit,
 };
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue, exec_err, plan_err};
+use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
-    Aggregate, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, TypeSignature, Volatility,
+    Aggregate, ColumnarValue, Expr, LogicalPlan, LogicalPlanBuilder, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::sql::sqlparser::ast::{
@@ -135,7 +136,7 @@ impl WindowShape {
                 .filter(|d| *d > 0)
                 .ok_or_else(|| {
                     datafusion::error::DataFusionError::Plan(format!(
-                        "{name}(): the {what} {value} is not a positive duration of days, hours, minutes, seconds or milliseconds"
+                        "{name}(): the {what} '{}' is not a positive duration of days, hours, minutes, seconds or milliseconds", value.to_string().trim_matches('\'')
                     ))
                 })
         };
@@ -222,6 +223,33 @@ impl ScalarUDFImpl for WindowUdf {
         })
     }
 
+    /// Checks the sizes when the query is planned, not when a task runs.
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let data_type = self.return_type(&types)?;
+        if let DataType::Timestamp(unit, _) = &types[0] {
+            let constants: Vec<ColumnarValue> = args.scalar_arguments[1..]
+                .iter()
+                .map(|a| {
+                    a.map(|v| ColumnarValue::Scalar(v.clone())).ok_or_else(|| {
+                        DataFusionError::Plan(format!(
+                            "{}(): sizes are constants such as '10 seconds'",
+                            self.name
+                        ))
+                    })
+                })
+                .collect::<DfResult<_>>()?;
+            let mut checked = vec![ColumnarValue::Scalar(ScalarValue::Null)];
+            checked.extend(constants);
+            WindowShape::from_args(self.name, &checked, *unit)?;
+        }
+        Ok(Arc::new(Field::new(self.name, data_type, true)))
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let DataType::Timestamp(unit, _) = args.arg_fields[0].data_type().clone() else {
             return exec_err!("{}(): the event time must be a TIMESTAMP", self.name);
@@ -233,26 +261,19 @@ impl ScalarUDFImpl for WindowUdf {
         let values = values.as_primitive::<Int64Type>();
         let fields = window_fields(&time_type);
         let as_time = |v: Vec<i64>| cast(&(Arc::new(Int64Array::from(v)) as ArrayRef), &time_type);
-        if self.name == SESSION_WINDOW {
-            let starts: Vec<i64> = values.iter().map(|t| t.unwrap_or(0)).collect();
-            let ends = starts.iter().map(|s| s + shape.size).collect();
-            let windows = StructArray::try_new(
-                fields,
-                vec![as_time(starts)?, as_time(ends)?],
-                times.nulls().cloned(),
-            )?;
-            return Ok(ColumnarValue::Array(Arc::new(windows)));
-        }
-        if self.name == WINDOW {
-            if shape.slide != shape.size {
+        if self.name != WINDOW_LIST {
+            let starts: Vec<i64> = if self.name == SESSION_WINDOW {
+                values.iter().map(|t| t.unwrap_or(0)).collect()
+            } else if shape.slide != shape.size {
                 return exec_err!(
                     "window(ts, size, slide) with a slide shorter than the size puts a row in several windows; use it in GROUP BY"
                 );
-            }
-            let starts: Vec<i64> = values
-                .iter()
-                .map(|t| t.map_or(0, |t| shape.starts(t).next().unwrap_or(t)))
-                .collect();
+            } else {
+                values
+                    .iter()
+                    .map(|t| t.map_or(0, |t| shape.starts(t).next().unwrap_or(t)))
+                    .collect()
+            };
             let ends = starts.iter().map(|s| s + shape.size).collect();
             let windows = StructArray::try_new(
                 fields,

@@ -270,3 +270,64 @@ fn add(produced: &mut [i64], more: Vec<i64>) {
         *p += n;
     }
 }
+
+#[tokio::test]
+async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
+    let broker = DevBroker::start().unwrap();
+    broker.create_topic("events", 2).unwrap();
+    broker.create_topic("clicks", 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = PlanEnv::new(
+        Workspace::open(dir.path()).unwrap(),
+        broker.bootstrap_servers(),
+    );
+    let events = "CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR, amount DOUBLE) STORED AS KAFKA LOCATION 'events'";
+    let watermarked = "CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR, amount DOUBLE) STORED AS KAFKA LOCATION 'events' OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS')";
+    let files =
+        "CREATE EXTERNAL TABLE out (s TIMESTAMP, n BIGINT) STORED AS PARQUET LOCATION 'out/'";
+    let cases = [
+        (
+            format!("{events}; CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT customer, count(*) FROM events GROUP BY customer"),
+            "append output mode emits each group once",
+        ),
+        (
+            format!("{events}; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT customer FROM events"),
+            "complete output mode re-emits every group",
+        ),
+        (
+            format!("{events}; CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'update'; INSERT INTO out SELECT customer, count(*) FROM events GROUP BY customer"),
+            "update output mode rewrites groups as they change, which a file sink cannot",
+        ),
+        (
+            format!("{events}; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT customer FROM events ORDER BY customer"),
+            "ORDER BY",
+        ),
+        (
+            format!("{watermarked}; CREATE EXTERNAL TABLE out (s TIMESTAMP, n BIGINT) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT session_window.start, count(*) FROM events GROUP BY session_window(ts, '1 minute')"),
+            "needs a key to group by besides the session",
+        ),
+        (
+            "CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR) STORED AS KAFKA LOCATION 'events' OPTIONS ('watermark' 'event_time - INTERVAL 5 SECONDS')".to_string(),
+            "option 'watermark' is 'event_time - INTERVAL 5 SECONDS': the table has no column 'event_time'",
+        ),
+        (
+            "CREATE EXTERNAL TABLE events (ts VARCHAR) STORED AS KAFKA LOCATION 'events' OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS')".to_string(),
+            "option 'watermark' is 'ts - INTERVAL 5 SECONDS': column 'ts' is",
+        ),
+        (
+            format!("{watermarked}; {files}; INSERT INTO out SELECT window.start, count(*) FROM events GROUP BY window(ts, 'soon')"),
+            "window(): the window size 'soon' is not a positive duration",
+        ),
+        (
+            format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT e.customer FROM events e JOIN clicks c ON e.customer = c.customer"),
+            "more than one Kafka table",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let error = plan_job(&env, &sql, "bad").await.unwrap_err().to_string();
+        assert!(
+            error.contains(expected),
+            "{sql}\n  gave: {error}\n  expected it to say: {expected}"
+        );
+    }
+}

@@ -90,10 +90,27 @@ pub struct JobView {
 pub struct JobDetail {
     #[serde(flatten)]
     pub view: JobView,
-    /// The physical plan every task runs, indented.
+    /// The job's whole physical plan, indented.
     pub plan: String,
+    /// The stages each batch runs, in order.
+    pub stages: Vec<StageView>,
+    /// `append`, `update` or `complete`.
+    pub output_mode: String,
+    /// Partitions of the shuffle and state; none for a stateless job.
+    pub shuffle_partitions: Option<usize>,
     /// The batches the master keeps, oldest first.
     pub batches_progress: Vec<BatchProgress>,
+}
+
+/// One stage of a job, for the job page.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageView {
+    pub id: u32,
+    /// Stages whose shuffle output it reads; none for the Kafka stage.
+    pub reads: Vec<u32>,
+    /// Tasks per batch of a shuffle-reading stage.
+    pub tasks: usize,
+    pub plan: String,
 }
 
 struct JobEntry {
@@ -274,6 +291,25 @@ impl Jobs {
         Some(JobDetail {
             view: job.view(),
             plan: job.record.planned.explain.clone(),
+            stages: job
+                .record
+                .planned
+                .stages
+                .iter()
+                .map(|s| StageView {
+                    id: s.id,
+                    reads: s.reads.clone(),
+                    tasks: s.tasks,
+                    plan: s.explain.clone(),
+                })
+                .collect(),
+            output_mode: job.record.planned.options.output_mode.name().to_string(),
+            shuffle_partitions: job
+                .record
+                .planned
+                .is_stateful()
+                .then_some(job.record.planned.options.shuffle_partitions)
+                .flatten(),
             batches_progress: job.progress.iter().cloned().collect(),
         })
     }

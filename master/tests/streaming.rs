@@ -29,8 +29,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::Workspace;
 use spate_engine::job::{self, PlanEnv, SinkSpec};
 use spate_engine::stateful::OutputMode;
-use spate_proto::SubmitJobRequest;
-use spate_proto::client_service_client::ClientServiceClient;
 
 const TOPIC_PARTITIONS: i32 = 4;
 /// 2023-11-14T22:13:20Z, a multiple of every window size used here.
@@ -174,23 +172,6 @@ async fn produce(cluster: &Cluster, topic: &str, lines: &[String]) {
     }
 }
 
-async fn submit(cluster: &Cluster, name: &str, sql: String) -> String {
-    let mut client = ClientServiceClient::connect(format!("http://{}", cluster.master.grpc_addr))
-        .await
-        .unwrap();
-    client
-        .submit_job(SubmitJobRequest {
-            sql,
-            name: name.to_string(),
-            origin: format!("{name}.sql"),
-            secret: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{name} was refused: {}", e.message()))
-        .into_inner()
-        .job_id
-}
-
 async fn job(cluster: &Cluster, id: &str) -> serde_json::Value {
     get_json(&format!("{}/api/v1/jobs/{id}", cluster.ui())).await["job"].take()
 }
@@ -256,7 +237,7 @@ async fn run_job(name: &str, sql: String, source: &Source) {
 
     let phases = phases(source);
     produce(&cluster, source.topic, &phases.in_order).await;
-    let id = submit(&cluster, name, sql.clone()).await;
+    let id = cluster.submit_sql(name, sql.clone()).await;
     wait_for_input(&cluster, &id, 300).await;
     let mixed: Vec<String> = phases
         .late

@@ -295,13 +295,31 @@ pub async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> R
         h2 { "Charts (last " (batches.len()) " batches)" }
         (charts(batches))
         h2 { "Stages" }
+        p.muted {
+            "Output mode " b { (detail.output_mode) }
+            @if let Some(n) = detail.shuffle_partitions { "; " (n) " shuffle partitions" }
+            "; " (last_tasks) " tasks in the latest batch."
+        }
         ol id="stages" {
-            li {
-                "Stage 1: read " (j.source) ", run the plan below, write " (j.sink)
-                span.muted { " — one task per Kafka partition with new records; " (last_tasks) " in the latest batch" }
+            @for stage in &detail.stages {
+                li {
+                    @if stage.reads.is_empty() {
+                        "Stage " (stage.id) ": read " (j.source)
+                        span.muted { " — one task per Kafka partition with new records" }
+                    } @else {
+                        "Stage " (stage.id) ": read the shuffle of stage "
+                        (stage.reads.iter().map(u32::to_string).collect::<Vec<_>>().join(", "))
+                        span.muted { " — " (stage.tasks) " tasks, one per shuffle partition" }
+                    }
+                    @if stage.id as usize == detail.stages.len() { ", write " (j.sink) }
+                    pre.stage { (stage.plan) }
+                }
             }
         }
-        pre id="plan" { (detail.plan) }
+        details open {
+            summary { "The whole plan" }
+            pre id="plan" { (detail.plan) }
+        }
         h2 { "Batches" }
         table id="batches" {
             tr {

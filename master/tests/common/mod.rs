@@ -78,6 +78,11 @@ impl Cluster {
              INSERT INTO out SELECT id, customer FROM sales WHERE revenue > 50;",
             self.broker.bootstrap_servers()
         );
+        self.submit_sql(name, sql).await
+    }
+
+    /// Submits a job file's text as `<name>.sql`; returns the job's id.
+    pub async fn submit_sql(&self, name: &str, sql: String) -> String {
         let mut client = ClientServiceClient::connect(format!("http://{}", self.master.grpc_addr))
             .await
             .unwrap();
@@ -89,7 +94,7 @@ impl Cluster {
                 secret: String::new(),
             })
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{name} was refused: {}", e.message()))
             .into_inner()
             .job_id
     }
