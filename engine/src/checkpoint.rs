@@ -38,6 +38,55 @@ pub struct CommitEntry {
     pub max_event_time_ms: Option<i64>,
 }
 
+/// What a checkpoint's offsets and state are bound to, written when the job
+/// first starts: a resubmitted job must match it to resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMetadata {
+    pub topic: String,
+    /// Partitions of the shuffle and the state; none for a stateless job.
+    pub shuffle_partitions: Option<usize>,
+    /// The stateful operator's state columns as `name: type`.
+    pub state_columns: Vec<String>,
+}
+
+impl CheckpointMetadata {
+    /// Why a job planned as `self` cannot resume from a checkpoint of `old`.
+    pub fn incompatible_with(&self, old: &CheckpointMetadata, job: &str) -> Option<String> {
+        let start_fresh = format!(
+            "stop the job and delete _spate/checkpoints/{job} to start it afresh (or give it another spate.job.name)"
+        );
+        if self.topic != old.topic {
+            return Some(format!(
+                "job '{job}' has a checkpoint of topic '{}', and the query now reads topic '{}'; {start_fresh}",
+                old.topic, self.topic
+            ));
+        }
+        if self.state_columns != old.state_columns {
+            let describe = |c: &[String]| {
+                if c.is_empty() {
+                    "no state".to_string()
+                } else {
+                    c.join(", ")
+                }
+            };
+            return Some(format!(
+                "job '{job}' has a checkpoint whose state holds [{}]; the changed query would keep [{}], so its state cannot be reused; {start_fresh}",
+                describe(&old.state_columns),
+                describe(&self.state_columns)
+            ));
+        }
+        if self.shuffle_partitions != old.shuffle_partitions {
+            return Some(format!(
+                "job '{job}' has state in {} shuffle partitions and the query now sets {}; remove SET spate.shuffle.partitions or set it to {}, or {start_fresh}",
+                old.shuffle_partitions.unwrap_or(0),
+                self.shuffle_partitions.unwrap_or(0),
+                old.shuffle_partitions.unwrap_or(0)
+            ));
+        }
+        None
+    }
+}
+
 /// A job's checkpoint folder, relative to the workspace root.
 pub fn job_dir(job: &str) -> String {
     format!("{SPATE_DIR}/checkpoints/{job}")
@@ -60,6 +109,16 @@ impl Checkpoint {
     /// Removes the whole checkpoint, so the job starts afresh.
     pub async fn delete(&self) -> Result<()> {
         self.ws.delete_dir(&self.dir).await
+    }
+
+    pub async fn metadata(&self) -> Result<Option<CheckpointMetadata>> {
+        self.ws.get_json(&format!("{}/metadata", self.dir)).await
+    }
+
+    pub async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<()> {
+        self.ws
+            .put_json(&format!("{}/metadata", self.dir), metadata)
+            .await
     }
 
     async fn latest_in(&self, log: &str) -> Result<Option<u64>> {

@@ -25,6 +25,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointMetadata;
 use crate::codec::SpateCodec;
 use crate::error::{EngineError, Result};
 use crate::files::{FileFormatKind, WorkspaceTable, WorkspaceTableFactory};
@@ -186,6 +187,9 @@ pub struct PlannedJob {
     /// The whole plan as text, for humans.
     pub explain: String,
     pub options: JobOptions,
+    /// The stateful operator's state columns (`name: type`); empty when stateless.
+    #[serde(default)]
+    pub state_columns: Vec<String>,
 }
 
 /// One stage of a job: its plan and where its input comes from.
@@ -206,6 +210,18 @@ impl PlannedJob {
     /// Whether the job keeps state between batches.
     pub fn is_stateful(&self) -> bool {
         self.stages.len() > 1
+    }
+
+    /// What the job's checkpoint is bound to.
+    pub fn checkpoint_metadata(&self) -> CheckpointMetadata {
+        CheckpointMetadata {
+            topic: self.source.topic.clone(),
+            shuffle_partitions: self
+                .is_stateful()
+                .then_some(self.options.shuffle_partitions)
+                .flatten(),
+            state_columns: self.state_columns.clone(),
+        }
     }
 }
 
@@ -380,6 +396,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     let physical = stream_on_probe_side(physical)?;
     let source = check_streamable(&physical)?;
     let physical = make_stateful(physical, &source, &sink, options.output_mode)?;
+    let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
     let stages = split_into_stages(physical)?
         .into_iter()
@@ -415,7 +432,25 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         stages,
         explain,
         options,
+        state_columns,
     })
+}
+
+/// The columns a stateful operator keeps: its partial aggregate's output.
+fn state_columns(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    let mut columns = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
+            let schema = stateful.children()[0].children()[0].schema();
+            columns = schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect();
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    columns
 }
 
 /// Puts a `StatefulAggregateExec` in place of the job's final aggregate,

@@ -226,8 +226,21 @@ impl Master {
     /// Plans a job and starts it; a job whose checkpoint exists resumes.
     async fn submit(&self, sql: &str, name: &str) -> Result<(String, bool)> {
         let default_name = if name.is_empty() { "job" } else { name };
-        let planned = plan_job(&self.plan_env(), sql, default_name).await?;
+        let mut planned = plan_job(&self.plan_env(), sql, default_name).await?;
         let id = planned.name.clone();
+        // A job resuming from its checkpoint keeps the checkpoint's shuffle
+        // partitions (its state is split by them) and must keep its state's shape.
+        let checkpoint = Checkpoint::new(&self.ws, &id);
+        if let Some(old) = checkpoint.metadata().await? {
+            if let Some(partitions) = old.shuffle_partitions {
+                let mut env = self.plan_env();
+                env.shuffle_partitions = partitions;
+                planned = plan_job(&env, sql, default_name).await?;
+            }
+            if let Some(why) = planned.checkpoint_metadata().incompatible_with(&old, &id) {
+                return Err(EngineError::plan(why).into());
+            }
+        }
         if !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -253,10 +266,12 @@ impl Master {
             Err(e) => tracing::warn!(job = id, "{e}; the job waits for Kafka"),
             Ok(_) => {}
         }
-        let resumed = Checkpoint::new(&self.ws, &id)
-            .latest_offsets()
-            .await?
-            .is_some();
+        let resumed = checkpoint.latest_offsets().await?.is_some();
+        if checkpoint.metadata().await?.is_none() {
+            checkpoint
+                .write_metadata(&planned.checkpoint_metadata())
+                .await?;
+        }
         let record = Jobs::new_record(&id, planned);
         self.start_job(record).await?;
         tracing::info!(job = id, resumed, "job submitted");

@@ -540,3 +540,65 @@ fn latest_per_key(rows: Vec<String>) -> Vec<String> {
     }
     latest.into_values().collect()
 }
+
+/// A stopped job resumes from its checkpoint when submitted again, unless
+/// the new query would keep different state: that is refused, saying what
+/// changed and how to start afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
+    let ws_dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ws_dir.path(), 2).await;
+    cluster
+        .broker
+        .create_topic("events", TOPIC_PARTITIONS)
+        .unwrap();
+    let sql = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/streaming/tumbling.sql"),
+    )
+    .unwrap();
+    produce(&cluster, "events", &phases(&EVENTS).in_order).await;
+    let id = cluster.submit_sql("tumbling", sql.clone()).await;
+    wait_for_input(&cluster, &id, 300).await;
+    let stopped = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs/{id}/stop", cluster.ui()))
+        .send()
+        .await
+        .unwrap();
+    assert!(stopped.status().is_success());
+    wait_until("the job to stop", || async {
+        job(&cluster, &id).await["state"] == "STOPPED"
+    })
+    .await;
+
+    let changed = sql.replace("count(DISTINCT customer)", "max(amount)");
+    let mut client = spate_proto::client_service_client::ClientServiceClient::connect(format!(
+        "http://{}",
+        cluster.master.grpc_addr
+    ))
+    .await
+    .unwrap();
+    let refused = client
+        .submit_job(spate_proto::SubmitJobRequest {
+            sql: changed,
+            name: "tumbling".into(),
+            origin: "tumbling.sql".into(),
+            secret: String::new(),
+        })
+        .await
+        .unwrap_err();
+    let message = refused.message();
+    assert!(
+        message.contains("job 'tumbling' has a checkpoint whose state holds")
+            && message.contains("delete _spate/checkpoints/tumbling to start it afresh"),
+        "{message}"
+    );
+
+    // The same query resumes where it stopped.
+    assert_eq!(cluster.submit_sql("tumbling", sql).await, id);
+    wait_until("the job to run again", || async {
+        job(&cluster, &id).await["state"] == "RUNNING"
+    })
+    .await;
+    assert_eq!(job(&cluster, &id).await["input_rows"], 300);
+    cluster.stop().await;
+}
