@@ -19,6 +19,10 @@ pub struct OffsetsEntry {
     /// and closes windows at; logged so that a re-run uses the same one.
     #[serde(default)]
     pub watermark_ms: Option<i64>,
+    /// Records Kafka had deleted before this batch could read them, skipped
+    /// because the table allows it (`fail_on_data_loss` false).
+    #[serde(default)]
+    pub skipped_records: u64,
 }
 
 /// Written after the sink committed the batch.

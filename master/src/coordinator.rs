@@ -145,14 +145,21 @@ impl Coordinator {
                     if self.planned.options.available_now && end_of_input.is_none() {
                         end_of_input = Some(latest.iter().map(|p| (p.partition, p.high)).collect());
                     }
-                    let ranges =
+                    let (ranges, lost) =
                         self.next_ranges(&latest, previous.as_ref(), end_of_input.as_ref());
+                    let skipped_records = match self.data_loss(&lost) {
+                        Ok(skipped) => skipped,
+                        Err(why) => return Ok(JobState::Failed(why)),
+                    };
                     let watermark_ms = self.watermark_after(max_event_time_ms, last_watermark_ms);
                     // A stateful job runs a batch without data when the
                     // watermark moved, so the windows it closed are emitted.
                     let watermark_moved =
                         self.planned.is_stateful() && watermark_ms > last_watermark_ms;
-                    if ranges.iter().all(OffsetRange::is_empty) && !watermark_moved {
+                    if ranges.iter().all(OffsetRange::is_empty)
+                        && !watermark_moved
+                        && skipped_records == 0
+                    {
                         if self.planned.options.available_now {
                             return Ok(JobState::Finished);
                         }
@@ -164,6 +171,7 @@ impl Coordinator {
                         ranges,
                         created_ms: now_ms(),
                         watermark_ms,
+                        skipped_records,
                     };
                     let logging = Instant::now();
                     checkpoint.write_offsets(&entry).await?;
@@ -305,6 +313,7 @@ impl Coordinator {
                 Vec::new()
             },
             late_rows_dropped: run.late_rows,
+            records_lost_to_retention: entry.skipped_records,
             sources: vec![SourceProgress {
                 description: format!("KafkaSource[{topic}]"),
                 start_offset: start,
@@ -331,19 +340,49 @@ impl Coordinator {
         let _ = tokio::time::timeout(duration, spate_engine::stop_signalled(&mut self.stop)).await;
     }
 
+    /// Records Kafka deleted before the job read them: a failed job naming
+    /// them, or with `fail_on_data_loss` false, how many are skipped.
+    fn data_loss(&self, lost: &[OffsetRange]) -> Result<u64, String> {
+        let Some(first) = lost.first() else {
+            return Ok(0);
+        };
+        let skipped: u64 = lost.iter().map(OffsetRange::len).sum();
+        let ranges: Vec<String> = lost
+            .iter()
+            .map(|r| format!("partition {} offsets {}..{}", r.partition, r.start, r.end))
+            .collect();
+        if self.planned.source.fail_on_data_loss {
+            return Err(format!(
+                "records of topic '{}' were deleted by Kafka (retention) before the job read them: {}; nothing after them was read. To skip lost records and go on, set 'fail_on_data_loss' 'false' on table '{}'",
+                first.topic,
+                ranges.join(", "),
+                self.planned.source.table
+            ));
+        }
+        tracing::warn!(
+            job = self.job_id,
+            skipped,
+            "skipping records Kafka deleted before the job read them: {}",
+            ranges.join(", ")
+        );
+        Ok(skipped)
+    }
+
     /// The ranges of the next batch: from where the previous batch ended
-    /// (or the table's starting offsets) to the latest offsets, capped.
+    /// (or the table's starting offsets) to the latest offsets, capped; and
+    /// the ranges Kafka deleted before they were read, which the batch skips.
     fn next_ranges(
         &self,
         latest: &[PartitionOffsets],
         previous: Option<&OffsetsEntry>,
         end_of_input: Option<&BTreeMap<i32, i64>>,
-    ) -> Vec<OffsetRange> {
+    ) -> (Vec<OffsetRange>, Vec<OffsetRange>) {
         let source = &self.planned.source;
+        let mut lost = Vec::new();
         let mut ranges: Vec<OffsetRange> = latest
             .iter()
             .map(|p| {
-                let start = previous
+                let resume_at = previous
                     .and_then(|e| e.ranges.iter().find(|r| r.partition == p.partition))
                     .map(|r| r.end)
                     .unwrap_or_else(|| match previous {
@@ -351,6 +390,15 @@ impl Coordinator {
                         Some(_) => p.low,
                         None => starting_offset(source, p.partition, p.low, p.high),
                     });
+                let start = resume_at.max(p.low);
+                if resume_at < p.low {
+                    lost.push(OffsetRange {
+                        topic: source.topic.clone(),
+                        partition: p.partition,
+                        start: resume_at,
+                        end: p.low,
+                    });
+                }
                 let end = end_of_input
                     .and_then(|e| e.get(&p.partition).copied())
                     .unwrap_or(p.high)
@@ -366,7 +414,7 @@ impl Coordinator {
         if let Some(limit) = source.max_offsets_per_trigger {
             cap_ranges(&mut ranges, limit);
         }
-        ranges
+        (ranges, lost)
     }
 
     /// Runs a batch's stages in order and commits its sink. A file sink

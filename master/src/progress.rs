@@ -115,6 +115,10 @@ pub struct BatchProgress {
     pub state_operators: Vec<StateOperatorProgress>,
     /// Rows dropped for arriving behind the watermark.
     pub late_rows_dropped: u64,
+    /// Records Kafka deleted before the job read them, skipped because the
+    /// table sets 'fail_on_data_loss' 'false'.
+    #[serde(default)]
+    pub records_lost_to_retention: u64,
     pub sources: Vec<SourceProgress>,
     pub sink: SinkProgress,
 }

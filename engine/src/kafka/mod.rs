@@ -70,6 +70,14 @@ pub struct KafkaSourceSpec {
     /// The event-time column and how late its rows may come.
     #[serde(default)]
     pub watermark: Option<WatermarkSpec>,
+    /// Whether records deleted by retention before the job read them fail
+    /// the job (Spark's failOnDataLoss) or are skipped and counted.
+    #[serde(default = "yes")]
+    pub fail_on_data_loss: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `'watermark' 'ts - INTERVAL 5 SECONDS'`: the watermark trails the
@@ -137,7 +145,7 @@ pub struct KafkaSinkSpec {
 
 const KNOWN_OPTIONS: &str = "bootstrap.servers, format (json, csv, raw), starting_offsets \
 (earliest, latest, or {\"<topic>\":{\"<partition>\":<offset>}}), max_offsets_per_trigger, \
-watermark ('<timestamp column> - INTERVAL <n> SECONDS'), kafka.<librdkafka option>";
+watermark ('<timestamp column> - INTERVAL <n> SECONDS'), fail_on_data_loss (true, false), kafka.<librdkafka option>";
 
 /// Builds Kafka tables from `CREATE EXTERNAL TABLE ... STORED AS KAFKA`.
 #[derive(Debug)]
@@ -175,6 +183,7 @@ impl KafkaTableFactory {
         let mut starting_offsets = StartingOffsets::Earliest;
         let mut max_offsets_per_trigger = None;
         let mut watermark = None;
+        let mut fail_on_data_loss = true;
         let mut client_options = BTreeMap::new();
         for (key, value) in &options {
             match key.as_str() {
@@ -203,6 +212,13 @@ impl KafkaTableFactory {
                     max_offsets_per_trigger = Some(n);
                 }
                 "watermark" => watermark = Some(value.clone()),
+                "fail_on_data_loss" | "failondataloss" => {
+                    fail_on_data_loss = value.parse().map_err(|_| {
+                        EngineError::plan(format!(
+                            "table '{table}': option 'fail_on_data_loss' is '{value}'; use true or false"
+                        ))
+                    })?;
+                }
                 k if k.starts_with("kafka.") => {
                     client_options.insert(k["kafka.".len()..].to_string(), value.clone());
                 }
@@ -219,6 +235,7 @@ impl KafkaTableFactory {
             .transpose()?;
         Ok(KafkaSourceSpec {
             watermark,
+            fail_on_data_loss,
             table,
             topic,
             bootstrap_servers: bootstrap,

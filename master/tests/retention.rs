@@ -1,0 +1,110 @@
+//! Records Kafka deletes (retention) before a job reads them: the job fails
+//! naming topic, partition and offsets, unless the table sets
+//! 'fail_on_data_loss' 'false', when the batch skips them and counts them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use spate_engine::kafka::KafkaAdmin;
+
+async fn produce(cluster: &Cluster, ids: std::ops::Range<u64>, padding: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.broker.bootstrap_servers())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let pad = "x".repeat(padding);
+    for id in ids {
+        let payload = serde_json::json!({"id": id, "pad": pad}).to_string();
+        producer
+            .send(
+                FutureRecord::<(), String>::to("lossy")
+                    .payload(&payload)
+                    .partition(0),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+fn job(fail_on_data_loss: bool) -> String {
+    format!(
+        "CREATE EXTERNAL TABLE lossy (id BIGINT) STORED AS KAFKA LOCATION 'lossy'
+           OPTIONS ('fail_on_data_loss' '{fail_on_data_loss}');
+         CREATE EXTERNAL TABLE out (id BIGINT) STORED AS PARQUET LOCATION 'output/lossy/';
+         SET spate.trigger.interval = '100ms';
+         INSERT INTO out SELECT id FROM lossy;"
+    )
+}
+
+async fn state(cluster: &Cluster, id: &str) -> serde_json::Value {
+    get_json(&format!("{}/api/v1/jobs/{id}", cluster.ui())).await["job"].take()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_counted() {
+    let ws = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ws.path(), 1).await;
+    cluster.broker.create_topic("lossy", 1).unwrap();
+    produce(&cluster, 0..5, 10).await;
+    let id = cluster.submit_sql("lossy", job(true)).await;
+    wait_until("five rows read", || async {
+        state(&cluster, &id).await["input_rows"] == 5
+    })
+    .await;
+    let stop = reqwest::Client::new()
+        .post(format!("{}/api/v1/jobs/{id}/stop", cluster.ui()))
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success());
+    wait_until("the job to stop", || async {
+        state(&cluster, &id).await["state"] == "STOPPED"
+    })
+    .await;
+
+    // While the job is stopped, more than the development broker keeps
+    // (5 MiB a partition) arrives: the oldest unread records are deleted.
+    produce(&cluster, 5..75, 100_000).await;
+    let admin = KafkaAdmin::new(cluster.broker.bootstrap_servers(), &Default::default());
+    let low = admin.partition_offsets("lossy").await.unwrap()[0].low;
+    assert!(low > 5, "retention deleted nothing (low watermark {low})");
+
+    assert_eq!(cluster.submit_sql("lossy", job(true)).await, id);
+    wait_until("the job to fail", || async {
+        state(&cluster, &id).await["state"] == "FAILED"
+    })
+    .await;
+    let error = state(&cluster, &id).await["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "records of topic 'lossy' were deleted by Kafka (retention) before the job read them: partition 0 offsets 5..{low}"
+        )) && error.contains("set 'fail_on_data_loss' 'false' on table 'lossy'"),
+        "{error}"
+    );
+
+    // Allowed to lose them, the same job resumes past the gap and counts it.
+    assert_eq!(cluster.submit_sql("lossy", job(false)).await, id);
+    wait_until("the rest read", || async {
+        state(&cluster, &id).await["input_rows"] == serde_json::json!(5 + 75 - low)
+    })
+    .await;
+    let batches = get_json(&format!("{}/api/v1/jobs/{id}/batches", cluster.ui())).await;
+    let lost: u64 = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["recordsLostToRetention"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(lost, low as u64 - 5);
+    cluster.stop().await;
+}
