@@ -90,6 +90,9 @@ enum Command {
     /// Stop a job after its running batch commits; submit it again to resume.
     Stop {
         job: String,
+        /// Stop now, abandoning the running batch (it re-runs on resume).
+        #[arg(long)]
+        kill: bool,
         #[command(flatten)]
         master: MasterArgs,
     },
@@ -194,17 +197,24 @@ async fn run(command: Command) -> Result<(), DriverError> {
             println!("{}", jobs_table(&jobs));
             Ok(())
         }
-        Command::Stop { job, master } => {
+        Command::Stop { job, kill, master } => {
             connect(&master.master)
                 .await?
                 .stop_job(StopJobRequest {
                     job_id: job.clone(),
                     secret: master.secret.clone(),
+                    kill,
                 })
                 .await?;
-            println!(
-                "stopping job {job}: the running batch commits first; submit it again to resume"
-            );
+            if kill {
+                println!(
+                    "killed job {job}: its running batch is abandoned; submit the job again to resume from its checkpoint"
+                );
+            } else {
+                println!(
+                    "stopping job {job}: the running batch commits first; submit it again to resume"
+                );
+            }
             Ok(())
         }
         Command::Workers { master } => {

@@ -23,7 +23,7 @@ use spate_engine::{EngineError, OffsetRange, Workspace, now_ms};
 use tokio::sync::watch;
 
 use crate::cluster::{Cluster, TaskEnd};
-use crate::jobs::{JobState, Jobs, describe_sink};
+use crate::jobs::{JobState, Jobs, StopRequest, describe_sink};
 use crate::progress::{
     BatchProgress, Durations, SinkProgress, SourceProgress, StateOperatorProgress, TopicOffsets,
     event_time,
@@ -39,7 +39,7 @@ pub struct Coordinator {
     pub ws: Workspace,
     pub cluster: Arc<Cluster>,
     pub jobs: Arc<Jobs>,
-    pub stop: watch::Receiver<bool>,
+    pub stop: watch::Receiver<StopRequest>,
 }
 
 /// What a committed batch did.
@@ -66,9 +66,19 @@ enum BatchEnd {
 
 impl Coordinator {
     pub async fn run(mut self) {
-        let state = match self.run_batches().await {
-            Ok(state) => state,
-            Err(e) => JobState::Failed(e.to_string()),
+        let mut kill = self.stop.clone();
+        let killed = async move {
+            let _ = kill.wait_for(|s| *s == StopRequest::Now).await;
+        };
+        let state = tokio::select! {
+            ended = self.run_batches() => match ended {
+                Ok(state) => state,
+                Err(e) => JobState::Failed(e.to_string()),
+            },
+            _ = killed => {
+                tracing::warn!(job = self.job_id, "killed: the running batch is abandoned and re-runs from the checkpoint on resume");
+                JobState::Stopped
+            }
         };
         if let JobState::Failed(why) = &state {
             tracing::error!(job = self.job_id, "job failed: {why}");
@@ -79,7 +89,7 @@ impl Coordinator {
     }
 
     fn stop_requested(&self) -> bool {
-        *self.stop.borrow()
+        *self.stop.borrow() != StopRequest::Run
     }
 
     async fn run_batches(&mut self) -> Result<JobState, EngineError> {
@@ -337,7 +347,8 @@ impl Coordinator {
 
     /// Sleeps, waking early when a stop is requested.
     async fn sleep(&mut self, duration: Duration) {
-        let _ = tokio::time::timeout(duration, spate_engine::stop_signalled(&mut self.stop)).await;
+        let stop = self.stop.wait_for(|s| *s != StopRequest::Run);
+        let _ = tokio::time::timeout(duration, stop).await;
     }
 
     /// Records Kafka deleted before the job read them: a failed job naming

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use spate_engine::task::{StateMetrics, TaskOutcome};
+
+use crate::jobs::StopRequest;
 use spate_proto::client_service_server::ClientService;
 use spate_proto::worker_service_server::WorkerService;
 use spate_proto::{
@@ -162,7 +164,12 @@ impl ClientService for ClientApi {
     ) -> Result<Response<StopJobResponse>, Status> {
         let request = request.into_inner();
         self.0.check_secret(&request.secret)?;
-        if !self.0.jobs.request_stop(&request.job_id) {
+        let how = if request.kill {
+            StopRequest::Now
+        } else {
+            StopRequest::AfterBatch
+        };
+        if !self.0.jobs.request_stop(&request.job_id, how) {
             return Err(Status::not_found(format!("no job '{}'", request.job_id)));
         }
         Ok(Response::new(StopJobResponse {}))

@@ -113,12 +113,23 @@ pub struct StageView {
     pub plan: String,
 }
 
+/// What a running job's coordinator is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopRequest {
+    Run,
+    /// Stop once the running batch commits.
+    AfterBatch,
+    /// Stop now, abandoning the running batch; it re-runs from the
+    /// checkpoint when the job is submitted again.
+    Now,
+}
+
 struct JobEntry {
     record: JobRecord,
     batches: u64,
     input_rows: u64,
     output_rows: u64,
-    stop: Option<watch::Sender<bool>>,
+    stop: Option<watch::Sender<StopRequest>>,
     progress: VecDeque<BatchProgress>,
 }
 
@@ -209,10 +220,10 @@ impl Jobs {
         &self,
         record: JobRecord,
         totals: (u64, u64, u64),
-    ) -> Result<watch::Receiver<bool>> {
+    ) -> Result<watch::Receiver<StopRequest>> {
         self.ws.put_json(&record_path(&record.id), &record).await?;
         let history = progress::load_recent(&self.ws, &record.id).await?;
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(StopRequest::Run);
         self.put_entry(record, totals, Some(stop), history);
         Ok(stopped)
     }
@@ -228,7 +239,7 @@ impl Jobs {
         &self,
         record: JobRecord,
         totals: (u64, u64, u64),
-        stop: Option<watch::Sender<bool>>,
+        stop: Option<watch::Sender<StopRequest>>,
         progress: Vec<BatchProgress>,
     ) {
         let (batches, input_rows, output_rows) = totals;
@@ -322,12 +333,12 @@ impl Jobs {
             .collect()
     }
 
-    /// Asks a job's coordinator to stop after the batch it is running.
-    pub fn request_stop(&self, id: &str) -> bool {
+    /// Asks a job's coordinator to stop, after the batch it is running or now.
+    pub fn request_stop(&self, id: &str, request: StopRequest) -> bool {
         match self.lock().get(id) {
             Some(job) => {
                 if let Some(stop) = &job.stop {
-                    let _ = stop.send(true);
+                    stop.send_modify(|current| *current = (*current).max(request));
                 }
                 true
             }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Master;
 use crate::cluster::{TaskRecord, WorkerState, WorkerView};
+use crate::jobs::StopRequest;
 use crate::jobs::{JobDetail, JobView};
 use crate::progress::BatchProgress;
 
@@ -122,7 +123,7 @@ async fn kill_from_page(
         )
             .into_response();
     }
-    if !master.jobs.request_stop(&id) {
+    if !master.jobs.request_stop(&id, StopRequest::AfterBatch) {
         return not_found(&format!("job {id}"));
     }
     Redirect::to(&format!("/jobs/{id}")).into_response()
@@ -145,7 +146,7 @@ async fn stop_json(
         )
             .into_response();
     }
-    if !master.jobs.request_stop(&id) {
+    if !master.jobs.request_stop(&id, StopRequest::AfterBatch) {
         return not_found(&format!("job {id}"));
     }
     Json(serde_json::json!({"job": id, "stopping": true})).into_response()

@@ -1,6 +1,7 @@
-//! Records Kafka deletes (retention) before a job reads them: the job fails
-//! naming topic, partition and offsets, unless the table sets
-//! 'fail_on_data_loss' 'false', when the batch skips them and counts them.
+//! Faults an in-process cluster can stage: records Kafka deletes before a
+//! job reads them (the job fails naming topic, partition and offsets, unless
+//! the table sets 'fail_on_data_loss' 'false', when the batch skips and
+//! counts them), and a job killed mid-batch that resumes with every row once.
 
 mod common;
 
@@ -106,5 +107,70 @@ async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_c
         .map(|b| b["recordsLostToRetention"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(lost, low as u64 - 5);
+    cluster.stop().await;
+}
+
+/// `driver stop --kill` abandons the running batch; the job resumes from its
+/// checkpoint when submitted again, and the sink has every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_job_resumes_from_its_checkpoint_with_every_row_once() {
+    let ws = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ws.path(), 2).await;
+    cluster.produce(0..2000).await;
+    let id = cluster.submit("killed").await;
+    wait_until("two batches", || async {
+        state(&cluster, &id).await["batches"].as_u64() >= Some(2)
+    })
+    .await;
+    let mut client = spate_proto::client_service_client::ClientServiceClient::connect(format!(
+        "http://{}",
+        cluster.master.grpc_addr
+    ))
+    .await
+    .unwrap();
+    client
+        .stop_job(spate_proto::StopJobRequest {
+            job_id: id.clone(),
+            secret: String::new(),
+            kill: true,
+        })
+        .await
+        .unwrap();
+    wait_until("the job to be killed", || async {
+        state(&cluster, &id).await["state"] == "STOPPED"
+    })
+    .await;
+    let when_killed = state(&cluster, &id).await["input_rows"].as_u64().unwrap();
+    assert!(when_killed < 2000, "the job was killed mid-stream");
+
+    assert_eq!(cluster.submit("killed").await, id);
+    wait_until("every record read", || async {
+        state(&cluster, &id).await["input_rows"] == 2000
+    })
+    .await;
+    let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
+        spate_engine::Workspace::open(ws.path()).unwrap(),
+        "",
+    ));
+    ctx.sql("CREATE EXTERNAL TABLE out (id BIGINT, customer VARCHAR) STORED AS PARQUET LOCATION 'output/killed/'")
+        .await
+        .unwrap();
+    let counts = ctx
+        .sql("SELECT count(*) AS n, count(DISTINCT id) AS ids FROM out")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let expected = (0..2000u64).filter(|i| (i % 300) > 50).count() as i64;
+    let column = |i: usize| {
+        counts[0]
+            .column(i)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!((column(0), column(1)), (expected, expected));
     cluster.stop().await;
 }
