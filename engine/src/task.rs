@@ -50,6 +50,9 @@ pub struct TaskOutcome {
     pub max_event_time_ms: Option<i64>,
     /// Rows dropped for coming after the watermark.
     pub late_rows: u64,
+    /// Records whose value did not decode (dropped or kept per `on_error`).
+    #[serde(default)]
+    pub malformed_rows: u64,
     pub state: StateMetrics,
 }
 
@@ -142,8 +145,9 @@ fn measure(plan: &Arc<dyn ExecutionPlan>) -> TaskOutcome {
         };
         if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
             outcome.input_rows += counter("records_read");
-            outcome.late_rows += scan.event_times().late_rows();
-            outcome.max_event_time_ms = outcome.max_event_time_ms.max(scan.event_times().max_ms());
+            outcome.late_rows += scan.scan_stats().late_rows();
+            outcome.malformed_rows += scan.scan_stats().malformed();
+            outcome.max_event_time_ms = outcome.max_event_time_ms.max(scan.scan_stats().max_ms());
         } else if node.is::<StatefulAggregateExec>() {
             outcome.state = StateMetrics {
                 rows: counter("state_rows"),

@@ -49,6 +49,7 @@ struct BatchRun {
     output_rows: u64,
     max_event_time_ms: Option<i64>,
     late_rows: u64,
+    malformed_rows: u64,
     state: StateMetrics,
     num_tasks: u32,
     scheduling_delay_ms: u64,
@@ -324,6 +325,7 @@ impl Coordinator {
             },
             late_rows_dropped: run.late_rows,
             records_lost_to_retention: entry.skipped_records,
+            malformed_rows: run.malformed_rows,
             sources: vec![SourceProgress {
                 description: format!("KafkaSource[{topic}]"),
                 start_offset: start,
@@ -501,6 +503,7 @@ impl Coordinator {
                 stems.push(stem);
                 run.input_rows += outcome.input_rows;
                 run.late_rows += outcome.late_rows;
+                run.malformed_rows += outcome.malformed_rows;
                 run.max_event_time_ms = run.max_event_time_ms.max(outcome.max_event_time_ms);
                 run.scheduling_delay_ms = run.scheduling_delay_ms.max(delay_ms);
                 run.state.rows += outcome.state.rows;

@@ -98,6 +98,7 @@ impl WorkerService for WorkerApi {
                                         duration_ms: r.duration_ms,
                                         max_event_time_ms: r.max_event_time_ms,
                                         late_rows: r.late_rows,
+                                        malformed_rows: r.malformed_rows,
                                         state: r.state.map_or_else(Default::default, |s| {
                                             StateMetrics {
                                                 rows: s.rows,

@@ -119,6 +119,10 @@ pub struct BatchProgress {
     /// table sets 'fail_on_data_loss' 'false'.
     #[serde(default)]
     pub records_lost_to_retention: u64,
+    /// Records whose value did not decode: dropped, or kept with `_corrupt`,
+    /// per the table's `on_error`.
+    #[serde(default)]
+    pub malformed_rows: u64,
     pub sources: Vec<SourceProgress>,
     pub sink: SinkProgress,
 }

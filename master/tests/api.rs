@@ -178,7 +178,7 @@ async fn every_api_answers_with_the_cluster_and_its_jobs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ui_mutations_need_the_cluster_secret_when_one_is_set() {
+async fn workers_drivers_and_ui_mutations_need_the_cluster_secret_when_one_is_set() {
     let ws = tempfile::tempdir().unwrap();
     let broker = spate_engine::kafka::DevBroker::start().unwrap();
     let mut config = spate_master::MasterConfig::new(ws.path());
@@ -215,5 +215,39 @@ async fn ui_mutations_need_the_cluster_secret_when_one_is_set() {
     );
     let page = reqwest::get(&ui).await.unwrap().text().await.unwrap();
     assert!(page.contains("Workers"));
+
+    // A worker with the wrong secret is refused, and stops trying.
+    let mut worker =
+        spate_worker::WorkerConfig::new(format!("http://{}", master.grpc_addr), ws.path());
+    worker.secret = "guess".into();
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        spate_worker::run(worker, never),
+    )
+    .await
+    .expect("a refused worker gives up");
+    let why = ended.unwrap_err().to_string();
+    assert!(
+        why.contains("the master refused this worker") && why.contains("secret"),
+        "{why}"
+    );
+    // So is a driver submitting without it.
+    let mut driver = spate_proto::client_service_client::ClientServiceClient::connect(format!(
+        "http://{}",
+        master.grpc_addr
+    ))
+    .await
+    .unwrap();
+    let refused = driver
+        .submit_job(spate_proto::SubmitJobRequest {
+            sql: "SELECT 1".into(),
+            name: "intruder".into(),
+            origin: "intruder.sql".into(),
+            secret: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     master.shutdown().await;
 }

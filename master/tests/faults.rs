@@ -174,3 +174,169 @@ async fn a_killed_job_resumes_from_its_checkpoint_with_every_row_once() {
     assert_eq!((column(0), column(1)), (expected, expected));
     cluster.stop().await;
 }
+
+/// Record i of the messy topic: every tenth does not decode, alternately
+/// not JSON at all and JSON with a value of the wrong type.
+fn messy(i: u64) -> String {
+    match (i % 10, i % 20) {
+        (9, 9) => format!("not json {i}"),
+        (9, _) => format!("{{\"id\": \"id-{i}\", \"amount\": 1.5}}"),
+        _ => format!("{{\"id\": {i}, \"amount\": {}.25}}", i % 7),
+    }
+}
+
+async fn sink_rows(ws: &std::path::Path, columns: &str, dir: &str, query: &str) -> Vec<String> {
+    let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
+        spate_engine::Workspace::open(ws).unwrap(),
+        "",
+    ));
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE out ({columns}) STORED AS PARQUET LOCATION '{dir}'"
+    ))
+    .await
+    .unwrap();
+    let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+        .lines()
+        .skip(3)
+        .filter(|l| !l.starts_with('+'))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn malformed_counted(cluster: &Cluster, id: &str) -> u64 {
+    let batches = get_json(&format!("{}/api/v1/jobs/{id}/batches", cluster.ui())).await;
+    batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["malformedRows"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// 10% malformed records under each `on_error` mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_fail_the_job_or_are_dropped_or_kept_as_corrupt_rows() {
+    let ws = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(ws.path(), 2).await;
+    cluster.broker.create_topic("messy", 2).unwrap();
+    cluster.broker.create_topic("bad_records", 1).unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.broker.bootstrap_servers())
+        .create()
+        .unwrap();
+    for i in 0..200u64 {
+        producer
+            .send(
+                FutureRecord::<String, String>::to("messy")
+                    .payload(&messy(i))
+                    .key(&format!("k{i}"))
+                    .partition((i % 2) as i32),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let job = |name: &str, options: &str, columns: &str, select: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE messy (id BIGINT, amount DOUBLE) STORED AS KAFKA LOCATION 'messy' OPTIONS ({options});
+             CREATE EXTERNAL TABLE out ({columns}) STORED AS PARQUET LOCATION 'output/{name}/';
+             SET spate.trigger.interval = '100ms';
+             SET spate.task.max_failures = 1;
+             INSERT INTO out SELECT {select} FROM messy;"
+        )
+    };
+    let good: Vec<String> = (0..200u64)
+        .filter(|i| i % 10 != 9)
+        .map(|i| format!("| {i}  "))
+        .collect();
+
+    // fail: the job stops at the first bad record, naming where it is.
+    let failing = cluster
+        .submit_sql(
+            "strict",
+            job("strict", "'on_error' 'fail'", "id BIGINT", "id"),
+        )
+        .await;
+    wait_until("the strict job to fail", || async {
+        state(&cluster, &failing).await["state"] == "FAILED"
+    })
+    .await;
+    let error = state(&cluster, &failing).await["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("malformed record in topic 'messy' partition 1 at offset 4"),
+        "{error}"
+    );
+
+    // drop: the good rows only, the bad ones counted and copied as they came.
+    let dropping = cluster
+        .submit_sql(
+            "dropping",
+            job(
+                "dropping",
+                "'on_error' 'drop', 'dead_letter_topic' 'bad_records'",
+                "id BIGINT",
+                "id",
+            ),
+        )
+        .await;
+    // permissive: every row; bad ones NULL with their raw value in _corrupt.
+    let keeping = cluster
+        .submit_sql(
+            "keeping",
+            job(
+                "keeping",
+                "'on_error' 'permissive'",
+                "id BIGINT, raw VARCHAR",
+                "id, _corrupt",
+            ),
+        )
+        .await;
+    for id in [&dropping, &keeping] {
+        wait_until("every record read", || async {
+            state(&cluster, id).await["input_rows"] == 200
+        })
+        .await;
+        assert_eq!(malformed_counted(&cluster, id).await, 20, "{id}");
+    }
+    let dropped = sink_rows(
+        ws.path(),
+        "id BIGINT",
+        "output/dropping/",
+        "SELECT id FROM out ORDER BY id",
+    )
+    .await;
+    assert_eq!(dropped.len(), 180);
+    assert!(
+        dropped
+            .iter()
+            .zip(&good)
+            .all(|(row, want)| row.starts_with(want.trim_end())),
+        "{dropped:?}"
+    );
+    let kept = sink_rows(
+        ws.path(),
+        "id BIGINT, raw VARCHAR",
+        "output/keeping/",
+        "SELECT raw FROM out WHERE id IS NULL ORDER BY raw",
+    )
+    .await;
+    let mut bad: Vec<String> = (0..200u64).filter(|i| i % 10 == 9).map(messy).collect();
+    bad.sort();
+    assert_eq!(kept.len(), 20, "{kept:?}");
+    for (row, raw) in kept.iter().zip(&bad) {
+        assert!(row.contains(raw.as_str()), "{row} lacks {raw}");
+    }
+
+    // The dead-letter topic holds the 20 bad records.
+    let admin = KafkaAdmin::new(cluster.broker.bootstrap_servers(), &Default::default());
+    let dead = admin.partition_offsets("bad_records").await.unwrap();
+    assert_eq!(dead.iter().map(|p| p.high - p.low).sum::<i64>(), 20);
+    cluster.stop().await;
+}

@@ -220,6 +220,7 @@ async fn execute(env: TaskEnv, launch: LaunchTask, outbound: mpsc::Sender<Worker
                     duration_ms: outcome.duration_ms,
                     max_event_time_ms: outcome.max_event_time_ms,
                     late_rows: outcome.late_rows,
+                    malformed_rows: outcome.malformed_rows,
                     state: Some(StateStats {
                         rows: outcome.state.rows,
                         bytes: outcome.state.bytes,

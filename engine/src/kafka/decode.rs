@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::{csv, json};
 
-use super::{KafkaSourceSpec, RecordFormat};
+use super::{KafkaSourceSpec, OnError, RecordFormat};
 use crate::error::{EngineError, Result};
 
 /// Where a record sits in its topic, for error messages.
@@ -37,9 +37,12 @@ enum OutputColumn {
     Partition,
     Offset,
     Timestamp,
+    /// `_corrupt`: the raw value of a record that did not decode (permissive).
+    Corrupt,
 }
 
-pub(crate) struct RecordDecoder {
+/// Decodes records, failing on the first that does not decode.
+struct StrictDecoder {
     topic: String,
     output_schema: SchemaRef,
     columns: Vec<OutputColumn>,
@@ -48,13 +51,14 @@ pub(crate) struct RecordDecoder {
     partitions: Int32Builder,
     offsets: Int64Builder,
     timestamps: TimestampMillisecondBuilder,
+    corrupt: StringBuilder,
     rows: usize,
     first: Option<RecordPosition>,
     last: Option<RecordPosition>,
 }
 
-impl RecordDecoder {
-    pub fn new(
+impl StrictDecoder {
+    fn new(
         spec: &KafkaSourceSpec,
         projection: &[usize],
         output_schema: SchemaRef,
@@ -81,7 +85,8 @@ impl RecordDecoder {
                 Some(0) => OutputColumn::Key,
                 Some(1) => OutputColumn::Partition,
                 Some(2) => OutputColumn::Offset,
-                _ => OutputColumn::Timestamp,
+                Some(3) => OutputColumn::Timestamp,
+                _ => OutputColumn::Corrupt,
             });
         }
         let values = if value_indices.is_empty() {
@@ -109,7 +114,7 @@ impl RecordDecoder {
                 RecordFormat::Raw => ValueDecoder::Raw(StringBuilder::new()),
             }
         };
-        Ok(RecordDecoder {
+        Ok(StrictDecoder {
             topic: spec.topic.clone(),
             output_schema,
             columns,
@@ -118,13 +123,14 @@ impl RecordDecoder {
             partitions: Int32Builder::new(),
             offsets: Int64Builder::new(),
             timestamps: TimestampMillisecondBuilder::new(),
+            corrupt: StringBuilder::new(),
             rows: 0,
             first: None,
             last: None,
         })
     }
 
-    pub fn rows(&self) -> usize {
+    fn rows(&self) -> usize {
         self.rows
     }
 
@@ -137,13 +143,15 @@ impl RecordDecoder {
         }
     }
 
-    /// Adds one record; a value that does not decode is an error naming its offset.
-    pub fn push(
+    /// Adds one record; a value that does not decode is an error naming its
+    /// offset. `corrupt` fills the `_corrupt` column.
+    fn push(
         &mut self,
         at: RecordPosition,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         timestamp_ms: Option<i64>,
+        corrupt: Option<&str>,
     ) -> Result<()> {
         let value = value.unwrap_or_default();
         match &mut self.values {
@@ -183,6 +191,7 @@ impl RecordDecoder {
         self.partitions.append_value(at.partition);
         self.offsets.append_value(at.offset);
         self.timestamps.append_option(timestamp_ms);
+        self.corrupt.append_option(corrupt);
         self.rows += 1;
         self.first.get_or_insert(at);
         self.last = Some(at);
@@ -190,7 +199,7 @@ impl RecordDecoder {
     }
 
     /// Emits the buffered records as one batch of the projected schema.
-    pub fn flush(&mut self) -> Result<Option<RecordBatch>> {
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
         if self.rows == 0 {
             return Ok(None);
         }
@@ -238,6 +247,7 @@ impl RecordDecoder {
         let partitions: ArrayRef = Arc::new(self.partitions.finish());
         let offsets: ArrayRef = Arc::new(self.offsets.finish());
         let timestamps: ArrayRef = Arc::new(self.timestamps.finish());
+        let corrupt: ArrayRef = Arc::new(self.corrupt.finish());
         let arrays: Vec<ArrayRef> = self
             .columns
             .iter()
@@ -249,6 +259,7 @@ impl RecordDecoder {
                 OutputColumn::Partition => Arc::clone(&partitions),
                 OutputColumn::Offset => Arc::clone(&offsets),
                 OutputColumn::Timestamp => Arc::clone(&timestamps),
+                OutputColumn::Corrupt => Arc::clone(&corrupt),
             })
             .collect();
         let options =
@@ -258,5 +269,194 @@ impl RecordDecoder {
             arrays,
             &options,
         )?))
+    }
+}
+
+/// A record that did not decode, for counting and the dead-letter topic.
+#[derive(Debug, Clone)]
+pub(crate) struct BadRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A record kept until its batch decodes, so a bad one can be set apart.
+struct PendingRecord {
+    at: RecordPosition,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    timestamp_ms: Option<i64>,
+    /// Set for a bad record kept as a row of NULLs (permissive).
+    corrupt: Option<String>,
+}
+
+/// Decodes records with the table's `on_error` policy: `fail` stops at the
+/// first bad record, naming it; `drop` leaves bad records out; `permissive`
+/// keeps them as rows of NULLs with the raw value in `_corrupt`. Outside
+/// `fail`, the batch's records are kept until it decodes: when it does not,
+/// each record is tried alone to find the bad ones, so the cost falls on
+/// batches that hold one.
+pub(crate) struct RecordDecoder {
+    strict: StrictDecoder,
+    policy: OnError,
+    pending: Vec<PendingRecord>,
+    bad: Vec<BadRecord>,
+    spec: KafkaSourceSpec,
+    projection: Vec<usize>,
+    output_schema: SchemaRef,
+    batch_size: usize,
+}
+
+impl RecordDecoder {
+    pub fn new(
+        spec: &KafkaSourceSpec,
+        projection: &[usize],
+        output_schema: SchemaRef,
+        batch_size: usize,
+    ) -> Result<Self> {
+        Ok(RecordDecoder {
+            strict: StrictDecoder::new(spec, projection, Arc::clone(&output_schema), batch_size)?,
+            policy: spec.on_error,
+            pending: Vec::new(),
+            bad: Vec::new(),
+            spec: spec.clone(),
+            projection: projection.to_vec(),
+            output_schema,
+            batch_size,
+        })
+    }
+
+    fn fresh(&self) -> Result<StrictDecoder> {
+        StrictDecoder::new(
+            &self.spec,
+            &self.projection,
+            Arc::clone(&self.output_schema),
+            self.batch_size,
+        )
+    }
+
+    pub fn rows(&self) -> usize {
+        self.strict.rows()
+    }
+
+    /// Records set apart since the last call.
+    pub fn take_bad(&mut self) -> Vec<BadRecord> {
+        std::mem::take(&mut self.bad)
+    }
+
+    pub fn push(
+        &mut self,
+        at: RecordPosition,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<()> {
+        if self.policy == OnError::Fail {
+            return self.strict.push(at, key, value, timestamp_ms, None);
+        }
+        let record = PendingRecord {
+            at,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            timestamp_ms,
+            corrupt: None,
+        };
+        match self.strict.push(at, key, value, timestamp_ms, None) {
+            Ok(()) => {
+                self.pending.push(record);
+                Ok(())
+            }
+            // The value decoder may hold part of the bad record: start it
+            // again with the good ones.
+            Err(_) => {
+                let good = std::mem::take(&mut self.pending);
+                self.strict = self.fresh()?;
+                for r in good {
+                    self.replay(r)?;
+                }
+                self.reject(record)
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        if self.policy == OnError::Fail {
+            return self.strict.flush();
+        }
+        match self.strict.flush() {
+            Ok(batch) => {
+                self.pending.clear();
+                Ok(batch)
+            }
+            Err(_) => {
+                // A value converted badly (a type error): try each alone.
+                let records = std::mem::take(&mut self.pending);
+                self.strict = self.fresh()?;
+                for r in records {
+                    if r.corrupt.is_some() || self.decodes_alone(&r)? {
+                        self.replay(r)?;
+                    } else {
+                        self.reject(r)?;
+                    }
+                }
+                let batch = self.strict.flush();
+                self.pending.clear();
+                batch
+            }
+        }
+    }
+
+    fn decodes_alone(&self, r: &PendingRecord) -> Result<bool> {
+        let mut probe = self.fresh()?;
+        Ok(probe
+            .push(
+                r.at,
+                r.key.as_deref(),
+                r.value.as_deref(),
+                r.timestamp_ms,
+                None,
+            )
+            .and_then(|_| probe.flush())
+            .is_ok())
+    }
+
+    /// Pushes a record known to decode (or its stand-in, if it is corrupt).
+    fn replay(&mut self, r: PendingRecord) -> Result<()> {
+        let substitute = self.substitute();
+        let value = match &r.corrupt {
+            Some(_) => Some(substitute.as_slice()),
+            None => r.value.as_deref(),
+        };
+        self.strict.push(
+            r.at,
+            r.key.as_deref(),
+            value,
+            r.timestamp_ms,
+            r.corrupt.as_deref(),
+        )?;
+        self.pending.push(r);
+        Ok(())
+    }
+
+    fn reject(&mut self, mut r: PendingRecord) -> Result<()> {
+        self.bad.push(BadRecord {
+            key: r.key.clone(),
+            value: r.value.clone(),
+        });
+        if self.policy == OnError::Permissive {
+            r.corrupt =
+                Some(String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned());
+            self.replay(r)?;
+        }
+        Ok(())
+    }
+
+    /// A value that decodes to all NULLs in the table's format.
+    fn substitute(&self) -> Vec<u8> {
+        match self.spec.format {
+            RecordFormat::Csv => ","
+                .repeat(self.spec.value_column_count().saturating_sub(1))
+                .into_bytes(),
+            RecordFormat::Json | RecordFormat::Raw => b"{}".to_vec(),
+        }
     }
 }

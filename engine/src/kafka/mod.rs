@@ -31,6 +31,8 @@ pub const KEY_COLUMN: &str = "_key";
 pub const PARTITION_COLUMN: &str = "_partition";
 pub const OFFSET_COLUMN: &str = "_offset";
 pub const TIMESTAMP_COLUMN: &str = "_timestamp";
+/// With `on_error` permissive: the raw value of a record that did not decode.
+pub const CORRUPT_COLUMN: &str = "_corrupt";
 
 /// How record values are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +76,25 @@ pub struct KafkaSourceSpec {
     /// the job (Spark's failOnDataLoss) or are skipped and counted.
     #[serde(default = "yes")]
     pub fail_on_data_loss: bool,
+    /// What a record whose value does not decode does.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Where bad records are copied, as they were (key and value).
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+}
+
+/// `on_error`: what a record whose value does not decode does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// The task fails, naming topic, partition and offset.
+    #[default]
+    Fail,
+    /// The record is left out and counted.
+    Drop,
+    /// The record becomes a row of NULLs with its raw value in `_corrupt`.
+    Permissive,
 }
 
 fn yes() -> bool {
@@ -130,7 +151,8 @@ impl WatermarkSpec {
 impl KafkaSourceSpec {
     /// Number of declared (value) columns at the front of the schema.
     pub fn value_column_count(&self) -> usize {
-        self.schema.fields().len() - 4
+        let corrupt = usize::from(self.on_error == OnError::Permissive);
+        self.schema.fields().len() - 4 - corrupt
     }
 }
 
@@ -145,7 +167,8 @@ pub struct KafkaSinkSpec {
 
 const KNOWN_OPTIONS: &str = "bootstrap.servers, format (json, csv, raw), starting_offsets \
 (earliest, latest, or {\"<topic>\":{\"<partition>\":<offset>}}), max_offsets_per_trigger, \
-watermark ('<timestamp column> - INTERVAL <n> SECONDS'), fail_on_data_loss (true, false), kafka.<librdkafka option>";
+watermark ('<timestamp column> - INTERVAL <n> SECONDS'), fail_on_data_loss (true, false), \
+on_error (fail, drop, permissive), dead_letter_topic, kafka.<librdkafka option>";
 
 /// Builds Kafka tables from `CREATE EXTERNAL TABLE ... STORED AS KAFKA`.
 #[derive(Debug)]
@@ -184,6 +207,8 @@ impl KafkaTableFactory {
         let mut max_offsets_per_trigger = None;
         let mut watermark = None;
         let mut fail_on_data_loss = true;
+        let mut on_error = OnError::Fail;
+        let mut dead_letter_topic = None;
         let mut client_options = BTreeMap::new();
         for (key, value) in &options {
             match key.as_str() {
@@ -219,6 +244,19 @@ impl KafkaTableFactory {
                         ))
                     })?;
                 }
+                "on_error" => {
+                    on_error = match value.to_lowercase().as_str() {
+                        "fail" => OnError::Fail,
+                        "drop" => OnError::Drop,
+                        "permissive" => OnError::Permissive,
+                        other => {
+                            return Err(EngineError::plan(format!(
+                                "table '{table}': option 'on_error' is '{other}'; use fail, drop or permissive"
+                            )));
+                        }
+                    }
+                }
+                "dead_letter_topic" => dead_letter_topic = Some(value.clone()),
                 k if k.starts_with("kafka.") => {
                     client_options.insert(k["kafka.".len()..].to_string(), value.clone());
                 }
@@ -229,13 +267,26 @@ impl KafkaTableFactory {
                 }
             }
         }
-        let schema = table_schema(&table, cmd.schema.as_arrow(), format)?;
+        if dead_letter_topic.is_some() && on_error == OnError::Fail {
+            return Err(EngineError::plan(format!(
+                "table '{table}': 'dead_letter_topic' copies bad records the job goes on without; set 'on_error' to 'drop' or 'permissive'"
+            )));
+        }
+        let mut schema = table_schema(&table, cmd.schema.as_arrow(), format)?;
+        if on_error == OnError::Permissive {
+            let mut fields: Vec<Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(CORRUPT_COLUMN, DataType::Utf8, true));
+            schema = Schema::new(fields);
+        }
         let watermark = watermark
             .map(|w| WatermarkSpec::parse(&table, &w, &schema))
             .transpose()?;
         Ok(KafkaSourceSpec {
             watermark,
             fail_on_data_loss,
+            on_error,
+            dead_letter_topic,
             table,
             topic,
             bootstrap_servers: bootstrap,
@@ -293,6 +344,7 @@ fn table_schema(table: &str, declared: &Schema, format: RecordFormat) -> Result<
         PARTITION_COLUMN,
         OFFSET_COLUMN,
         TIMESTAMP_COLUMN,
+        CORRUPT_COLUMN,
     ];
     let mut fields: Vec<Field> = Vec::new();
     for f in declared.fields() {

@@ -27,12 +27,14 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::KafkaSourceSpec;
 use super::client::client_config;
-use super::decode::{RecordDecoder, RecordPosition};
+use super::client::enqueue;
+use super::decode::{BadRecord, RecordDecoder, RecordPosition};
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
 
@@ -48,29 +50,37 @@ pub struct KafkaScanExec {
     /// The batch's watermark (Unix ms): rows with an older event time are
     /// late and dropped here, before any window sees them.
     watermark_ms: Option<i64>,
-    event_times: Arc<EventTimes>,
+    scan_stats: Arc<ScanStats>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
-/// What a task saw of event time, for the coordinator's next watermark.
+/// What a task's scan saw: event time (for the coordinator's next
+/// watermark), late rows and malformed records.
 #[derive(Debug)]
-pub struct EventTimes {
+pub struct ScanStats {
     /// Unix ms; `i64::MIN` until a row with an event time is read.
     max_ms: AtomicI64,
     late_rows: AtomicU64,
+    malformed: AtomicU64,
 }
 
-impl Default for EventTimes {
+impl Default for ScanStats {
     fn default() -> Self {
-        EventTimes {
+        ScanStats {
             max_ms: AtomicI64::new(i64::MIN),
             late_rows: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
         }
     }
 }
 
-impl EventTimes {
+impl ScanStats {
+    /// Records whose value did not decode, dropped or kept per `on_error`.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
     pub fn max_ms(&self) -> Option<i64> {
         Some(self.max_ms.load(Ordering::Relaxed)).filter(|m| *m != i64::MIN)
     }
@@ -104,7 +114,7 @@ impl KafkaScanExec {
             schema,
             ranges,
             watermark_ms: None,
-            event_times: Arc::default(),
+            scan_stats: Arc::default(),
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -115,8 +125,8 @@ impl KafkaScanExec {
         self
     }
 
-    pub fn event_times(&self) -> &EventTimes {
-        &self.event_times
+    pub fn scan_stats(&self) -> &ScanStats {
+        &self.scan_stats
     }
 
     pub fn source(&self) -> &Arc<KafkaSourceSpec> {
@@ -228,13 +238,14 @@ impl ExecutionPlan for KafkaScanExec {
                     column,
                     keep_columns: self.schema.fields().len(),
                     watermark_ms: self.watermark_ms,
-                    seen: Arc::clone(&self.event_times),
+                    seen: Arc::clone(&self.scan_stats),
                     late_rows,
                 })
             }
             None => None,
         };
         let reader = RangeReader {
+            stats: Arc::clone(&self.scan_stats),
             source: Arc::clone(&self.source),
             projection,
             schema,
@@ -264,6 +275,7 @@ fn tokio_stream_from(
 
 /// Reads the task's ranges one after the other with one consumer.
 struct RangeReader {
+    stats: Arc<ScanStats>,
     source: Arc<KafkaSourceSpec>,
     projection: Vec<usize>,
     schema: SchemaRef,
@@ -281,7 +293,7 @@ struct EventTimeFilter {
     /// sits after them and is dropped.
     keep_columns: usize,
     watermark_ms: Option<i64>,
-    seen: Arc<EventTimes>,
+    seen: Arc<ScanStats>,
     late_rows: Count,
 }
 
@@ -321,6 +333,34 @@ impl EventTimeFilter {
         }
         Ok(batch)
     }
+}
+
+/// Copies bad records, key and value as they came, to the dead-letter topic.
+async fn dead_letters(source: &KafkaSourceSpec, topic: &str, bad: &[BadRecord]) -> Result<()> {
+    let error = |e: KafkaError| EngineError::Kafka {
+        bootstrap: source.bootstrap_servers.clone(),
+        message: format!("cannot write to dead-letter topic '{topic}': {e}"),
+    };
+    let producer: FutureProducer = client_config(&source.bootstrap_servers, &source.client_options)
+        .create()
+        .map_err(error)?;
+    let mut deliveries = Vec::with_capacity(bad.len());
+    for record in bad {
+        let mut message = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(record.value.as_deref().unwrap_or_default());
+        if let Some(key) = record.key.as_deref() {
+            message = message.key(key);
+        }
+        deliveries.push(enqueue(&producer, message).await.map_err(error)?);
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(error(e)),
+            Err(_) => return Err(error(KafkaError::Canceled)),
+        }
+    }
+    Ok(())
 }
 
 type BatchSender = mpsc::Sender<DfResult<datafusion::arrow::record_batch::RecordBatch>>;
@@ -401,7 +441,17 @@ impl RangeReader {
     }
 
     async fn send(&self, decoder: &mut RecordDecoder, tx: &BatchSender) -> Result<()> {
-        if let Some(batch) = decoder.flush()? {
+        let flushed = decoder.flush()?;
+        let bad = decoder.take_bad();
+        if !bad.is_empty() {
+            self.stats
+                .malformed
+                .fetch_add(bad.len() as u64, Ordering::Relaxed);
+            if let Some(topic) = &self.source.dead_letter_topic {
+                dead_letters(&self.source, topic, &bad).await?;
+            }
+        }
+        if let Some(batch) = flushed {
             let batch = match &self.event_time {
                 Some(filter) => filter.apply(batch)?,
                 None => batch,
