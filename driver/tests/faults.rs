@@ -69,10 +69,10 @@ async fn windowed_state_survives_killed_workers_and_a_killed_master() {
         .await
         .unwrap();
 
-    // Kill a worker, then the master, then another worker, each while
-    // batches run; a replacement worker joins after each kill.
+    // Kill two workers, then the master, then another worker, each while
+    // batches run; a replacement worker joins after each worker's kill.
     let mut next_worker = 4;
-    for (step, batches) in [(0, 2u64), (1, 5), (2, 8)] {
+    for (step, batches) in [(0, 2u64), (1, 4), (2, 6), (3, 9)] {
         let url_now = url.clone();
         wait_until(
             &format!("{batches} committed batches"),
@@ -84,7 +84,7 @@ async fn windowed_state_survives_killed_workers_and_a_killed_master() {
             },
         )
         .await;
-        if step == 1 {
+        if step == 2 {
             master.proc.kill();
             master = start_master(ws.path(), &master.grpc, &[]);
             url = master.url();

@@ -324,7 +324,7 @@ pub async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> R
         table id="batches" {
             tr {
                 th { "Batch" } th { "Started" } th { "Offsets (partition: from–to)" } th { "Input rows" } th { "Output rows" }
-                th { "Duration" } th { "Scheduling delay" } th { "State rows" } th { "Late rows dropped" }
+                th { "Duration" } th { "Scheduling delay" } th { "State rows" } th { "Late rows dropped" } th { "Malformed records" }
             }
             @for p in batches.iter().rev().take(50) {
                 tr {
@@ -337,6 +337,7 @@ pub async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> R
                     td.num { (format_duration(p.scheduling_delay_ms as i64)) }
                     td.num { (p.state_rows()) }
                     td.num { (p.late_rows_dropped) }
+                    td.num { (p.malformed_rows) }
                 }
             }
         }
