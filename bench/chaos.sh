@@ -13,35 +13,9 @@ set -euo pipefail
 minutes=${1:-3}
 rate=${2:-2000}
 kill_every=${CHAOS_KILL_SECONDS:-5}
-cd "$(dirname "$0")/.."
-bin=target/release
-[[ -x $bin/master ]] || bin=target/debug
-for b in master worker driver; do
-    [[ -x $bin/$b ]] || { echo "chaos: build first: cargo build (missing $bin/$b)" >&2; exit 2; }
-done
-
-work=$(mktemp -d)
-mkdir -p "$work/workspace"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-kafka=127.0.0.1:$(port); grpc=127.0.0.1:$(port); ui=127.0.0.1:$(port)
-declare -A workers
-pids=()
-cleanup() {
-    kill "${pids[@]}" "${workers[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_worker() {
-    $bin/worker --master "http://$grpc" --workspace "$work/workspace" --id "$1" --slots 2 >>"$work/$1.log" 2>&1 &
-    workers[$1]=$!
-}
-
-$bin/driver broker --listen "$kafka" --topic sales:6 >"$work/broker.log" 2>&1 & pids+=($!)
-sleep 1
-$bin/master --bind "$grpc" --ui-bind "$ui" --workspace "$work/workspace" --kafka-bootstrap "$kafka" >"$work/master.log" 2>&1 & pids+=($!)
-sleep 1
+# shellcheck source=bench/cluster.sh
+source "$(dirname "$0")/cluster.sh"
+start_cluster 6
 for w in chaos-1 chaos-2 chaos-3; do start_worker "$w"; done
 
 cat >"$work/workspace/positions.sql" <<'SQL'

@@ -13,29 +13,12 @@ set -euo pipefail
 minutes=${1:-10}
 rate=${2:-2000}
 sample_every=${SOAK_SAMPLE_SECONDS:-30}
-cd "$(dirname "$0")/.."
-bin=target/release
-[[ -x $bin/master ]] || bin=target/debug
-for b in master worker driver; do
-    [[ -x $bin/$b ]] || { echo "soak: build first: cargo build (missing $bin/$b)" >&2; exit 2; }
-done
-
-work=$(mktemp -d)
+# shellcheck source=bench/cluster.sh
+source "$(dirname "$0")/cluster.sh"
 mkdir -p "$work/workspace/jobs"
 cp workspace/jobs/sliding_revenue.sql "$work/workspace/jobs/"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-kafka=127.0.0.1:$(port); grpc=127.0.0.1:$(port); ui=127.0.0.1:$(port)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-$bin/driver broker --listen "$kafka" --topic sales:4 >"$work/broker.log" 2>&1 & pids+=($!)
-sleep 1
-$bin/master --bind "$grpc" --ui-bind "$ui" --workspace "$work/workspace" --kafka-bootstrap "$kafka" >"$work/master.log" 2>&1 & pids+=($!)
-sleep 1
-for i in 1 2; do
-    $bin/worker --master "http://$grpc" --workspace "$work/workspace" --id "soak-$i" --slots 2 >"$work/worker-$i.log" 2>&1 & pids+=($!)
-done
+start_cluster 4
+for i in 1 2; do start_worker "soak-$i"; done
 $bin/driver produce --bootstrap "$kafka" --topic sales --rate "$rate" >"$work/produce.log" 2>&1 & pids+=($!)
 sleep 2
 SPATE_MASTER="http://$grpc" $bin/driver submit "$work/workspace/jobs/sliding_revenue.sql"

@@ -45,7 +45,7 @@ fn job(fail_on_data_loss: bool) -> String {
 }
 
 async fn state(cluster: &Cluster, id: &str) -> serde_json::Value {
-    get_json(&format!("{}/api/v1/jobs/{id}", cluster.ui())).await["job"].take()
+    cluster.job(id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,16 +59,7 @@ async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_c
         state(&cluster, &id).await["input_rows"] == 5
     })
     .await;
-    let stop = reqwest::Client::new()
-        .post(format!("{}/api/v1/jobs/{id}/stop", cluster.ui()))
-        .send()
-        .await
-        .unwrap();
-    assert!(stop.status().is_success());
-    wait_until("the job to stop", || async {
-        state(&cluster, &id).await["state"] == "STOPPED"
-    })
-    .await;
+    cluster.stop_job(&id).await;
 
     // While the job is stopped, more than the development broker keeps
     // (5 MiB a partition) arrives: the oldest unread records are deleted.
@@ -78,14 +69,8 @@ async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_c
     assert!(low > 5, "retention deleted nothing (low watermark {low})");
 
     assert_eq!(cluster.submit_sql("lossy", job(true)).await, id);
-    wait_until("the job to fail", || async {
-        state(&cluster, &id).await["state"] == "FAILED"
-    })
-    .await;
-    let error = state(&cluster, &id).await["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let failed = cluster.wait_for_state(&id, "FAILED").await;
+    let error = failed["error"].as_str().unwrap().to_string();
     assert!(
         error.contains(&format!(
             "records of topic 'lossy' were deleted by Kafka (retention) before the job read them: partition 0 offsets 5..{low}"
@@ -136,11 +121,8 @@ async fn a_killed_job_resumes_from_its_checkpoint_with_every_row_once() {
         })
         .await
         .unwrap();
-    wait_until("the job to be killed", || async {
-        state(&cluster, &id).await["state"] == "STOPPED"
-    })
-    .await;
-    let when_killed = state(&cluster, &id).await["input_rows"].as_u64().unwrap();
+    let killed = cluster.wait_for_state(&id, "STOPPED").await;
+    let when_killed = killed["input_rows"].as_u64().unwrap();
     assert!(when_killed < 2000, "the job was killed mid-stream");
 
     assert_eq!(cluster.submit("killed").await, id);
@@ -261,14 +243,8 @@ async fn malformed_records_fail_the_job_or_are_dropped_or_kept_as_corrupt_rows()
             job("strict", "'on_error' 'fail'", "id BIGINT", "id"),
         )
         .await;
-    wait_until("the strict job to fail", || async {
-        state(&cluster, &failing).await["state"] == "FAILED"
-    })
-    .await;
-    let error = state(&cluster, &failing).await["error"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let failed = cluster.wait_for_state(&failing, "FAILED").await;
+    let error = failed["error"].as_str().unwrap().to_string();
     assert!(
         error.contains("malformed record in topic 'messy' partition 1 at offset 4"),
         "{error}"

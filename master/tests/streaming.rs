@@ -173,7 +173,7 @@ async fn produce(cluster: &Cluster, topic: &str, lines: &[String]) {
 }
 
 async fn job(cluster: &Cluster, id: &str) -> serde_json::Value {
-    get_json(&format!("{}/api/v1/jobs/{id}", cluster.ui())).await["job"].take()
+    cluster.job(id).await
 }
 
 async fn wait_for_input(cluster: &Cluster, id: &str, rows: u64) {
@@ -559,16 +559,7 @@ async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
     produce(&cluster, "events", &phases(&EVENTS).in_order).await;
     let id = cluster.submit_sql("tumbling", sql.clone()).await;
     wait_for_input(&cluster, &id, 300).await;
-    let stopped = reqwest::Client::new()
-        .post(format!("{}/api/v1/jobs/{id}/stop", cluster.ui()))
-        .send()
-        .await
-        .unwrap();
-    assert!(stopped.status().is_success());
-    wait_until("the job to stop", || async {
-        job(&cluster, &id).await["state"] == "STOPPED"
-    })
-    .await;
+    cluster.stop_job(&id).await;
 
     let changed = sql.replace("count(DISTINCT customer)", "max(amount)");
     let mut client = spate_proto::client_service_client::ClientServiceClient::connect(format!(
@@ -595,10 +586,7 @@ async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
 
     // The same query resumes where it stopped.
     assert_eq!(cluster.submit_sql("tumbling", sql).await, id);
-    wait_until("the job to run again", || async {
-        job(&cluster, &id).await["state"] == "RUNNING"
-    })
-    .await;
+    cluster.wait_for_state(&id, "RUNNING").await;
     assert_eq!(job(&cluster, &id).await["input_rows"], 300);
     cluster.stop().await;
 }

@@ -81,6 +81,31 @@ impl Cluster {
         self.submit_sql(name, sql).await
     }
 
+    /// The job's summary from the JSON API (`/api/v1/jobs/<id>`).
+    pub async fn job(&self, id: &str) -> serde_json::Value {
+        get_json(&format!("{}/api/v1/jobs/{id}", self.ui())).await["job"].take()
+    }
+
+    /// Waits until the job is in `state`; returns its summary then.
+    pub async fn wait_for_state(&self, id: &str, state: &str) -> serde_json::Value {
+        wait_until(&format!("job {id} to be {state}"), || async {
+            self.job(id).await["state"] == state
+        })
+        .await;
+        self.job(id).await
+    }
+
+    /// Stops a job through the API and waits until it has stopped.
+    pub async fn stop_job(&self, id: &str) {
+        let stopped = reqwest::Client::new()
+            .post(format!("{}/api/v1/jobs/{id}/stop", self.ui()))
+            .send()
+            .await
+            .unwrap();
+        assert!(stopped.status().is_success());
+        self.wait_for_state(id, "STOPPED").await;
+    }
+
     /// Submits a job file's text as `<name>.sql`; returns the job's id.
     pub async fn submit_sql(&self, name: &str, sql: String) -> String {
         let mut client = ClientServiceClient::connect(format!("http://{}", self.master.grpc_addr))
