@@ -96,6 +96,13 @@ pub fn job_dir(job: &str) -> String {
     format!("{SPATE_DIR}/checkpoints/{job}")
 }
 
+/// (batches committed, total input rows, total output rows) after `latest`.
+pub fn totals_after(latest: Option<&CommitEntry>) -> (u64, u64, u64) {
+    latest.map_or((0, 0, 0), |c| {
+        (c.batch + 1, c.total_input_rows, c.total_output_rows)
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     ws: Workspace,
@@ -162,9 +169,7 @@ impl Checkpoint {
 
     /// (batches committed, total input rows, total output rows) so far.
     pub async fn totals(&self) -> Result<(u64, u64, u64)> {
-        Ok(self.latest_commit().await?.map_or((0, 0, 0), |c| {
-            (c.batch + 1, c.total_input_rows, c.total_output_rows)
-        }))
+        Ok(totals_after(self.latest_commit().await?.as_ref()))
     }
 
     pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {

@@ -401,11 +401,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     let stages = split_into_stages(physical)?
         .into_iter()
         .map(|stage| {
-            let reads_kafka = stage
-                .plan
-                .exists(|n| Ok(n.is::<KafkaScanExec>()))
-                .unwrap_or(false);
-            if stage.reads.is_empty() != reads_kafka {
+            if stage.reads.is_empty() != reads_stream(&stage.plan) {
                 return Err(EngineError::plan(format!(
                     "this query would shuffle a static table or read the stream twice (stage {}); a streaming job reads the stream once, joined with static tables whole",
                     stage.id
@@ -441,8 +437,8 @@ fn state_columns(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     let mut columns = Vec::new();
     let _ = plan.apply(|node| {
         if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
-            let schema = stateful.children()[0].children()[0].schema();
-            columns = schema
+            columns = stateful
+                .state_schema()
                 .fields()
                 .iter()
                 .map(|f| format!("{}: {}", f.name(), f.data_type()))
@@ -555,10 +551,6 @@ fn stream_on_probe_side(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executio
             let Some(join) = node.downcast_ref::<HashJoinExec>() else {
                 return Ok(Transformed::no(node));
             };
-            let reads_stream = |side: &Arc<dyn ExecutionPlan>| {
-                side.exists(|n| Ok(n.is::<KafkaScanExec>()))
-                    .unwrap_or(false)
-            };
             if reads_stream(join.left()) && !reads_stream(join.right()) {
                 return Ok(Transformed::yes(
                     join.swap_inputs(PartitionMode::CollectLeft)?,
@@ -584,6 +576,12 @@ fn stream_on_probe_side(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executio
             )?))
         })?
         .data)
+}
+
+/// Whether the plan reads the stream (has a Kafka scan).
+fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.exists(|n| Ok(n.is::<KafkaScanExec>()))
+        .unwrap_or(false)
 }
 
 fn count_nodes(plan: &Arc<dyn ExecutionPlan>, f: impl Fn(&dyn ExecutionPlan) -> bool) -> usize {
@@ -719,10 +717,6 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
         ));
     }
     if let Some(join) = node.downcast_ref::<HashJoinExec>() {
-        let reads_stream = |side: &Arc<dyn ExecutionPlan>| {
-            side.exists(|n| Ok(n.is::<KafkaScanExec>()))
-                .unwrap_or(false)
-        };
         if reads_stream(join.left()) && reads_stream(join.right()) {
             return Some(
                 "the query reads more than one Kafka table; joining two streams is not supported yet: a stream joins static tables (Parquet, CSV or JSON in the workspace)".to_string(),

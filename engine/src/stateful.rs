@@ -22,7 +22,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StructArray,
 };
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::state::PartitionState;
+use crate::windows::epoch_millis;
 
 /// Spark's output modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -146,6 +147,12 @@ impl StatefulAggregateExec {
         &self.spec
     }
 
+    /// The columns the state holds: the partial aggregate's output, group
+    /// columns first.
+    pub fn state_schema(&self) -> SchemaRef {
+        self.aggregate().input().schema()
+    }
+
     fn aggregate(&self) -> &AggregateExec {
         self.aggregate
             .downcast_ref::<AggregateExec>()
@@ -213,7 +220,7 @@ impl ExecutionPlan for StatefulAggregateExec {
         let agg = self.aggregate();
         let merge = Merge {
             mode: self.spec.mode,
-            partial_schema: agg.input().schema(),
+            partial_schema: self.state_schema(),
             window: self.spec.window.clone(),
             rebuild: AggregateParts {
                 group_by: Arc::new(agg.group_expr().clone()),
@@ -383,10 +390,7 @@ impl Merge {
             }
             EventWindow::Bin { column, width_ms } => (merged.column(*column), *width_ms),
         };
-        let millis = cast(times, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
-        let millis = cast(&millis, &DataType::Int64)?;
-        Ok(millis
-            .as_primitive::<Int64Type>()
+        Ok(epoch_millis(times)?
             .iter()
             .map(|t| Some(t.is_some_and(|t| t + width_ms <= watermark_ms)))
             .collect())

@@ -161,6 +161,14 @@ impl WindowShape {
     }
 }
 
+/// Event times of any TIMESTAMP unit as Unix milliseconds, the unit of
+/// watermarks.
+pub fn epoch_millis(times: &ArrayRef) -> datafusion::arrow::error::Result<Int64Array> {
+    let millis = cast(times, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    let millis = cast(&millis, &DataType::Int64)?;
+    Ok(millis.as_primitive::<Int64Type>().clone())
+}
+
 /// '5 seconds', '1 minute', '250 milliseconds' in milliseconds.
 pub fn duration_ms(text: &str) -> Option<i64> {
     interval_in_unit(

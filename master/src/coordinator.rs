@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry};
+use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry, totals_after};
 use spate_engine::files::{SinkManifest, commit_batch, manifest_path};
 use spate_engine::job::{PlannedJob, PlannedStage, SinkSpec, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
@@ -97,12 +97,10 @@ impl Coordinator {
         let checkpoint = Checkpoint::new(&self.ws, &self.job_id);
         let source = self.planned.source.clone();
         let admin = KafkaAdmin::new(&source.bootstrap_servers, &source.client_options);
-        let (mut next_batch, input_rows, output_rows) = checkpoint.totals().await?;
+        let last_commit = checkpoint.latest_commit().await?;
+        let (mut next_batch, input_rows, output_rows) = totals_after(last_commit.as_ref());
         let mut totals = (input_rows, output_rows);
-        let mut max_event_time_ms = checkpoint
-            .latest_commit()
-            .await?
-            .and_then(|c| c.max_event_time_ms);
+        let mut max_event_time_ms = last_commit.and_then(|c| c.max_event_time_ms);
         let mut last_watermark_ms = match next_batch.checked_sub(1) {
             Some(b) => checkpoint.offsets(b).await?.and_then(|e| e.watermark_ms),
             None => None,
@@ -459,6 +457,7 @@ impl Coordinator {
         let mut committed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for (position, stage) in self.planned.stages.iter().enumerate() {
             let last = position + 1 == self.planned.stages.len();
+            let placing = Instant::now();
             let tasks: Vec<TaskPlace> = if stage.reads.is_empty() {
                 entry
                     .ranges
@@ -488,6 +487,7 @@ impl Coordinator {
                     .collect()
             };
             run.num_tasks += tasks.len() as u32;
+            run.planning_ms += millis(placing.elapsed());
             let ended = join_all(
                 tasks
                     .into_iter()

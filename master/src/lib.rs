@@ -231,13 +231,16 @@ impl Master {
         // A job resuming from its checkpoint keeps the checkpoint's shuffle
         // partitions (its state is split by them) and must keep its state's shape.
         let checkpoint = Checkpoint::new(&self.ws, &id);
-        if let Some(old) = checkpoint.metadata().await? {
-            if let Some(partitions) = old.shuffle_partitions {
+        let metadata = checkpoint.metadata().await?;
+        if let Some(old) = &metadata {
+            if let Some(partitions) = old.shuffle_partitions
+                && planned.options.shuffle_partitions != Some(partitions)
+            {
                 let mut env = self.plan_env();
                 env.shuffle_partitions = partitions;
                 planned = plan_job(&env, sql, default_name).await?;
             }
-            if let Some(why) = planned.checkpoint_metadata().incompatible_with(&old, &id) {
+            if let Some(why) = planned.checkpoint_metadata().incompatible_with(old, &id) {
                 return Err(EngineError::plan(why).into());
             }
         }
@@ -267,7 +270,7 @@ impl Master {
             Ok(_) => {}
         }
         let resumed = checkpoint.latest_offsets().await?.is_some();
-        if checkpoint.metadata().await?.is_none() {
+        if metadata.is_none() {
             checkpoint
                 .write_metadata(&planned.checkpoint_metadata())
                 .await?;

@@ -44,10 +44,6 @@ fn job(fail_on_data_loss: bool) -> String {
     )
 }
 
-async fn state(cluster: &Cluster, id: &str) -> serde_json::Value {
-    cluster.job(id).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_counted() {
     let ws = tempfile::tempdir().unwrap();
@@ -56,7 +52,7 @@ async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_c
     produce(&cluster, 0..5, 10).await;
     let id = cluster.submit_sql("lossy", job(true)).await;
     wait_until("five rows read", || async {
-        state(&cluster, &id).await["input_rows"] == 5
+        cluster.job(&id).await["input_rows"] == 5
     })
     .await;
     cluster.stop_job(&id).await;
@@ -81,7 +77,7 @@ async fn records_deleted_before_they_were_read_fail_the_job_or_are_skipped_and_c
     // Allowed to lose them, the same job resumes past the gap and counts it.
     assert_eq!(cluster.submit_sql("lossy", job(false)).await, id);
     wait_until("the rest read", || async {
-        state(&cluster, &id).await["input_rows"] == serde_json::json!(5 + 75 - low)
+        cluster.job(&id).await["input_rows"] == serde_json::json!(5 + 75 - low)
     })
     .await;
     let batches = get_json(&format!("{}/api/v1/jobs/{id}/batches", cluster.ui())).await;
@@ -104,7 +100,7 @@ async fn a_killed_job_resumes_from_its_checkpoint_with_every_row_once() {
     cluster.produce(0..2000).await;
     let id = cluster.submit("killed").await;
     wait_until("two batches", || async {
-        state(&cluster, &id).await["batches"].as_u64() >= Some(2)
+        cluster.job(&id).await["batches"].as_u64() >= Some(2)
     })
     .await;
     let mut client = spate_proto::client_service_client::ClientServiceClient::connect(format!(
@@ -127,7 +123,7 @@ async fn a_killed_job_resumes_from_its_checkpoint_with_every_row_once() {
 
     assert_eq!(cluster.submit("killed").await, id);
     wait_until("every record read", || async {
-        state(&cluster, &id).await["input_rows"] == 2000
+        cluster.job(&id).await["input_rows"] == 2000
     })
     .await;
     let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
@@ -276,7 +272,7 @@ async fn malformed_records_fail_the_job_or_are_dropped_or_kept_as_corrupt_rows()
         .await;
     for id in [&dropping, &keeping] {
         wait_until("every record read", || async {
-            state(&cluster, id).await["input_rows"] == 200
+            cluster.job(id).await["input_rows"] == 200
         })
         .await;
         assert_eq!(malformed_counted(&cluster, id).await, 20, "{id}");

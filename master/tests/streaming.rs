@@ -172,14 +172,10 @@ async fn produce(cluster: &Cluster, topic: &str, lines: &[String]) {
     }
 }
 
-async fn job(cluster: &Cluster, id: &str) -> serde_json::Value {
-    cluster.job(id).await
-}
-
 async fn wait_for_input(cluster: &Cluster, id: &str, rows: u64) {
     let last = std::sync::Mutex::new(serde_json::Value::Null);
     let reached = wait_until_or_timeout(|| async {
-        let job = job(cluster, id).await;
+        let job = cluster.job(id).await;
         assert_ne!(job["state"], "FAILED", "{job}");
         let done = job["input_rows"].as_u64() == Some(rows);
         *last.lock().unwrap() = job;
@@ -259,7 +255,7 @@ async fn run_job(name: &str, sql: String, source: &Source) {
             })
         })
         .await;
-        let job = job(&cluster, &id).await;
+        let job = cluster.job(&id).await;
         let progress = get_json(&format!("{}/api/v1/jobs/{id}/batches", cluster.ui())).await;
         let late: u64 = progress
             .as_array()
@@ -587,6 +583,6 @@ async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
     // The same query resumes where it stopped.
     assert_eq!(cluster.submit_sql("tumbling", sql).await, id);
     cluster.wait_for_state(&id, "RUNNING").await;
-    assert_eq!(job(&cluster, &id).await["input_rows"], 300);
+    assert_eq!(cluster.job(&id).await["input_rows"], 300);
     cluster.stop().await;
 }

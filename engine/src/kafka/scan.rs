@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::compute::kernels::aggregate::max;
-use datafusion::arrow::compute::{cast, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -37,6 +37,7 @@ use super::client::enqueue;
 use super::decode::{BadRecord, RecordDecoder, RecordPosition};
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
+use crate::windows::epoch_millis;
 
 /// How long a read may see no record before it gives up on the broker.
 const READ_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -299,13 +300,8 @@ struct EventTimeFilter {
 
 impl EventTimeFilter {
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let times = cast(
-            batch.column(self.column),
-            &DataType::Timestamp(TimeUnit::Millisecond, None),
-        )?;
-        let times = cast(&times, &DataType::Int64)?;
-        let times = times.as_primitive::<Int64Type>();
-        if let Some(max) = max(times) {
+        let times = epoch_millis(batch.column(self.column))?;
+        if let Some(max) = max(&times) {
             self.seen.max_ms.fetch_max(max, Ordering::Relaxed);
         }
         let batch = match self.watermark_ms {
