@@ -8,17 +8,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use spate_engine::Workspace;
 use spate_engine::checkpoint::Checkpoint;
-use spate_engine::files::{FileFormatKind, SinkManifest, committed_batches, manifest_path};
+use spate_engine::files::{FileFormatKind, committed_batches, read_committed_batch};
 use spate_engine::job::{PlanEnv, PlannedJob, SinkSpec, plan_job};
-use spate_engine::kafka::DevBroker;
 use spate_engine::workspace::SPATE_DIR;
 use spate_proto::SubmitJobRequest;
 use spate_proto::client_service_client::ClientServiceClient;
 
 use crate::DriverError;
+use crate::local::{LocalCluster, LocalKafka, LocalOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -49,47 +48,25 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         .job
         .file_stem()
         .map_or_else(|| "demo".to_string(), |s| s.to_string_lossy().into_owned());
-    let broker = DevBroker::start()?;
-    broker.create_topic("sales", 4)?;
-    let bootstrap = broker.bootstrap_servers().to_string();
+    let kafka = LocalKafka::dev_with_sales()?;
+    let bootstrap = kafka.bootstrap();
     let ws = Workspace::open(&args.workspace)?;
     let env = PlanEnv::new(ws.clone(), bootstrap.clone());
     let planned = plan_job(&env, &sql, &name)
         .await
         .map_err(|e| DriverError::Usage(format!("{}: {e}", args.job.display())))?;
+    // Before the master starts, or it would resume the old run.
     forget_previous_run(&ws, &planned).await?;
-
-    let mut config = spate_master::MasterConfig::new(&args.workspace);
-    config.grpc_addr = args.bind;
-    config.http_addr = args.ui_bind;
-    config.default_bootstrap_servers = bootstrap.clone();
-    let master = spate_master::start(config).await?;
-    let master_url = format!("http://{}", master.grpc_addr);
-
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    for i in 1..=args.workers {
-        let mut config = spate_worker::WorkerConfig::new(&master_url, &args.workspace);
-        config.worker_id = format!("worker-{i}");
-        config.slots = 2;
-        let stopped = stopped.clone();
-        workers.push(tokio::spawn(async move {
-            if let Err(e) = spate_worker::run(config, stopped).await {
-                eprintln!("worker-{i}: {e}");
-            }
-        }));
-    }
-    let generator = {
-        let (bootstrap, stopped, rate) = (bootstrap.clone(), stopped.clone(), args.rate);
-        tokio::spawn(async move {
-            if let Err(e) =
-                crate::produce::produce_sales(&bootstrap, "sales", rate, None, None, true, stopped)
-                    .await
-            {
-                eprintln!("sales generator: {e}");
-            }
-        })
-    };
+    let mut cluster = LocalCluster::start(LocalOptions {
+        workspace: &args.workspace,
+        grpc: args.bind,
+        http: args.ui_bind,
+        workers: args.workers,
+        kafka,
+    })
+    .await?;
+    let master_url = cluster.master_url.clone();
+    cluster.generate_sales("sales", args.rate);
 
     let mut client = ClientServiceClient::connect(master_url.clone())
         .await
@@ -112,7 +89,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         args.rate
     );
     println!("  master                      {master_url}");
-    println!("  web UI                      http://{}", master.http_addr);
+    println!(
+        "  web UI                      http://{}",
+        cluster.master.http_addr
+    );
     println!("  workers                     {}", args.workers);
     println!(
         "  job                         {} ({})",
@@ -137,13 +117,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         _ = tokio::signal::ctrl_c() => {}
     }
     println!("\nstopping the demo");
-    let _ = stop.send(true);
-    let _ = generator.await;
-    for w in workers {
-        let _ = w.await;
-    }
-    master.shutdown().await;
-    drop(broker);
+    cluster.shutdown().await;
     Ok(())
 }
 
@@ -178,44 +152,23 @@ async fn print_new_batches(
         if !shown.insert(batch) {
             continue;
         }
-        let Some(manifest) = ws
-            .get_json::<SinkManifest>(&manifest_path(dir, batch))
-            .await?
-        else {
+        let Some((manifest, rows)) = read_committed_batch(ws, dir, format, batch).await? else {
             continue;
         };
-        if manifest.files.is_empty() {
+        if manifest.rows == 0 {
             continue;
         }
-        let paths: Vec<String> = manifest
-            .files
-            .iter()
-            .map(|f| ws.absolute(f).to_string_lossy().into_owned())
+        println!("batch {batch}: {} rows committed to {dir}/", manifest.rows);
+        let sample: Vec<_> = rows
+            .first()
+            .map(|b| b.slice(0, b.num_rows().min(5)))
+            .into_iter()
             .collect();
-        let ctx = SessionContext::new();
-        let frame = match format {
-            FileFormatKind::Parquet => ctx.read_parquet(paths, ParquetReadOptions::default()).await,
-            FileFormatKind::Json => ctx.read_json(paths, JsonReadOptions::default()).await,
-            FileFormatKind::Csv => ctx.read_csv(paths, CsvReadOptions::default()).await,
-        }
-        .map_err(|e| DriverError::Usage(e.to_string()))?;
-        let rows = frame
-            .clone()
-            .count()
-            .await
-            .map_err(|e| DriverError::Usage(e.to_string()))?;
-        let sample = frame
-            .limit(0, Some(5))
-            .map_err(|e| DriverError::Usage(e.to_string()))?
-            .collect()
-            .await
-            .map_err(|e| DriverError::Usage(e.to_string()))?;
-        println!("batch {batch}: {rows} rows committed to {dir}/");
         if let Ok(table) = pretty_format_batches(&sample) {
             println!("{table}");
         }
-        if rows > 5 {
-            println!("... and {} more", rows - 5);
+        if manifest.rows > 5 {
+            println!("... and {} more", manifest.rows - 5);
         }
     }
     Ok(())

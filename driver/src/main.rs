@@ -2,7 +2,9 @@
 
 mod broker;
 mod demo;
+mod local;
 mod produce;
+mod repl;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -149,6 +151,11 @@ enum Command {
     },
     /// One process with Kafka, master, two workers, a sales generator and a sample job.
     Demo(demo::DemoArgs),
+    /// Interactive SQL on the cluster, cell by cell; saves sessions as Jupyter notebooks.
+    ///
+    /// Queries run on the workers; INSERT INTO ... SELECT starts a streaming
+    /// job. Without --master it runs its own cluster in this process.
+    Repl(repl::ReplArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -300,6 +307,7 @@ async fn run(command: Command) -> Result<(), DriverError> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Repl(args) => repl::run(args).await,
     }
 }
 
@@ -342,7 +350,7 @@ producing anyway; the broker may create the topic on first write"
     }
 }
 
-async fn connect(url: &str) -> Result<ClientServiceClient<Channel>, DriverError> {
+pub(crate) async fn connect(url: &str) -> Result<ClientServiceClient<Channel>, DriverError> {
     let endpoint = Channel::from_shared(url.to_string())
         .map_err(|e| DriverError::Usage(format!("--master '{url}': {e}")))?
         .connect_timeout(Duration::from_secs(5));
@@ -439,12 +447,17 @@ async fn follow_job(
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.iter().map(Cell::new).collect::<Vec<_>>());
+    // A terminal reporting no size (a bare pseudo-terminal) would get one
+    // character per column; lines that run long read better.
+    if table.width().is_none_or(|w| w < 40) {
+        table.set_content_arrangement(ContentArrangement::Disabled);
+    }
     table
 }
 
@@ -482,7 +495,7 @@ pub fn jobs_table(jobs: &[JobInfo]) -> Table {
     t
 }
 
-fn workers_table(workers: &[spate_proto::WorkerInfo]) -> Table {
+pub(crate) fn workers_table(workers: &[spate_proto::WorkerInfo]) -> Table {
     let mut t = table(&[
         "Worker",
         "Host",

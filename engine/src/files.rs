@@ -180,6 +180,42 @@ pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Ve
     Ok(Some(newest_first.into_iter().rev().flatten().collect()))
 }
 
+/// The rows one committed batch wrote to a file sink, with its manifest;
+/// None where the batch is not committed.
+pub async fn read_committed_batch(
+    ws: &Workspace,
+    sink_dir: &str,
+    format: FileFormatKind,
+    batch: u64,
+) -> Result<Option<(SinkManifest, Vec<RecordBatch>)>> {
+    let Some(manifest) = ws
+        .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
+        .await?
+    else {
+        return Ok(None);
+    };
+    if manifest.files.is_empty() {
+        return Ok(Some((manifest, Vec::new())));
+    }
+    let urls = manifest
+        .files
+        .iter()
+        .map(|f| ListingTableUrl::parse(ws.absolute(f).to_string_lossy()))
+        .collect::<DfResult<Vec<_>>>()?;
+    let ctx = SessionContext::new();
+    let options =
+        ListingOptions::new(format.datafusion_format()).with_file_extension(format.extension());
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await?;
+    let rows = ctx
+        .read_table(Arc::new(ListingTable::try_new(config)?))?
+        .collect()
+        .await?;
+    Ok(Some((manifest, rows)))
+}
+
 /// Builds file tables for `CREATE EXTERNAL TABLE ... STORED AS PARQUET|JSON|CSV`.
 #[derive(Debug)]
 pub struct WorkspaceTableFactory {

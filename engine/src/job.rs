@@ -30,7 +30,7 @@ use crate::codec::SpateCodec;
 use crate::error::{EngineError, Result};
 use crate::files::{FileFormatKind, WorkspaceTable, WorkspaceTableFactory};
 use crate::kafka::{KafkaScanExec, KafkaSinkSpec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
-use crate::stages::split_into_stages;
+use crate::stages::{CutMerges, split_into_stages};
 use crate::stateful::{EventWindow, OutputMode, StatefulAggregateExec, StatefulSpec};
 use crate::windows::{self, ExpandSlidingWindows};
 use crate::workspace::Workspace;
@@ -46,6 +46,11 @@ pub enum SinkSpec {
         format: FileFormatKind,
     },
     Kafka(KafkaSinkSpec),
+    /// An interactive query's rows: Arrow IPC files under `dir`, which the
+    /// master streams to the client and then removes.
+    Results {
+        dir: String,
+    },
 }
 
 /// Options a job file sets with `SET spate.<name> = <value>`.
@@ -83,7 +88,7 @@ impl Default for JobOptions {
 const KNOWN_JOB_OPTIONS: &str = "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures, spate.output_mode (append, update, complete), spate.shuffle.partitions";
 
 impl JobOptions {
-    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let bad = |expected: &str| {
             EngineError::plan(format!("SET {key} = '{value}': expected {expected}"))
         };
@@ -204,6 +209,9 @@ pub struct PlannedStage {
     /// Kafka stage runs one task per partition with new records.
     pub tasks: usize,
     pub explain: String,
+    /// A query's stage over files: one task per partition of its scans.
+    #[serde(default)]
+    pub reads_files: bool,
 }
 
 impl PlannedJob {
@@ -288,6 +296,13 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
 /// Runs one SQL statement in a Spate session as a job would read it:
 /// `window.start` and friends resolve as in jobs. For the REPL and tests.
 pub async fn sql(ctx: &SessionContext, text: &str) -> Result<datafusion::dataframe::DataFrame> {
+    let plan = statement_plan(ctx, text).await?;
+    Ok(ctx.execute_logical_plan(plan).await?)
+}
+
+/// The logical plan of one SQL statement, with `window.start` and friends
+/// resolved as in jobs.
+pub async fn statement_plan(ctx: &SessionContext, text: &str) -> Result<LogicalPlan> {
     let mut statements =
         DFParser::parse_sql(text).map_err(|e| EngineError::plan(format!("syntax error: {e}")))?;
     let (Some(mut statement), None) = (statements.pop_front(), statements.pop_front()) else {
@@ -296,8 +311,7 @@ pub async fn sql(ctx: &SessionContext, text: &str) -> Result<datafusion::datafra
     if let DfStatement::Statement(inner) = &mut statement {
         windows::resolve_window_columns(inner);
     }
-    let plan = ctx.state().statement_to_plan(statement).await?;
-    Ok(ctx.execute_logical_plan(plan).await?)
+    Ok(ctx.state().statement_to_plan(statement).await?)
 }
 
 /// Plans a job file. `default_name` is used unless the SQL sets spate.job.name.
@@ -398,7 +412,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     let physical = make_stateful(physical, &source, &sink, options.output_mode)?;
     let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
-    let stages = split_into_stages(physical)?
+    let stages = split_into_stages(physical, CutMerges::No)?
         .into_iter()
         .map(|stage| {
             if stage.reads.is_empty() != reads_stream(&stage.plan) {
@@ -413,6 +427,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
                 plan: SpateCodec::default().encode_plan(Arc::clone(&stage.plan))?,
                 reads: stage.reads,
                 tasks: stage.tasks,
+                reads_files: false,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -579,7 +594,7 @@ fn stream_on_probe_side(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executio
 }
 
 /// Whether the plan reads the stream (has a Kafka scan).
-fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
+pub(crate) fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
     plan.exists(|n| Ok(n.is::<KafkaScanExec>()))
         .unwrap_or(false)
 }
@@ -626,7 +641,7 @@ fn event_window(partial: &AggregateExec) -> Option<EventWindow> {
         })
 }
 
-fn summary(statement: &DfStatement) -> String {
+pub(crate) fn summary(statement: &DfStatement) -> String {
     let text = statement.to_string();
     let words: Vec<&str> = text.split_whitespace().take(5).collect();
     let mut s = words.join(" ");

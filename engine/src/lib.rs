@@ -9,6 +9,7 @@ pub mod error;
 pub mod files;
 pub mod job;
 pub mod kafka;
+pub mod query;
 pub mod shuffle;
 pub mod stages;
 pub mod state;

@@ -4,7 +4,9 @@
 //! the next stage and reads every file written for its task's partition.
 //!
 //! Layout: `<dir>/stage-<s>/to-<p>/from-<task>-<attempt>.arrow`, where `dir` is
-//! `_spate/shuffle/<job>/<batch>` for streaming jobs. A task is named by its
+//! `_spate/shuffle/<job>/<batch>` for streaming jobs. A gathering reader (a
+//! query's merge, see `stages`) reads `to-0` of every producing task, one
+//! task's file per partition. A task is named by its
 //! attempt; the reader takes one file per producing task (the attempt the
 //! coordinator committed), so a re-run never double-counts.
 
@@ -105,11 +107,15 @@ impl ShuffleWriterExec {
                 "internal: a shuffle writer wraps a RepartitionExec",
             ));
         }
+        // One partition per input partition: a task runs the one it owns.
+        let inputs = repartition.children()[0]
+            .output_partitioning()
+            .partition_count();
         Ok(ShuffleWriterExec {
             stage,
             repartition,
             scope,
-            properties: plan_properties(writer_schema(), Partitioning::UnknownPartitioning(1)),
+            properties: plan_properties(writer_schema(), Partitioning::UnknownPartitioning(inputs)),
         })
     }
 
@@ -253,6 +259,7 @@ pub struct ShuffleReaderExec {
     schema: SchemaRef,
     /// How many partitions the writing stage produced.
     partitions: usize,
+    gather: bool,
     scope: Option<ShuffleScope>,
     properties: Arc<PlanProperties>,
 }
@@ -263,21 +270,35 @@ pub struct ShuffleReaderSpec {
     pub stage: u32,
     pub schema: Schema,
     pub partitions: usize,
+    /// Reads every producing task's whole output, one task per partition,
+    /// instead of one hash partition of all of them.
+    #[serde(default)]
+    pub gather: bool,
 }
 
 impl ShuffleReaderExec {
     pub fn new(spec: ShuffleReaderSpec, scope: Option<ShuffleScope>) -> Self {
         let schema = Arc::new(spec.schema);
-        // Planned, it stands for all partitions; in a task, for the task's one.
-        let partitioning = match scope {
-            Some(_) => Partitioning::UnknownPartitioning(1),
-            None => Partitioning::UnknownPartitioning(spec.partitions),
+        // Planned, it stands for all partitions; in a task, for the task's
+        // one, or, gathering, for each producing task's output.
+        let partitions = match &scope {
+            Some(scope) if spec.gather => scope
+                .reads
+                .iter()
+                .find(|(stage, _)| *stage == spec.stage)
+                .map_or(0, |(_, stems)| stems.len()),
+            Some(_) => 1,
+            None => spec.partitions,
         };
         ShuffleReaderExec {
             stage: spec.stage,
-            properties: plan_properties(Arc::clone(&schema), partitioning),
+            properties: plan_properties(
+                Arc::clone(&schema),
+                Partitioning::UnknownPartitioning(partitions.max(1)),
+            ),
             schema,
             partitions: spec.partitions,
+            gather: spec.gather,
             scope,
         }
     }
@@ -287,15 +308,17 @@ impl ShuffleReaderExec {
             stage: self.stage,
             schema: self.schema.as_ref().clone(),
             partitions: self.partitions,
+            gather: self.gather,
         }
     }
 }
 
 impl DisplayAs for ShuffleReaderExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let mode = if self.gather { ", gather" } else { "" };
         write!(
             f,
-            "ShuffleReaderExec: stage={}, partitions={}",
+            "ShuffleReaderExec: stage={}, partitions={}{mode}",
             self.stage, self.partitions
         )
     }
@@ -330,13 +353,13 @@ impl ExecutionPlan for ShuffleReaderExec {
 
     fn execute(
         &self,
-        _partition: usize,
+        partition: usize,
         _context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let scope = self.scope.clone().ok_or_else(|| {
             DataFusionError::Internal("a shuffle reader runs only inside a task".into())
         })?;
-        let stems = scope
+        let mut stems = scope
             .reads
             .iter()
             .find(|(stage, _)| *stage == self.stage)
@@ -344,7 +367,14 @@ impl ExecutionPlan for ShuffleReaderExec {
             .ok_or_else(|| {
                 DataFusionError::Internal(format!("no committed writers of stage {}", self.stage))
             })?;
-        let dir = partition_dir(&scope.dir, self.stage, scope.partition as usize);
+        let read = if self.gather {
+            // No producing task (an empty source): an empty partition.
+            stems = stems.into_iter().skip(partition).take(1).collect();
+            0
+        } else {
+            scope.partition as usize
+        };
+        let dir = partition_dir(&scope.dir, self.stage, read);
         let files = futures::stream::iter(stems).then(move |stem| {
             let (workspace, path) = (scope.workspace.clone(), format!("{dir}/{stem}.arrow"));
             async move {

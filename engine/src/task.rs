@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use serde::{Deserialize, Serialize};
 
 use crate::OffsetRange;
@@ -102,7 +103,17 @@ pub async fn run_task(
             cache: Arc::clone(state_cache),
         });
     let plan = codec.decode_plan(&task.plan, &ctx.task_ctx())?;
-    let batches = collect(Arc::clone(&plan), ctx.task_ctx())
+    // A stage over a file scan has a partition per task; over Kafka ranges
+    // or a shuffle partition, the task's plan has just its own.
+    let partition = if plan.output_partitioning().partition_count() > 1 {
+        task.partition as usize
+    } else {
+        0
+    };
+    let batches = plan
+        .execute(partition, ctx.task_ctx())
+        .map(datafusion::physical_plan::common::collect)
+        .map_err(EngineError::from)?
         .await
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let mut outcome = measure(&plan);
@@ -128,6 +139,19 @@ pub async fn run_task(
         }
         SinkSpec::Kafka(sink) => {
             produce_batches(sink, &batches).await?;
+        }
+        SinkSpec::Results { dir } => {
+            let path = format!(
+                "{dir}/part-{:04}-{}.arrow",
+                task.task_index, task.attempt_id
+            );
+            let mut writer = FileWriter::try_new(Vec::new(), &plan.schema())?;
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            ws.put(&path, writer.into_inner()?).await?;
+            outcome.output_files.push(path);
         }
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;

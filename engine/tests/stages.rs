@@ -10,7 +10,7 @@ use spate_engine::codec::SpateCodec;
 use spate_engine::job::{PlanEnv, session_with_partitions};
 use spate_engine::kafka::DevBroker;
 use spate_engine::shuffle::{ShuffleScope, file_stem};
-use spate_engine::stages::split_into_stages;
+use spate_engine::stages::{CutMerges, split_into_stages};
 use spate_engine::{OffsetRange, Workspace};
 
 mod common;
@@ -51,7 +51,7 @@ async fn a_group_by_runs_as_two_stages_through_a_workspace_shuffle() {
         .create_physical_plan()
         .await
         .unwrap();
-    let stages = split_into_stages(plan).unwrap();
+    let stages = split_into_stages(plan, CutMerges::No).unwrap();
     assert_eq!(stages.len(), 2, "{stages:#?}");
     assert_eq!(stages[0].plan.name(), "ShuffleWriterExec");
     assert_eq!(stages[1].reads, vec![1]);

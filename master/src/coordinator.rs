@@ -11,23 +11,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use spate_engine::checkpoint::{Checkpoint, CommitEntry, OffsetsEntry, totals_after};
 use spate_engine::files::{SinkManifest, commit_batch, manifest_path};
-use spate_engine::job::{PlannedJob, PlannedStage, SinkSpec, starting_offset};
+use spate_engine::job::{PlannedJob, SinkSpec, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
-use spate_engine::shuffle::{batch_dir, file_stem};
+use spate_engine::shuffle::batch_dir;
 use spate_engine::stateful::OutputMode;
-use spate_engine::task::{StateMetrics, TaskOutcome, TaskSpec};
+use spate_engine::task::StateMetrics;
 use spate_engine::{EngineError, OffsetRange, Workspace, now_ms};
 use tokio::sync::watch;
 
-use crate::cluster::{Cluster, TaskEnd};
+use crate::cluster::Cluster;
 use crate::jobs::{JobState, Jobs, StopRequest, describe_sink};
 use crate::progress::{
     BatchProgress, Durations, SinkProgress, SourceProgress, StateOperatorProgress, TopicOffsets,
     event_time,
 };
+use crate::stages::{BatchStages, TaskDone, millis};
 
 /// Backoff while Kafka is unreachable: doubles up to the cap.
 const KAFKA_RETRY_MIN: Duration = Duration::from_millis(500);
@@ -453,54 +453,25 @@ impl Coordinator {
         let mut run = BatchRun::default();
         let running = Instant::now();
         let mut files = Vec::new();
-        // Per stage, the attempts whose shuffle files count.
-        let mut committed: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        let mut stages = BatchStages {
+            cluster: &self.cluster,
+            job_id: &self.job_id,
+            batch: entry.batch,
+            watermark_ms: entry.watermark_ms,
+            sink: &self.planned.sink,
+            max_task_failures: self.planned.options.max_task_failures,
+            ranges: &entry.ranges,
+            committed: BTreeMap::new(),
+            placing_ms: 0,
+        };
         for (position, stage) in self.planned.stages.iter().enumerate() {
             let last = position + 1 == self.planned.stages.len();
-            let placing = Instant::now();
-            let tasks: Vec<TaskPlace> = if stage.reads.is_empty() {
-                entry
-                    .ranges
-                    .iter()
-                    .filter(|r| !r.is_empty())
-                    .enumerate()
-                    .map(|(index, range)| TaskPlace {
-                        index: index as u32,
-                        ranges: vec![range.clone()],
-                        partition: 0,
-                        inputs: Vec::new(),
-                    })
-                    .collect()
-            } else {
-                let inputs: Vec<(u32, Vec<String>)> = stage
-                    .reads
-                    .iter()
-                    .map(|s| (*s, committed.get(s).cloned().unwrap_or_default()))
-                    .collect();
-                (0..stage.tasks as u32)
-                    .map(|p| TaskPlace {
-                        index: p,
-                        ranges: Vec::new(),
-                        partition: p,
-                        inputs: inputs.clone(),
-                    })
-                    .collect()
+            let done = match stages.run_stage(stage).await {
+                Ok(done) => done,
+                Err(why) => return Ok(BatchEnd::Failed(why)),
             };
-            run.num_tasks += tasks.len() as u32;
-            run.planning_ms += millis(placing.elapsed());
-            let ended = join_all(
-                tasks
-                    .into_iter()
-                    .map(|place| self.run_task(entry, stage, place)),
-            )
-            .await;
-            let stems = committed.entry(stage.id).or_default();
-            for end in ended {
-                let (outcome, delay_ms, stem) = match end {
-                    Ok(ended) => ended,
-                    Err(why) => return Ok(BatchEnd::Failed(why)),
-                };
-                stems.push(stem);
+            run.num_tasks += done.len() as u32;
+            for TaskDone { outcome, delay_ms } in done {
                 run.input_rows += outcome.input_rows;
                 run.late_rows += outcome.late_rows;
                 run.malformed_rows += outcome.malformed_rows;
@@ -517,6 +488,7 @@ impl Coordinator {
             }
         }
         run.tasks_ms = millis(running.elapsed());
+        run.planning_ms = stages.placing_ms;
         let committing = Instant::now();
         if let SinkSpec::Files { dir, .. } = &self.planned.sink {
             let replaces = self.planned.options.output_mode == OutputMode::Complete;
@@ -524,81 +496,6 @@ impl Coordinator {
         }
         run.sink_commit_ms = millis(committing.elapsed());
         Ok(BatchEnd::Committed(run))
-    }
-
-    /// Runs one task until it succeeds, re-running it where its worker was
-    /// lost and retrying its own failures up to the job's limit.
-    /// Returns the outcome, how long the task spent outside its worker's
-    /// execution (waiting for a slot and travelling), and the file stem of
-    /// its committed attempt.
-    async fn run_task(
-        &self,
-        entry: &OffsetsEntry,
-        stage: &PlannedStage,
-        place: TaskPlace,
-    ) -> Result<(TaskOutcome, u64, String), String> {
-        let batch = entry.batch;
-        let task_index = place.index;
-        let mut failures = 0;
-        loop {
-            let spec = TaskSpec {
-                job_id: self.job_id.clone(),
-                batch_id: batch,
-                attempt_id: attempt_id(),
-                stage_id: stage.id,
-                task_index,
-                plan: stage.plan.clone(),
-                ranges: place.ranges.clone(),
-                partition: place.partition,
-                shuffle_inputs: place.inputs.clone(),
-                watermark_ms: entry.watermark_ms,
-                sink: self.planned.sink.clone(),
-            };
-            let stem = file_stem(task_index, &spec.attempt_id);
-            let submitted = Instant::now();
-            let ended = self.cluster.submit(spec).await;
-            match ended {
-                Ok(TaskEnd::Succeeded(outcome)) => {
-                    let delay = millis(submitted.elapsed()).saturating_sub(outcome.duration_ms);
-                    return Ok((outcome, delay, stem));
-                }
-                Ok(TaskEnd::WorkerLost(why)) => {
-                    tracing::warn!(
-                        job = self.job_id,
-                        batch,
-                        stage = stage.id,
-                        task_index,
-                        "re-running task: {why}"
-                    );
-                }
-                Ok(TaskEnd::Failed(why)) => {
-                    failures += 1;
-                    tracing::warn!(
-                        job = self.job_id,
-                        batch,
-                        stage = stage.id,
-                        task_index,
-                        failures,
-                        "task failed: {why}"
-                    );
-                    if failures >= self.planned.options.max_task_failures {
-                        let what = match place.ranges.first() {
-                            Some(range) => format!(
-                                "topic '{}' partition {} offsets {}..{}",
-                                range.topic, range.partition, range.start, range.end
-                            ),
-                            None => format!("shuffle partition {}", place.partition),
-                        };
-                        return Err(format!(
-                            "task {task_index} of stage {} of batch {batch} ({what}) failed {failures} times: {why}",
-                            stage.id
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
-                }
-                Err(_) => return Err("the scheduler dropped the task".to_string()),
-            }
-        }
     }
 
     /// The watermark of the next batch: the largest event time seen so far
@@ -624,24 +521,6 @@ impl Coordinator {
             }
         }
     }
-}
-
-/// Where one task of a stage sits: its index, and what it reads.
-struct TaskPlace {
-    index: u32,
-    ranges: Vec<OffsetRange>,
-    /// The shuffle partition it reads and keeps state for.
-    partition: u32,
-    inputs: Vec<(u32, Vec<String>)>,
-}
-
-fn millis(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// Unique across master restarts, so attempts never share output file names.
-fn attempt_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 /// Caps the sum of the ranges' lengths at `limit`, sharing it among

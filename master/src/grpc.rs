@@ -11,8 +11,9 @@ use spate_proto::client_service_server::ClientService;
 use spate_proto::worker_service_server::WorkerService;
 use spate_proto::{
     JobInfo, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
-    MasterMessage, Registered, StopJobRequest, StopJobResponse, SubmitJobRequest,
-    SubmitJobResponse, TaskState, WorkerInfo, WorkerMessage, master_message, worker_message,
+    MasterMessage, Registered, RunStatementRequest, StatementReply, StopJobRequest,
+    StopJobResponse, SubmitJobRequest, SubmitJobResponse, TailJobRequest, TaskState, WorkerInfo,
+    WorkerMessage, master_message, worker_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +29,10 @@ pub struct WorkerApi(pub Arc<Master>);
 pub struct ClientApi(pub Arc<Master>);
 
 type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<StatementReply, Status>> + Send>>;
+
+/// Replies a statement may queue before the master waits for the client.
+const REPLY_QUEUE: usize = 16;
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
@@ -125,6 +130,35 @@ impl WorkerService for WorkerApi {
 
 #[tonic::async_trait]
 impl ClientService for ClientApi {
+    type RunStatementStream = ReplyStream;
+    type TailJobStream = ReplyStream;
+
+    async fn run_statement(
+        &self,
+        request: Request<RunStatementRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let request = request.into_inner();
+        self.0.check_secret(&request.secret)?;
+        let (replies, stream) = mpsc::channel(REPLY_QUEUE);
+        let master = Arc::clone(&self.0);
+        // Its own task: a client hanging up mid-query must not leave the
+        // query's shuffle and result files behind.
+        tokio::spawn(async move { crate::query::run_statement(&master, request, replies).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn tail_job(
+        &self,
+        request: Request<TailJobRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let request = request.into_inner();
+        self.0.check_secret(&request.secret)?;
+        let (replies, stream) = mpsc::channel(REPLY_QUEUE);
+        let master = Arc::clone(&self.0);
+        tokio::spawn(async move { crate::query::tail_job(&master, request, replies).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
     async fn submit_job(
         &self,
         request: Request<SubmitJobRequest>,

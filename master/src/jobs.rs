@@ -296,6 +296,13 @@ impl Jobs {
         self.lock().get(id)?.progress.back().map(|p| p.timestamp_ms)
     }
 
+    /// Where a job writes, and whether it still runs.
+    pub fn sink_of(&self, id: &str) -> Option<(spate_engine::job::SinkSpec, JobState)> {
+        let jobs = self.lock();
+        let job = jobs.get(id)?;
+        Some((job.record.planned.sink.clone(), job.record.state.clone()))
+    }
+
     pub fn detail(&self, id: &str) -> Option<JobDetail> {
         let jobs = self.lock();
         let job = jobs.get(id)?;
@@ -370,5 +377,6 @@ pub(crate) fn describe_sink(sink: &spate_engine::job::SinkSpec) -> String {
             format!("{format:?} files in {dir}/").to_lowercase()
         }
         spate_engine::job::SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
+        spate_engine::job::SinkSpec::Results { .. } => "the client".to_string(),
     }
 }

@@ -8,6 +8,8 @@ pub mod error;
 mod grpc;
 mod jobs;
 pub mod progress;
+mod query;
+mod stages;
 mod ui;
 
 use std::net::SocketAddr;
