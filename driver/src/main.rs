@@ -172,18 +172,35 @@ enum TopicsAction {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,datafusion=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,datafusion=warn".into()),
+    );
+    // The REPL's own cluster logs to a file: warnings between the cells
+    // of a session would bury them.
+    match repl_log(&cli.command) {
+        Some(file) => logs.with_ansi(false).with_writer(file).init(),
+        None => logs.with_writer(std::io::stderr).init(),
+    }
     if let Err(e) = run(cli.command).await {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+fn repl_log(command: &Command) -> Option<std::sync::Mutex<std::fs::File>> {
+    let Command::Repl(args) = command else {
+        return None;
+    };
+    let path = args.log_file()?;
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .ok()?;
+    Some(std::sync::Mutex::new(file))
 }
 
 async fn run(command: Command) -> Result<(), DriverError> {

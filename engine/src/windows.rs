@@ -419,6 +419,16 @@ impl VisitorMut for WindowColumns {
                 _ => {}
             }
         }
+        // ORDER BY window.start (a REPL query; jobs cannot sort) too.
+        if let Some(order_by) = query.order_by.as_mut()
+            && let sql::OrderByKind::Expressions(exprs) = &mut order_by.kind
+        {
+            for order in exprs {
+                if let Some((rewritten, _)) = window_column(&order.expr, &call) {
+                    order.expr = rewritten;
+                }
+            }
+        }
         ControlFlow::Continue(())
     }
 }

@@ -80,6 +80,15 @@ pub struct ReplArgs {
     history: Option<PathBuf>,
 }
 
+impl ReplArgs {
+    /// Where the REPL's own cluster logs; None on a cluster of its own.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        self.master
+            .is_none()
+            .then(|| self.workspace.join("_spate/logs/repl.log"))
+    }
+}
+
 pub async fn run(args: ReplArgs) -> Result<(), DriverError> {
     let mut cluster = None;
     let master_url = match &args.master {
@@ -114,8 +123,12 @@ pub async fn run(args: ReplArgs) -> Result<(), DriverError> {
         None => {
             match &cluster {
                 Some(local) => println!(
-                    "Spate REPL on its own cluster: {} workers, master {}, web UI http://{}, Kafka {}",
-                    args.workers, local.master_url, local.master.http_addr, local.bootstrap
+                    "Spate REPL on its own cluster: {} workers, master {}, web UI http://{}, Kafka {} (logs: {})",
+                    args.workers,
+                    local.master_url,
+                    local.master.http_addr,
+                    local.bootstrap,
+                    args.log_file().unwrap_or_default().display()
                 ),
                 None => println!("Spate REPL on the cluster at {master_url}"),
             }
