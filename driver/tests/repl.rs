@@ -243,6 +243,23 @@ async fn a_script_runs_on_the_workers_and_matches_datafusion() {
         );
     }
 
+    // A saved notebook runs again, cell by cell.
+    std::fs::write(
+        &file,
+        "SELECT 41 + 1 AS answer;\n\\save answers\n\\load answers\n\\run answers\n",
+    )
+    .unwrap();
+    let ran = repl_command(ws.path(), &bootstrap)
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "{stdout}");
+    assert!(stdout.contains("Out[2] (saved):"), "{stdout}");
+    assert_eq!(stdout.matches("│ 42 ").count(), 3, "{stdout}");
+    assert!(ws.path().join("notebooks/answers.ipynb").exists());
+
     // A failing statement stops the script with its line, and says why.
     std::fs::write(&file, "SELECT 1;\nSELECT * FROM missing;\nSELECT 2;\n").unwrap();
     let ran = repl_command(ws.path(), &bootstrap)
