@@ -32,6 +32,8 @@ use spate_proto::client_service_client::ClientServiceClient;
 use spate_proto::{ListJobsRequest, SubmitJobRequest};
 use tokio::sync::watch;
 
+mod floor;
+
 #[derive(Parser)]
 #[command(
     name = "spate-bench",
@@ -65,6 +67,23 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
+    /// B3, the micro-batch floor: a trigger of 0 and a few records per
+    /// batch; p50/p99 of a batch's wall time from its offsets log entry to
+    /// its commit, and where that time goes.
+    Floor {
+        /// How long the job runs.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Records produced per second, spread over the partitions.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Partitions of the input topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// In-process workers (2 slots each).
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+    },
 }
 
 /// 2023-11-14T22:13:20Z.
@@ -76,14 +95,42 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let Bench::Windowed {
-        events,
-        partitions,
-        workers,
-        slots,
-        max_offsets_per_trigger,
-        runs,
-    } = Cli::parse().bench;
+    match Cli::parse().bench {
+        Bench::Windowed {
+            events,
+            partitions,
+            workers,
+            slots,
+            max_offsets_per_trigger,
+            runs,
+        } => {
+            windowed(
+                events,
+                partitions,
+                workers,
+                slots,
+                max_offsets_per_trigger,
+                runs,
+            )
+            .await
+        }
+        Bench::Floor {
+            seconds,
+            rate,
+            partitions,
+            workers,
+        } => floor::run(seconds, rate, partitions, workers).await,
+    }
+}
+
+async fn windowed(
+    events: u64,
+    partitions: i32,
+    workers: u32,
+    slots: u32,
+    max_offsets_per_trigger: u64,
+    runs: u32,
+) -> Result<(), Error> {
     let broker = DevBroker::start()?;
     broker.create_topic("events", partitions)?;
     let started = Instant::now();
@@ -160,6 +207,15 @@ async fn main() -> Result<(), Error> {
         groups.0
     );
     Ok(())
+}
+
+/// The value at percentile `p` (0..=100) of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn event(i: u64) -> String {
@@ -268,34 +324,8 @@ async fn spate_cluster(
     slots: u32,
     max_offsets_per_trigger: u64,
 ) -> Result<(Duration, usize), Error> {
-    let workspace = tempfile::tempdir()?;
-    let mut config = spate_master::MasterConfig::new(workspace.path());
-    config.grpc_addr = "127.0.0.1:0".parse()?;
-    config.http_addr = "127.0.0.1:0".parse()?;
-    config.default_bootstrap_servers = bootstrap.to_string();
-    let master = spate_master::start(config).await?;
-    let (stop_workers, stopped) = watch::channel(false);
-    for i in 1..=workers {
-        let mut config = spate_worker::WorkerConfig::new(
-            format!("http://{}", master.grpc_addr),
-            workspace.path(),
-        );
-        config.worker_id = format!("bench-{i}");
-        config.slots = slots;
-        tokio::spawn(spate_worker::run(config, stopped.clone()));
-    }
-    let mut client = ClientServiceClient::connect(format!("http://{}", master.grpc_addr)).await?;
-    // Workers register within a heartbeat; shuffle partitions follow their slots.
-    while client
-        .list_workers(spate_proto::ListWorkersRequest {})
-        .await?
-        .into_inner()
-        .workers
-        .len()
-        < workers as usize
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let cluster = BenchCluster::start(bootstrap, workers, slots).await?;
+    let mut client = cluster.client.clone();
     let sql = format!(
         "CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR, amount DOUBLE)
            STORED AS KAFKA LOCATION 'events'
@@ -307,16 +337,7 @@ async fn spate_cluster(
          INSERT INTO out {QUERY};"
     );
     let started = Instant::now();
-    let job_id = client
-        .submit_job(SubmitJobRequest {
-            sql,
-            name: "windowed".into(),
-            origin: "bench".into(),
-            secret: String::new(),
-        })
-        .await?
-        .into_inner()
-        .job_id;
+    let job_id = cluster.submit("windowed", sql).await?;
     let output_rows = loop {
         let jobs = client
             .list_jobs(ListJobsRequest {})
@@ -336,7 +357,74 @@ async fn spate_cluster(
         }
     };
     let elapsed = started.elapsed();
-    let _ = stop_workers.send(true);
-    master.shutdown().await;
+    cluster.shutdown().await;
     Ok((elapsed, output_rows as usize))
+}
+
+/// A master and workers in this process, on a fresh workspace.
+struct BenchCluster {
+    workspace: tempfile::TempDir,
+    master: spate_master::MasterHandle,
+    client: ClientServiceClient<tonic::transport::Channel>,
+    stop_workers: watch::Sender<bool>,
+}
+
+impl BenchCluster {
+    async fn start(bootstrap: &str, workers: u32, slots: u32) -> Result<Self, Error> {
+        let workspace = tempfile::tempdir()?;
+        let mut config = spate_master::MasterConfig::new(workspace.path());
+        config.grpc_addr = "127.0.0.1:0".parse()?;
+        config.http_addr = "127.0.0.1:0".parse()?;
+        config.default_bootstrap_servers = bootstrap.to_string();
+        let master = spate_master::start(config).await?;
+        let (stop_workers, stopped) = watch::channel(false);
+        for i in 1..=workers {
+            let mut config = spate_worker::WorkerConfig::new(
+                format!("http://{}", master.grpc_addr),
+                workspace.path(),
+            );
+            config.worker_id = format!("bench-{i}");
+            config.slots = slots;
+            tokio::spawn(spate_worker::run(config, stopped.clone()));
+        }
+        let mut client =
+            ClientServiceClient::connect(format!("http://{}", master.grpc_addr)).await?;
+        // Workers register within a heartbeat; shuffle partitions follow their slots.
+        while client
+            .list_workers(spate_proto::ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers
+            .len()
+            < workers as usize
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(BenchCluster {
+            workspace,
+            master,
+            client,
+            stop_workers,
+        })
+    }
+
+    async fn submit(&self, name: &str, sql: String) -> Result<String, Error> {
+        Ok(self
+            .client
+            .clone()
+            .submit_job(SubmitJobRequest {
+                sql,
+                name: name.into(),
+                origin: "bench".into(),
+                secret: String::new(),
+            })
+            .await?
+            .into_inner()
+            .job_id)
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop_workers.send(true);
+        self.master.shutdown().await;
+    }
 }

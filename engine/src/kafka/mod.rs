@@ -5,6 +5,7 @@
 mod broker;
 mod client;
 mod decode;
+mod pool;
 mod scan;
 
 use std::collections::{BTreeMap, HashMap};

@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -35,6 +35,7 @@ use super::KafkaSourceSpec;
 use super::client::client_config;
 use super::client::enqueue;
 use super::decode::{BadRecord, RecordDecoder, RecordPosition};
+use super::pool;
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
 use crate::windows::epoch_millis;
@@ -371,15 +372,9 @@ impl RangeReader {
             bootstrap: self.source.bootstrap_servers.clone(),
             message: e.to_string(),
         };
-        let consumer: StreamConsumer =
-            client_config(&self.source.bootstrap_servers, &self.source.client_options)
-                .set("group.id", "spate-reader")
-                .set("enable.auto.commit", "false")
-                .set("enable.auto.offset.store", "false")
-                // Offsets that retention removed are an error, never a silent reset.
-                .set("auto.offset.reset", "error")
-                .create()
-                .map_err(kafka_error)?;
+        let pooled = pool::take(&self.source.bootstrap_servers, &self.source.client_options)
+            .map_err(kafka_error)?;
+        let consumer = pooled.get();
         let mut decoder = RecordDecoder::new(
             &self.source,
             &self.projection,
@@ -413,6 +408,14 @@ impl RangeReader {
                     Ok(Some(Ok(m))) => m,
                 };
                 let offset = message.offset();
+                // A pooled consumer may still hand out what it fetched for
+                // an earlier assignment.
+                if message.partition() != range.partition
+                    || message.topic() != range.topic
+                    || offset < next
+                {
+                    continue;
+                }
                 if offset >= range.end {
                     break;
                 }
@@ -433,6 +436,7 @@ impl RangeReader {
             }
             drop(stream);
         }
+        pooled.give_back();
         self.send(&mut decoder, tx).await
     }
 
