@@ -11,9 +11,10 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::kafka::{DevBroker, enqueue};
 
-use crate::{BenchCluster, Error, event, percentile};
+use crate::{BenchCluster, Error, Figure, FloorArgs, event, percentile};
 
-pub async fn run(seconds: u64, rate: u64, partitions: i32, workers: u32) -> Result<(), Error> {
+pub async fn run(args: FloorArgs) -> Result<Figure, Error> {
+    let (seconds, rate, partitions, workers) = (args.floor_seconds, args.floor_rate, 4, 2);
     let broker = DevBroker::start()?;
     broker.create_topic("events", partitions)?;
     let bootstrap = broker.bootstrap_servers().to_string();
@@ -75,34 +76,27 @@ pub async fn run(seconds: u64, rate: u64, partitions: i32, workers: u32) -> Resu
     let batches = walls.len() as f64;
     walls.sort_unstable();
     rows.sort_unstable();
-    let mut table = comfy_table::Table::new();
-    table
-        .load_preset(comfy_table::presets::UTF8_FULL)
-        .set_header(vec!["B3 micro-batch floor", "value"]);
-    let mut row = |k: &str, v: String| {
-        table.add_row(vec![k.to_string(), v]);
-    };
-    row("batches", walls.len().to_string());
-    row("rows per batch (p50)", percentile(&rows, 50.0).to_string());
-    row(
-        "wall time p50 (offsets log to commit)",
-        format!("{} ms", percentile(&walls, 50.0)),
+    let (p50, p99) = (percentile(&walls, 50.0), percentile(&walls, 99.0));
+    let mean = |sum: u64| sum as f64 / batches;
+    eprintln!(
+        "B3: {} batches, {} rows each (p50); mean ms: offsets log {:.1}, task preparation {:.1}, tasks {:.1}, manifest and commit {:.1}",
+        walls.len(),
+        percentile(&rows, 50.0),
+        mean(parts[0]),
+        mean(parts[1]),
+        mean(parts[2]),
+        mean(parts[3])
     );
-    row("wall time p99", format!("{} ms", percentile(&walls, 99.0)));
-    for (name, sum) in [
-        "walCommit",
-        "queryPlanning",
-        "addBatch (tasks)",
-        "commitOffsets",
-    ]
-    .iter()
-    .zip(parts)
-    {
-        row(
-            &format!("mean {name}"),
-            format!("{:.1} ms", sum as f64 / batches),
-        );
-    }
-    println!("{table}");
-    Ok(())
+    Ok(Figure {
+        bench: format!(
+            "B3 micro-batch floor ({} batches of ~{} rows, trigger 0, {workers} workers)",
+            walls.len(),
+            percentile(&rows, 50.0)
+        ),
+        spate: format!("p50 {p50} ms, p99 {p99} ms"),
+        baseline: String::new(),
+        ratio: String::new(),
+        target: "p50 <= 15 ms, p99 <= 40 ms".to_string(),
+        met: Some(p50 <= 15 && p99 <= 40),
+    })
 }
