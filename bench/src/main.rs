@@ -8,9 +8,12 @@
 //! - B2 windowed throughput: a 10 s tumbling and a 30 s / 10 s sliding
 //!   aggregation per customer, the same way;
 //! - B3 the micro-batch floor: a trigger of 0 and a few records per batch;
+//! - B4 end-to-end latency: from a 1-second window's close to its commit;
 //! - B5 distribution overhead: an aggregation over Parquet in the workspace
 //!   through the REPL's path (RunStatement, stages on the workers) vs
-//!   DataFusion alone in one process over the same files.
+//!   DataFusion alone in one process over the same files;
+//! - B6 Spark: B2's tumbling window in PySpark local[2] over the same events
+//!   as JSON files (Spark's file source, available-now).
 //!
 //! Kafka is the development broker (librdkafka's mock cluster, the Kafka
 //! protocol on loopback); Spate runs a master and workers in this process.
@@ -19,6 +22,8 @@
 
 mod distribution;
 mod floor;
+mod latency;
+mod spark;
 mod throughput;
 
 use std::time::Duration;
@@ -93,6 +98,13 @@ enum Bench {
         floor: FloorArgs,
         #[command(flatten)]
         distribution: DistributionArgs,
+        #[command(flatten)]
+        latency: latency::LatencyArgs,
+    },
+    /// B4: end-to-end latency of a 1-second tumbling window.
+    Latency {
+        #[command(flatten)]
+        args: latency::LatencyArgs,
     },
     /// B1/B2: one workload, Spate vs the raw pipeline.
     Throughput {
@@ -105,6 +117,11 @@ enum Bench {
     Floor {
         #[command(flatten)]
         args: FloorArgs,
+    },
+    /// B6: B2's tumbling window, Spate vs PySpark local[2] over the same events as JSON files.
+    Spark {
+        #[command(flatten)]
+        args: ThroughputArgs,
     },
     /// B5: an aggregation over Parquet on the cluster vs DataFusion alone.
     Distribution {
@@ -136,16 +153,21 @@ async fn main() -> Result<(), Error> {
             throughput,
             floor,
             distribution,
+            latency,
         } => {
             let workloads = [Workload::Stateless, Workload::Tumbling, Workload::Sliding];
             figures.extend(throughput::run(&workloads, throughput).await?);
             figures.push(floor::run(floor).await?);
+            figures.push(latency::run(latency).await?);
             figures.push(distribution::run(distribution, throughput.runs).await?);
+            figures.push(spark::run(throughput).await?);
         }
         Bench::Throughput { workload, args } => {
             figures.extend(throughput::run(&[workload], args).await?)
         }
         Bench::Floor { args } => figures.push(floor::run(args).await?),
+        Bench::Spark { args } => figures.push(spark::run(args).await?),
+        Bench::Latency { args } => figures.push(latency::run(args).await?),
         Bench::Distribution { args, runs } => figures.push(distribution::run(args, runs).await?),
     }
     let mut table = Table::new();
@@ -191,12 +213,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn event(i: u64) -> String {
+pub fn event(i: u64) -> String {
     event_at(i, 0)
 }
 
 /// Event `i`: ten per second of event time, in order, `ahead_ms` later.
-fn event_at(i: u64, ahead_ms: i64) -> String {
+pub fn event_at(i: u64, ahead_ms: i64) -> String {
     let ts = chrono::DateTime::from_timestamp_millis(T0_MS + i as i64 * 100 + ahead_ms)
         .unwrap_or_default();
     format!(

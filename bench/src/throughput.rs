@@ -197,7 +197,7 @@ async fn raw_pipeline(
 
 /// The query as a streaming job on a master and workers in this process,
 /// available-now into Parquet; the wall time from submit to finished.
-async fn spate_job(
+pub async fn spate_job(
     bootstrap: &str,
     workload: Workload,
     args: ThroughputArgs,
