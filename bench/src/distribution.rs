@@ -15,7 +15,9 @@ use spate_proto::{RunStatementRequest, statement_reply};
 use crate::{BenchCluster, CUSTOMERS, DistributionArgs, Error, Figure, T0_MS};
 
 const FILES: u64 = 8;
-const QUERY: &str = "SELECT customer, count(*) AS n, sum(amount) AS revenue, avg(amount) AS mean FROM sales GROUP BY customer ORDER BY customer";
+/// Revenue per customer per minute: a few hundred thousand groups, so the
+/// aggregation is real work on both sides.
+const QUERY: &str = "SELECT customer, date_trunc('minute', ts) AS minute, count(*) AS n, sum(amount) AS revenue, avg(amount) AS mean FROM sales GROUP BY customer, date_trunc('minute', ts) ORDER BY revenue DESC, customer, minute LIMIT 100";
 
 pub async fn run(args: DistributionArgs, runs: u32) -> Result<Figure, Error> {
     let cluster = BenchCluster::start("localhost:9092", 2, 1).await?;

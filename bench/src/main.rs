@@ -84,7 +84,7 @@ struct FloorArgs {
 #[derive(clap::Args, Clone, Copy)]
 struct DistributionArgs {
     /// Rows of the Parquet table B5 aggregates.
-    #[arg(long, default_value_t = 4_000_000)]
+    #[arg(long, default_value_t = 10_000_000)]
     rows: u64,
 }
 

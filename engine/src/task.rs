@@ -4,12 +4,15 @@
 //! outputs are named by batch, task and attempt, so a re-run never
 //! overwrites a file that a committed manifest names.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use crate::OffsetRange;
@@ -83,8 +86,7 @@ pub async fn run_task(
     state_cache: &Arc<StateCache>,
 ) -> Result<TaskOutcome> {
     let started = Instant::now();
-    let env = PlanEnv::new(ws.clone(), String::new());
-    let ctx = session(&env);
+    let ctx = task_session(ws);
     let codec = SpateCodec::for_task(task.ranges.clone())
         .with_watermark(task.watermark_ms)
         .with_shuffle(ShuffleScope {
@@ -156,6 +158,20 @@ pub async fn run_task(
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;
     Ok(outcome)
+}
+
+/// The session tasks decode and run plans in, one per workspace and
+/// process: building one registers every function DataFusion has, which
+/// costs more than a small task's work. Tasks share it safely: they
+/// register nothing in it, and each runs with a task context of its own.
+fn task_session(ws: &Workspace) -> SessionContext {
+    static SESSIONS: LazyLock<Mutex<HashMap<PathBuf, SessionContext>>> =
+        LazyLock::new(Mutex::default);
+    let mut sessions = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    sessions
+        .entry(ws.root().to_path_buf())
+        .or_insert_with(|| session(&PlanEnv::new(ws.clone(), String::new())))
+        .clone()
 }
 
 /// Reads what the plan's operators counted.

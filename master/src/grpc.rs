@@ -128,6 +128,21 @@ impl WorkerService for WorkerApi {
     }
 }
 
+impl ClientApi {
+    /// A stream of replies that `produce` sends from a task of its own: a
+    /// client hanging up mid-query must not leave the query's shuffle and
+    /// result files behind.
+    fn replies<F, Fut>(&self, produce: F) -> Response<ReplyStream>
+    where
+        F: FnOnce(Arc<Master>, crate::query::ReplySender) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (replies, stream) = mpsc::channel(REPLY_QUEUE);
+        tokio::spawn(produce(Arc::clone(&self.0), replies));
+        Response::new(Box::pin(ReceiverStream::new(stream)))
+    }
+}
+
 #[tonic::async_trait]
 impl ClientService for ClientApi {
     type RunStatementStream = ReplyStream;
@@ -139,12 +154,9 @@ impl ClientService for ClientApi {
     ) -> Result<Response<ReplyStream>, Status> {
         let request = request.into_inner();
         self.0.check_secret(&request.secret)?;
-        let (replies, stream) = mpsc::channel(REPLY_QUEUE);
-        let master = Arc::clone(&self.0);
-        // Its own task: a client hanging up mid-query must not leave the
-        // query's shuffle and result files behind.
-        tokio::spawn(async move { crate::query::run_statement(&master, request, replies).await });
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        Ok(self.replies(|master, replies| async move {
+            crate::query::run_statement(&master, request, replies).await
+        }))
     }
 
     async fn tail_job(
@@ -153,10 +165,9 @@ impl ClientService for ClientApi {
     ) -> Result<Response<ReplyStream>, Status> {
         let request = request.into_inner();
         self.0.check_secret(&request.secret)?;
-        let (replies, stream) = mpsc::channel(REPLY_QUEUE);
-        let master = Arc::clone(&self.0);
-        tokio::spawn(async move { crate::query::tail_job(&master, request, replies).await });
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        Ok(self.replies(|master, replies| async move {
+            crate::query::tail_job(&master, request, replies).await
+        }))
     }
 
     async fn submit_job(
