@@ -203,16 +203,20 @@ async fn a_script_runs_on_the_workers_and_matches_datafusion() {
         "code,name\nUS,United States\nDE,Germany\nFR,France\nGB,United Kingdom\n",
     )
     .unwrap();
+    write_parquet_sales(&ws.path().join("data/sales_parquet"));
     let queries = [
         "SELECT country, count(*) AS n, sum(revenue) AS revenue FROM sales GROUP BY country ORDER BY country",
         "SELECT id, customer, revenue FROM sales WHERE revenue > 450 ORDER BY revenue DESC, id LIMIT 7",
         "SELECT count(*) AS n, min(\"timestamp\") AS first, max(id) AS last FROM sales",
         "SELECT c.name, count(*) AS n FROM sales s JOIN countries c ON s.country = c.code GROUP BY c.name ORDER BY n DESC, c.name",
+        "SELECT customer, count(*) AS n, sum(revenue) AS revenue FROM sales_parquet GROUP BY customer ORDER BY customer",
+        "SELECT count(*) AS n, sum(id) AS ids FROM sales_parquet",
     ];
     let script = format!(
         "-- a script: DDL, commands and queries\n\
          CREATE EXTERNAL TABLE sales ({SALES_COLUMNS})\n  STORED AS KAFKA LOCATION 'sales' OPTIONS ('format' 'json');\n\
          CREATE EXTERNAL TABLE countries STORED AS CSV LOCATION 'data/countries.csv';\n\
+         CREATE EXTERNAL TABLE sales_parquet STORED AS PARQUET LOCATION 'data/sales_parquet/';\n\
          \\d sales\n\
          {};\n",
         queries.join(";\n")
@@ -231,13 +235,13 @@ async fn a_script_runs_on_the_workers_and_matches_datafusion() {
         String::from_utf8_lossy(&ran.stderr)
     );
     assert!(
-        cell_output(&stdout, 3).contains("revenue,Float64"),
+        cell_output(&stdout, 4).contains("revenue,Float64"),
         "{stdout}"
     );
     for (index, query) in queries.iter().enumerate() {
         let reference = reference_csv(query, &ws.path().join("data/countries.csv")).await;
         assert_eq!(
-            cell_output(&stdout, index + 4),
+            cell_output(&stdout, index + 5),
             reference,
             "query {query}\n{stdout}"
         );
@@ -295,6 +299,12 @@ async fn reference_csv(query: &str, countries: &std::path::Path) -> String {
     ))
     .await
     .unwrap();
+    ctx.sql(&format!(
+        "CREATE EXTERNAL TABLE sales_parquet STORED AS PARQUET LOCATION '{}/'",
+        countries.parent().unwrap().join("sales_parquet").display()
+    ))
+    .await
+    .unwrap();
     let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
     let mut out = Vec::new();
     {
@@ -306,4 +316,41 @@ async fn reference_csv(query: &str, countries: &std::path::Path) -> String {
         }
     }
     String::from_utf8(out).unwrap().trim_end().to_string()
+}
+
+/// The test's sales (id, customer, revenue) as four Parquet files, a
+/// quarter of the records each.
+fn write_parquet_sales(dir: &std::path::Path) {
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    std::fs::create_dir_all(dir).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("customer", DataType::Utf8, false),
+        Field::new("revenue", DataType::Float64, false),
+    ]));
+    for part in 0..4u64 {
+        let ids: Vec<u64> = (0..RECORDS).filter(|i| i * 4 / RECORDS == part).collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| *i as i64))),
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter()
+                        .map(|i| sale(*i)["customer"].as_str().unwrap().to_string()),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    ids.iter().map(|i| sale(*i)["revenue"].as_f64().unwrap()),
+                )),
+            ],
+        )
+        .unwrap();
+        let file = std::fs::File::create(dir.join(format!("part-{part}.parquet"))).unwrap();
+        let mut writer =
+            datafusion::parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), None)
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
 }

@@ -255,6 +255,10 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
     options.optimizer.hash_join_single_partition_threshold = usize::MAX;
     options.optimizer.hash_join_single_partition_threshold_rows = usize::MAX;
     options.optimizer.repartition_joins = false;
+    // A file scan's partition may take unopened files from its siblings,
+    // which works when all of them run in one process; a task runs one
+    // partition of a stage, and would read every file.
+    options.execution.enable_file_stream_work_stealing = false;
     // Dynamic filters are runtime state between operators of one process;
     // a job's stages run in other processes and batches.
     options.optimizer.enable_dynamic_filter_pushdown = false;
