@@ -15,7 +15,7 @@ pub struct LocalCluster {
     pub master: spate_master::MasterHandle,
     pub master_url: String,
     /// The development broker, when this cluster runs its own Kafka.
-    pub broker: Option<DevBroker>,
+    broker: Option<DevBroker>,
     pub bootstrap: String,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,

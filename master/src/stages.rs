@@ -67,17 +67,7 @@ impl BatchStages<'_> {
     }
 
     fn places(&self, stage: &PlannedStage) -> Vec<TaskPlace> {
-        if stage.reads_files {
-            return (0..stage.tasks as u32)
-                .map(|p| TaskPlace {
-                    index: p,
-                    ranges: Vec::new(),
-                    partition: p,
-                    inputs: Vec::new(),
-                })
-                .collect();
-        }
-        if stage.reads.is_empty() {
+        if stage.reads.is_empty() && !stage.reads_files {
             return self
                 .ranges
                 .iter()
@@ -91,6 +81,7 @@ impl BatchStages<'_> {
                 })
                 .collect();
         }
+        // One task per partition: of the shuffle it reads, or of its file scans.
         let inputs: Vec<(u32, Vec<String>)> = stage
             .reads
             .iter()

@@ -190,6 +190,16 @@ enum CellError {
     Cancelled,
 }
 
+impl CellError {
+    /// What the cell shows.
+    fn message(self) -> String {
+        match self {
+            CellError::Failed(message) => message,
+            CellError::Cancelled => "cancelled".to_string(),
+        }
+    }
+}
+
 impl From<tonic::Status> for CellError {
     fn from(status: tonic::Status) -> Self {
         match status.code() {
@@ -349,8 +359,7 @@ impl Repl {
                 }
                 output
             }
-            Err(CellError::Failed(message)) => Output::Error(message),
-            Err(CellError::Cancelled) => Output::Error("cancelled".to_string()),
+            Err(e) => Output::Error(e.message()),
         };
         self.cell(statement, output)
     }
@@ -578,8 +587,7 @@ impl Repl {
                     .join("\n"),
                 html: None,
             },
-            Err(CellError::Failed(message)) => Output::Error(message),
-            Err(CellError::Cancelled) => Output::Error("cancelled".to_string()),
+            Err(e) => Output::Error(e.message()),
         };
         if self.cell(line, output) {
             Ok(())
@@ -602,11 +610,7 @@ impl Repl {
                 table.replace('\'', "''")
             )
         };
-        let replies = match self.call(&query, false).await {
-            Ok(replies) => replies,
-            Err(CellError::Failed(message)) => return Err(message),
-            Err(CellError::Cancelled) => return Err("cancelled".to_string()),
-        };
+        let replies = self.call(&query, false).await.map_err(CellError::message)?;
         let Some(reply) = replies.into_iter().next() else {
             return Err("the master sent no result".to_string());
         };

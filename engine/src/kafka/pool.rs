@@ -21,7 +21,7 @@ static IDLE: LazyLock<Mutex<HashMap<String, Vec<StreamConsumer>>>> = LazyLock::n
 /// A consumer lent to one task; back to the pool with `give_back`.
 pub struct PooledConsumer {
     key: String,
-    consumer: Option<StreamConsumer>,
+    consumer: StreamConsumer,
 }
 
 fn key(bootstrap: &str, options: &BTreeMap<String, String>) -> String {
@@ -57,30 +57,24 @@ pub fn take(
             .set("fetch.wait.max.ms", "5")
             .create()?,
     };
-    Ok(PooledConsumer {
-        key,
-        consumer: Some(consumer),
-    })
+    Ok(PooledConsumer { key, consumer })
 }
 
 impl PooledConsumer {
     pub fn get(&self) -> &StreamConsumer {
-        self.consumer.as_ref().expect("present until given back")
+        &self.consumer
     }
 
     /// The task read its ranges cleanly: the consumer stops fetching and
     /// waits for the next task. Dropped instead, it closes.
-    pub fn give_back(mut self) {
-        let Some(consumer) = self.consumer.take() else {
-            return;
-        };
-        if consumer.unassign().is_err() {
+    pub fn give_back(self) {
+        if self.consumer.unassign().is_err() {
             return;
         }
         let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-        let kept = idle.entry(std::mem::take(&mut self.key)).or_default();
+        let kept = idle.entry(self.key).or_default();
         if kept.len() < IDLE_PER_KEY {
-            kept.push(consumer);
+            kept.push(self.consumer);
         }
     }
 }
