@@ -328,8 +328,8 @@ impl BenchCluster {
             .submit_job(SubmitJobRequest {
                 sql,
                 name: name.into(),
-                origin: "bench".into(),
                 secret: String::new(),
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -349,10 +349,12 @@ impl BenchCluster {
                 .iter()
                 .find(|j| j.job_id == job_id)
                 .ok_or("the job vanished")?;
-            match job.state.as_str() {
-                "FINISHED" => return Ok(job.output_rows),
-                "FAILED" | "STOPPED" => {
-                    return Err(format!("the job ended {}: {}", job.state, job.error).into());
+            use spate_proto::JobState;
+            match job.state() {
+                JobState::Finished => return Ok(job.output_rows),
+                state @ (JobState::Failed | JobState::Stopped) => {
+                    let state = state.as_str_name();
+                    return Err(format!("the job ended {state}: {}", job.error).into());
                 }
                 _ => tokio::time::sleep(Duration::from_millis(5)).await,
             }

@@ -1,23 +1,17 @@
 //! `driver demo`: Spark's `local[*]` for Spate. One process runs the
 //! development Kafka broker, a master with its UI, two workers, the sales
-//! generator and a sample job, and prints the job's committed rows as they land.
+//! generator and a sample job, and prints the job's committed rows as they
+//! land (followed through the master's `TailJob`, as `\tail` follows a job).
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use spate_engine::Workspace;
-use spate_engine::checkpoint::Checkpoint;
-use spate_engine::files::{FileFormatKind, committed_batches, read_committed_batch};
-use spate_engine::job::{PlanEnv, PlannedJob, SinkSpec, plan_job};
-use spate_engine::workspace::SPATE_DIR;
-use spate_proto::SubmitJobRequest;
-use spate_proto::client_service_client::ClientServiceClient;
+use spate_proto::{SubmitJobRequest, TailJobRequest};
 
 use crate::DriverError;
 use crate::local::{LocalCluster, LocalKafka, LocalOptions};
+use crate::repl::{Reply, collect_replies};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -41,6 +35,9 @@ pub struct DemoArgs {
     workers: u32,
 }
 
+/// Rows of each batch the demo prints; the rest are counted.
+const SHOWN_ROWS: usize = 5;
+
 pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     let sql = std::fs::read_to_string(&args.job)
         .map_err(|e| DriverError::Usage(format!("cannot read {}: {e}", args.job.display())))?;
@@ -50,13 +47,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         .map_or_else(|| "demo".to_string(), |s| s.to_string_lossy().into_owned());
     let kafka = LocalKafka::dev_with_sales()?;
     let bootstrap = kafka.bootstrap();
-    let ws = Workspace::open(&args.workspace)?;
-    let env = PlanEnv::new(ws.clone(), bootstrap.clone());
-    let planned = plan_job(&env, &sql, &name)
-        .await
-        .map_err(|e| DriverError::Usage(format!("{}: {e}", args.job.display())))?;
-    // Before the master starts, or it would resume the old run.
-    forget_previous_run(&ws, &planned).await?;
     let mut cluster = LocalCluster::start(LocalOptions {
         workspace: &args.workspace,
         grpc: args.bind,
@@ -68,20 +58,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     let master_url = cluster.master_url.clone();
     cluster.generate_sales("sales", args.rate);
 
-    let mut client = ClientServiceClient::connect(master_url.clone())
-        .await
-        .map_err(|e| DriverError::Connect {
-            url: master_url.clone(),
-            message: e.to_string(),
-        })?;
+    let mut client = crate::connect(&master_url).await?;
+    // The demo's Kafka is new on every run, so offsets in an earlier run's
+    // checkpoint mean nothing to it: the job starts afresh.
     let submitted = client
         .submit_job(SubmitJobRequest {
             sql,
             name,
-            origin: args.job.display().to_string(),
-            secret: String::new(),
+            fresh: true,
+            ..Default::default()
         })
-        .await?
+        .await
+        .map_err(|s| DriverError::Master(format!("{}: {}", args.job.display(), s.message())))?
         .into_inner();
     println!("Spate demo");
     println!(
@@ -95,25 +83,33 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     );
     println!("  workers                     {}", args.workers);
     println!(
-        "  job                         {} ({})",
+        "  job                         {} ({}), started afresh",
         submitted.job_id,
         args.job.display()
     );
     println!("Committed rows appear below as batches commit. Ctrl-C stops the demo.\n");
 
-    let printer = async {
-        let mut shown = HashSet::new();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if let SinkSpec::Files { dir, format, .. } = &planned.sink
-                && let Err(e) = print_new_batches(&ws, dir, *format, &mut shown).await
-            {
-                eprintln!("cannot read the sink: {e}");
-            }
-        }
-    };
+    let mut stream = client
+        .tail_job(TailJobRequest {
+            job_id: submitted.job_id.clone(),
+            from_batch: 0,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let sink = client
+        .list_jobs(spate_proto::ListJobsRequest {})
+        .await?
+        .into_inner()
+        .jobs
+        .into_iter()
+        .find(|j| j.job_id == submitted.job_id)
+        .map_or_else(|| "the sink".to_string(), |j| j.sink);
+    let follow = collect_replies(&mut stream, |reply| print_batch(reply, &sink));
     tokio::select! {
-        _ = printer => {}
+        followed = follow => if let Err(e) = followed {
+            eprintln!("cannot follow the job: {}", e.message());
+        },
         _ = tokio::signal::ctrl_c() => {}
     }
     println!("\nstopping the demo");
@@ -121,55 +117,25 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     Ok(())
 }
 
-/// The demo's Kafka is new on every run, so offsets in an earlier run's
-/// checkpoint mean nothing to it: the job, its checkpoint and its output
-/// start afresh rather than resume against the wrong offsets.
-async fn forget_previous_run(ws: &Workspace, planned: &PlannedJob) -> Result<(), DriverError> {
-    let job = &planned.name;
-    let checkpoint = Checkpoint::new(ws, job);
-    if checkpoint.latest_offsets().await?.is_none() {
-        return Ok(());
+/// One committed batch: its row count and its first rows.
+fn print_batch(reply: &Reply, sink: &str) {
+    let Some((_, batches)) = &reply.rows else {
+        if !reply.end.message.is_empty() {
+            println!("{}", reply.end.message);
+        }
+        return;
+    };
+    let rows = reply.end.rows;
+    println!("{}: {rows} rows committed to {sink}", reply.end.title);
+    let sample: Vec<_> = batches
+        .first()
+        .map(|b| b.slice(0, b.num_rows().min(SHOWN_ROWS)))
+        .into_iter()
+        .collect();
+    if let Ok(table) = pretty_format_batches(&sample) {
+        println!("{table}");
     }
-    checkpoint.delete().await?;
-    ws.delete_dir(&format!("{SPATE_DIR}/jobs/{job}")).await?;
-    ws.delete_dir(&spate_engine::shuffle::job_dir(job)).await?;
-    if let SinkSpec::Files { dir, .. } = &planned.sink {
-        ws.delete_dir(dir).await?;
+    if rows > SHOWN_ROWS as u64 {
+        println!("... and {} more", rows - SHOWN_ROWS as u64);
     }
-    println!(
-        "(a new demo Kafka starts empty: cleared the previous demo run of job {job} and its output)"
-    );
-    Ok(())
-}
-
-async fn print_new_batches(
-    ws: &Workspace,
-    dir: &str,
-    format: FileFormatKind,
-    shown: &mut HashSet<u64>,
-) -> Result<(), DriverError> {
-    for batch in committed_batches(ws, dir).await? {
-        if !shown.insert(batch) {
-            continue;
-        }
-        let Some((manifest, rows)) = read_committed_batch(ws, dir, format, batch).await? else {
-            continue;
-        };
-        if manifest.rows == 0 {
-            continue;
-        }
-        println!("batch {batch}: {} rows committed to {dir}/", manifest.rows);
-        let sample: Vec<_> = rows
-            .first()
-            .map(|b| b.slice(0, b.num_rows().min(5)))
-            .into_iter()
-            .collect();
-        if let Ok(table) = pretty_format_batches(&sample) {
-            println!("{table}");
-        }
-        if manifest.rows > 5 {
-            println!("... and {} more", manifest.rows - 5);
-        }
-    }
-    Ok(())
 }

@@ -14,7 +14,9 @@ use clap::{Parser, Subcommand};
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use spate_engine::kafka::KafkaAdmin;
 use spate_proto::client_service_client::ClientServiceClient;
-use spate_proto::{JobInfo, ListJobsRequest, ListWorkersRequest, StopJobRequest, SubmitJobRequest};
+use spate_proto::{
+    JobInfo, JobState, ListJobsRequest, ListWorkersRequest, StopJobRequest, SubmitJobRequest,
+};
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,10 @@ enum Command {
         /// Print the job's progress until it ends (Ctrl-C stops following, not the job).
         #[arg(long)]
         follow: bool,
+        /// Start afresh: forget the job's checkpoint and delete what its sink
+        /// committed, instead of resuming from the checkpoint.
+        #[arg(long)]
+        fresh: bool,
         #[command(flatten)]
         master: MasterArgs,
     },
@@ -209,8 +215,9 @@ async fn run(command: Command) -> Result<(), DriverError> {
             file,
             name,
             follow,
+            fresh,
             master,
-        } => submit(&file, name, follow, &master).await,
+        } => submit(&file, name, follow, fresh, &master).await,
         Command::Jobs { master } => {
             let jobs = connect(&master.master)
                 .await?
@@ -232,7 +239,7 @@ async fn run(command: Command) -> Result<(), DriverError> {
                 .await?;
             if kill {
                 println!(
-                    "killed job {job}: its running batch is abandoned; submit the job again to resume from its checkpoint"
+                    "killed job {job}: its running batch's tasks are cancelled; submit the job again to re-run the batch from its checkpoint"
                 );
             } else {
                 println!(
@@ -382,6 +389,7 @@ async fn submit(
     file: &Path,
     name: Option<String>,
     follow: bool,
+    fresh: bool,
     master: &MasterArgs,
 ) -> Result<(), DriverError> {
     let sql = std::fs::read_to_string(file)
@@ -396,8 +404,8 @@ async fn submit(
         .submit_job(SubmitJobRequest {
             sql,
             name,
-            origin: file.display().to_string(),
             secret: master.secret.clone(),
+            fresh,
         })
         .await
         .map_err(|s| DriverError::Master(format!("{}: {}", file.display(), s.message())))?
@@ -433,7 +441,7 @@ async fn follow_job(
         };
         let line = format!(
             "{}  batches {}  rows in {}  rows out {}{}",
-            info.state,
+            job_state(&info),
             info.batches,
             info.input_rows,
             info.output_rows,
@@ -447,8 +455,12 @@ async fn follow_job(
             println!("{line}");
             last = Some(line);
         }
-        if !matches!(info.state.as_str(), "RUNNING" | "WAITING") {
-            return if info.state == "FAILED" {
+        let state = info.state();
+        if matches!(
+            state,
+            JobState::Stopped | JobState::Finished | JobState::Failed
+        ) {
+            return if state == JobState::Failed {
                 Err(DriverError::Master(format!(
                     "job {job} failed: {}",
                     info.error
@@ -488,6 +500,11 @@ fn format_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A job's state as the UI writes it: RUNNING, STOPPED, ...
+pub fn job_state(job: &JobInfo) -> &'static str {
+    job.state().as_str_name().trim_start_matches("JOB_STATE_")
+}
+
 pub fn jobs_table(jobs: &[JobInfo]) -> Table {
     let mut t = table(&[
         "Job",
@@ -501,7 +518,7 @@ pub fn jobs_table(jobs: &[JobInfo]) -> Table {
     for j in jobs {
         t.add_row(vec![
             Cell::new(&j.job_id),
-            Cell::new(&j.state),
+            Cell::new(job_state(j)),
             Cell::new(format_ms(j.submitted_at_ms)),
             num(j.batches),
             num(j.input_rows),
@@ -527,7 +544,7 @@ pub(crate) fn workers_table(workers: &[spate_proto::WorkerInfo]) -> Table {
         t.add_row(vec![
             Cell::new(&w.worker_id),
             Cell::new(&w.host),
-            Cell::new(&w.state),
+            Cell::new(w.state().as_str_name().trim_start_matches("WORKER_STATE_")),
             num(format!("{}/{}", w.slots_used, w.slots)),
             num(format!("{} MiB", w.memory_bytes >> 20)),
             Cell::new(format_ms(w.last_heartbeat_ms)),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use spate_proto::{JobState, WorkerState};
 use std::process::Command;
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
             "worker {} ran no task: {seen:?}",
             w.worker_id
         );
-        assert_eq!(w.state, "ALIVE");
+        assert_eq!(w.state(), WorkerState::Alive);
     }
 
     // The web UI and its JSON twins show the same cluster.
@@ -111,7 +112,7 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
     let url = master.url();
     wait_for_input_rows(&url, &id, 8000).await;
     let resumed = job(&url, &id).await.unwrap();
-    assert_eq!(resumed.state, "RUNNING");
+    assert_eq!(resumed.state(), JobState::Running);
     assert_eq!(
         resumed.input_rows, 8000,
         "no record is read twice: {resumed:?}"
@@ -146,7 +147,7 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
             workers(&url)
                 .await
                 .iter()
-                .filter(|w| w.state == "ALIVE")
+                .filter(|w| w.state() == WorkerState::Alive)
                 .count()
                 == 2
         },
@@ -246,7 +247,7 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
         || async {
             job(&url, &id)
                 .await
-                .is_some_and(|j| j.state == "WAITING" && j.error.contains("kafka"))
+                .is_some_and(|j| j.state() == JobState::Waiting && j.error.contains("kafka"))
         },
     )
     .await;
@@ -263,7 +264,7 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
         || async {
             job(&url, &id)
                 .await
-                .is_some_and(|j| j.state == "WAITING" && j.error.contains("kafka"))
+                .is_some_and(|j| j.state() == JobState::Waiting && j.error.contains("kafka"))
         },
     )
     .await;
@@ -272,8 +273,8 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
     wait_for_input_rows(&url, &id, 2000).await;
     let recovered = job(&url, &id).await.unwrap();
     assert_eq!(
-        (recovered.state.as_str(), recovered.input_rows),
-        ("RUNNING", 2000)
+        (recovered.state(), recovered.input_rows),
+        (JobState::Running, 2000)
     );
 
     let got = query_sink(
@@ -291,7 +292,7 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_that_keeps_failing_fails_the_job_with_its_error() {
+async fn a_record_that_does_not_decode_fails_the_job_at_once_with_its_error() {
     let kafka = MockCluster::new(1).unwrap();
     kafka.create_topic("sales", 4, 1).unwrap();
     let bootstrap = kafka.bootstrap_servers();
@@ -320,7 +321,9 @@ async fn a_task_that_keeps_failing_fails_the_job_with_its_error() {
     );
     let id = submit(&url, "filtered", &sql).await.unwrap();
     wait_until("the job to fail", Duration::from_secs(60), || async {
-        job(&url, &id).await.is_some_and(|j| j.state == "FAILED")
+        job(&url, &id)
+            .await
+            .is_some_and(|j| j.state() == JobState::Failed)
     })
     .await;
     let failed = job(&url, &id).await.unwrap();
@@ -331,7 +334,15 @@ async fn a_task_that_keeps_failing_fails_the_job_with_its_error() {
         "{}",
         failed.error
     );
-    assert!(failed.error.contains("failed 2 times"), "{}", failed.error);
+    // A record that does not decode fails the same way every time: the
+    // task is not run again (its error's kind is a plan error).
+    assert!(
+        failed
+            .error
+            .contains("running it again would fail the same way"),
+        "{}",
+        failed.error
+    );
     assert_eq!(failed.batches, 0, "the failed batch is not committed");
     let out = Command::new(bin("driver"))
         .args(["jobs", "--master", &url])
@@ -366,14 +377,17 @@ async fn a_worker_killed_mid_stream_has_its_tasks_rerun_and_nothing_lost() {
     .await;
     doomed.kill();
     wait_for_input_rows(&url, &id, 6000).await;
-    let states: Vec<(String, String)> = workers(&url)
+    let states: Vec<(String, WorkerState)> = workers(&url)
         .await
         .into_iter()
-        .map(|w| (w.worker_id, w.state))
+        .map(|w| (w.worker_id.clone(), w.state()))
         .collect();
     assert_eq!(
         states,
-        vec![("w1".into(), "DEAD".into()), ("w2".into(), "ALIVE".into())]
+        vec![
+            ("w1".into(), WorkerState::Dead),
+            ("w2".into(), WorkerState::Alive)
+        ]
     );
     assert_eq!(job(&url, &id).await.unwrap().input_rows, 6000);
     let got = query_sink(

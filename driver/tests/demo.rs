@@ -61,7 +61,10 @@ fn demo_prints_committed_rows_and_stops_on_ctrl_c() {
                 )
             });
         seen.push(line.clone());
-        if line.starts_with("batch ") && line.contains("rows committed to output/sales_filter/") {
+        if line.starts_with("batch ")
+            && line.contains("rows committed to")
+            && line.contains("output/sales_filter/")
+        {
             break line;
         }
     };

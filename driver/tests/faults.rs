@@ -5,6 +5,7 @@
 
 mod common;
 
+use spate_proto::JobState;
 use std::time::Duration;
 
 use common::*;
@@ -108,7 +109,7 @@ async fn windowed_state_survives_killed_workers_and_a_killed_master() {
     })
     .await;
     let resumed = job(&url, &id).await.unwrap();
-    assert_eq!(resumed.state, "RUNNING", "{resumed:?}");
+    assert_eq!(resumed.state(), JobState::Running, "{resumed:?}");
     assert_eq!(
         resumed.input_rows,
         RECORDS + 1,

@@ -4,6 +4,7 @@
 
 mod common;
 
+use spate_proto::JobState;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -90,8 +91,8 @@ async fn kcat_feeds_a_job_and_reads_its_kafka_sink() {
     let id = submit(&master.url(), "enrich", &sql).await.unwrap();
     wait_until("the job to finish", Duration::from_secs(60), || async {
         match job(&master.url(), &id).await {
-            Some(j) if j.state == "FAILED" => panic!("job failed: {}", j.error),
-            Some(j) => j.state == "FINISHED",
+            Some(j) if j.state() == JobState::Failed => panic!("job failed: {}", j.error),
+            Some(j) => j.state() == JobState::Finished,
             None => false,
         }
     })

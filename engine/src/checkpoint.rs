@@ -1,12 +1,36 @@
 //! A job's checkpoint: the write-ahead log of batch offsets and the log of
 //! committed batches, under `_spate/checkpoints/<job>/`. A batch in
 //! `offsets/` but not in `commits/` is re-run with the same ranges.
+//!
+//! Both logs are written with exclusive creates, and each entry names its
+//! writer: a second controller of the same job, in this master or another
+//! on the same workspace, fails at its first write and learns who holds
+//! the job. That is the one-writer guarantee.
 
 use serde::{Deserialize, Serialize};
 
 use crate::OffsetRange;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::workspace::{SPATE_DIR, Workspace};
+
+/// Who writes a job's logs: one controller of one master process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    /// The master process: host, pid and an id drawn at its start.
+    pub master: String,
+    /// The controller: drawn each time the master starts running the job.
+    pub controller: String,
+}
+
+impl std::fmt::Display for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "controller {} of master {}",
+            self.controller, self.master
+        )
+    }
+}
 
 /// Written before any task of the batch runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +47,8 @@ pub struct OffsetsEntry {
     /// because the table allows it (`fail_on_data_loss` false).
     #[serde(default)]
     pub skipped_records: u64,
+    #[serde(default)]
+    pub writer: Option<Writer>,
 }
 
 /// Written after the sink committed the batch.
@@ -40,6 +66,8 @@ pub struct CommitEntry {
     /// the next batch's watermark follows.
     #[serde(default)]
     pub max_event_time_ms: Option<i64>,
+    #[serde(default)]
+    pub writer: Option<Writer>,
 }
 
 /// What a checkpoint's offsets and state are bound to, written when the job
@@ -126,10 +154,40 @@ impl Checkpoint {
         self.ws.get_json(&format!("{}/metadata", self.dir)).await
     }
 
+    /// Writes the metadata of a new checkpoint; one that exists stays.
     pub async fn write_metadata(&self, metadata: &CheckpointMetadata) -> Result<()> {
         self.ws
-            .put_json(&format!("{}/metadata", self.dir), metadata)
-            .await
+            .create_json(&format!("{}/metadata", self.dir), metadata)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a log entry, or says which writer created it first.
+    async fn create_entry<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        log: &str,
+        batch: u64,
+        entry: &T,
+        writer: Option<&Writer>,
+        writer_of: impl Fn(&T) -> Option<&Writer>,
+    ) -> Result<()> {
+        let path = format!("{}/{log}/{batch}", self.dir);
+        if self.ws.create_json(&path, entry).await? {
+            return Ok(());
+        }
+        let existing: Option<T> = self.ws.get_json(&path).await?;
+        let other = existing.as_ref().and_then(&writer_of);
+        if other.is_some() && other == writer {
+            return Ok(());
+        }
+        let who = other.map_or_else(
+            || "an earlier version of Spate".to_string(),
+            Writer::to_string,
+        );
+        Err(EngineError::AlreadyExists(format!(
+            "{log}/{batch} of {} was written by {who}: another controller runs this job, so this one stops",
+            self.dir
+        )))
     }
 
     async fn latest_in(&self, log: &str) -> Result<Option<u64>> {
@@ -150,10 +208,13 @@ impl Checkpoint {
             .await
     }
 
+    /// Logs a batch's offsets before any of its tasks run; refused where
+    /// another writer logged this batch.
     pub async fn write_offsets(&self, entry: &OffsetsEntry) -> Result<()> {
-        self.ws
-            .put_json(&format!("{}/offsets/{}", self.dir, entry.batch), entry)
-            .await
+        self.create_entry("offsets", entry.batch, entry, entry.writer.as_ref(), |e| {
+            e.writer.as_ref()
+        })
+        .await
     }
 
     pub async fn latest_commit(&self) -> Result<Option<CommitEntry>> {
@@ -172,9 +233,11 @@ impl Checkpoint {
         Ok(totals_after(self.latest_commit().await?.as_ref()))
     }
 
+    /// Records a committed batch; refused where another writer did.
     pub async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
-        self.ws
-            .put_json(&format!("{}/commits/{}", self.dir, entry.batch), entry)
-            .await
+        self.create_entry("commits", entry.batch, entry, entry.writer.as_ref(), |e| {
+            e.writer.as_ref()
+        })
+        .await
     }
 }

@@ -9,12 +9,14 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
-use serde::{Deserialize, Serialize};
+use prost::Message;
+use spate_proto::plan_node::Node;
+use spate_proto::{KafkaScan, PlanNode, ShuffleWriter};
 
 use crate::OffsetRange;
 use crate::error::Result;
-use crate::kafka::{KafkaScanExec, KafkaSourceSpec};
-use crate::shuffle::{ShuffleReaderExec, ShuffleReaderSpec, ShuffleScope, ShuffleWriterExec};
+use crate::kafka::KafkaScanExec;
+use crate::shuffle::{ShuffleReaderExec, ShuffleScope, ShuffleWriterExec};
 use crate::state::{PartitionState, StateCache, partition_dir};
 use crate::stateful::{StateScope, StatefulAggregateExec, StatefulSpec};
 use crate::workspace::Workspace;
@@ -42,23 +44,6 @@ pub struct TaskState {
     /// The shuffle partition the task runs.
     pub partition: u32,
     pub cache: Arc<StateCache>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum SpateNode {
-    KafkaScan {
-        source: Box<KafkaSourceSpec>,
-        projection: Vec<usize>,
-        #[serde(default)]
-        planned_partitions: Option<usize>,
-    },
-    /// Its child, the RepartitionExec, travels as a normal plan node.
-    ShuffleWriter {
-        stage: u32,
-    },
-    ShuffleReader(ShuffleReaderSpec),
-    /// Its child, the final AggregateExec, travels as a normal plan node.
-    StatefulAggregate(StatefulSpec),
 }
 
 impl SpateCodec {
@@ -100,6 +85,13 @@ impl SpateCodec {
     }
 }
 
+/// A plan node this codec cannot read: the peer runs another version.
+fn undecodable(e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!(
+        "undecodable Spate plan node ({e}); are master and worker the same Spate version?"
+    ))
+}
+
 impl PhysicalExtensionCodec for SpateCodec {
     fn try_decode(
         &self,
@@ -108,45 +100,48 @@ impl PhysicalExtensionCodec for SpateCodec {
         _ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let node: SpateNode = serde_json::from_slice(buf)
-            .map_err(|e| DataFusionError::Internal(format!("undecodable Spate plan node: {e}")))?;
+        let node = PlanNode::decode(buf)
+            .map_err(undecodable)?
+            .node
+            .ok_or_else(|| undecodable("empty node"))?;
         match node {
-            SpateNode::KafkaScan {
-                source,
-                projection,
-                planned_partitions,
-            } => {
+            Node::KafkaScan(scan) => {
+                let source = scan
+                    .source
+                    .ok_or_else(|| undecodable("scan without a source"))?;
                 let partitions = if self.in_task {
                     1
                 } else {
-                    planned_partitions.unwrap_or(1)
+                    (scan.planned_partitions as usize).max(1)
                 };
                 Ok(Arc::new(
                     KafkaScanExec::new(
-                        Arc::new(*source),
-                        Some(projection),
+                        Arc::new(source.try_into()?),
+                        Some(scan.projection.iter().map(|c| *c as usize).collect()),
                         self.ranges.clone(),
                         partitions,
                     )?
                     .with_watermark(self.watermark_ms),
                 ))
             }
-            SpateNode::ShuffleWriter { stage } => {
+            Node::ShuffleWriter(writer) => {
                 let [repartition] = inputs else {
                     return Err(DataFusionError::Internal(
                         "a shuffle writer has one input".into(),
                     ));
                 };
                 Ok(Arc::new(ShuffleWriterExec::new(
-                    stage,
+                    writer.stage,
                     Arc::clone(repartition),
                     self.shuffle.clone(),
                 )?))
             }
-            SpateNode::ShuffleReader(spec) => {
-                Ok(Arc::new(ShuffleReaderExec::new(spec, self.shuffle.clone())))
-            }
-            SpateNode::StatefulAggregate(spec) => {
+            Node::ShuffleReader(reader) => Ok(Arc::new(ShuffleReaderExec::new(
+                reader.try_into()?,
+                self.shuffle.clone(),
+            ))),
+            Node::StatefulAggregate(stateful) => {
+                let spec: StatefulSpec = stateful.try_into()?;
                 let [aggregate] = inputs else {
                     return Err(DataFusionError::Internal(
                         "a stateful aggregate has one input".into(),
@@ -176,28 +171,28 @@ impl PhysicalExtensionCodec for SpateCodec {
         buf: &mut Vec<u8>,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
-        let spate_node = if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
-            SpateNode::KafkaScan {
-                source: Box::new(scan.source().as_ref().clone()),
-                projection: scan.projection().to_vec(),
-                planned_partitions: Some(scan.planned_partitions()),
-            }
+        let node = if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            Node::KafkaScan(KafkaScan {
+                source: Some(scan.source().as_ref().try_into()?),
+                projection: scan.projection().iter().map(|c| *c as u32).collect(),
+                planned_partitions: scan.planned_partitions() as u32,
+            })
         } else if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
-            SpateNode::ShuffleWriter {
+            Node::ShuffleWriter(ShuffleWriter {
                 stage: writer.stage(),
-            }
+            })
         } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
-            SpateNode::ShuffleReader(reader.spec())
+            Node::ShuffleReader((&reader.spec()).try_into()?)
         } else if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
-            SpateNode::StatefulAggregate(stateful.spec().clone())
+            Node::StatefulAggregate(stateful.spec().into())
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "Spate cannot ship operator {} to workers",
                 node.name()
             )));
         };
-        serde_json::to_writer(buf, &spate_node)
-            .map_err(|e| DataFusionError::Internal(e.to_string()))?;
-        Ok(())
+        PlanNode { node: Some(node) }
+            .encode(buf)
+            .map_err(|e| DataFusionError::Internal(e.to_string()))
     }
 }

@@ -26,6 +26,8 @@ use datafusion::prelude::{Expr, SessionContext};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::sink::{Attempt, Sink, SinkPart};
+use crate::stateful::OutputMode;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +124,9 @@ pub fn manifest_path(sink_dir: &str, batch: u64) -> String {
 }
 
 /// Commits a batch to a file sink: one manifest names its files. Until it is
-/// written readers see none of them; once written, all.
+/// written readers see none of them; once written, all. The manifest is
+/// created exclusively: a batch another writer committed is refused, unless
+/// it names the same files (this writer's own commit, repeated).
 pub async fn commit_batch(
     ws: &Workspace,
     sink_dir: &str,
@@ -132,16 +136,22 @@ pub async fn commit_batch(
     replaces: bool,
 ) -> Result<()> {
     files.sort();
-    ws.put_json(
-        &manifest_path(sink_dir, batch),
-        &SinkManifest {
-            batch,
-            files,
-            rows,
-            replaces,
-        },
-    )
-    .await
+    let path = manifest_path(sink_dir, batch);
+    let manifest = SinkManifest {
+        batch,
+        files,
+        rows,
+        replaces,
+    };
+    if ws.create_json(&path, &manifest).await? {
+        return Ok(());
+    }
+    match ws.get_json::<SinkManifest>(&path).await? {
+        Some(existing) if existing.files == manifest.files => Ok(()),
+        _ => Err(EngineError::AlreadyExists(format!(
+            "batch {batch} of the sink in {sink_dir}/ was committed by another writer of this job"
+        ))),
+    }
 }
 
 /// Batches committed to a file sink, in order.
@@ -387,5 +397,113 @@ pub(crate) fn single_location<'a>(table: &str, locations: &'a [String]) -> Resul
         _ => Err(EngineError::plan(format!(
             "table '{table}': give one LOCATION"
         ))),
+    }
+}
+
+/// The file a task attempt writes into a file sink.
+pub fn part_file_name(dir: &str, attempt: &Attempt, extension: &str) -> String {
+    format!(
+        "{dir}/{}{:04}-{}.{extension}",
+        part_prefix(attempt.batch),
+        attempt.task_index,
+        attempt.attempt_id
+    )
+}
+
+/// What every part file of `batch` starts with.
+fn part_prefix(batch: u64) -> String {
+    format!("part-{batch:08}-")
+}
+
+/// A file table as a streaming sink: a file per task attempt, a manifest
+/// per committed batch.
+#[derive(Debug)]
+pub struct FileSink {
+    pub ws: Workspace,
+    /// Relative to the workspace root.
+    pub dir: String,
+    pub format: FileFormatKind,
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn write(
+        &self,
+        attempt: &Attempt,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<SinkPart> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        if rows == 0 {
+            return Ok(SinkPart::default());
+        }
+        let path = part_file_name(&self.dir, attempt, self.format.extension());
+        self.ws
+            .put(&path, self.format.encode(schema, batches)?)
+            .await?;
+        Ok(SinkPart {
+            files: vec![path],
+            rows,
+        })
+    }
+
+    async fn committed(&self, batch: u64) -> Result<Option<u64>> {
+        Ok(self
+            .ws
+            .get_json::<SinkManifest>(&manifest_path(&self.dir, batch))
+            .await?
+            .map(|m| m.rows))
+    }
+
+    async fn commit(&self, batch: u64, parts: Vec<SinkPart>, mode: OutputMode) -> Result<()> {
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let files = parts.into_iter().flat_map(|p| p.files).collect();
+        let replaces = mode == OutputMode::Complete;
+        commit_batch(&self.ws, &self.dir, batch, files, rows, replaces).await
+    }
+
+    async fn clean_up(&self, batch: u64, kept: &[SinkPart]) -> Result<()> {
+        let prefix = part_prefix(batch);
+        let kept: Vec<&str> = kept
+            .iter()
+            .flat_map(|p| &p.files)
+            .filter_map(|f| f.rsplit('/').next())
+            .collect();
+        for name in self.ws.list_names(&self.dir).await? {
+            if name.starts_with(&prefix) && !kept.contains(&name.as_str()) {
+                self.ws.delete(&format!("{}/{name}", self.dir)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.ws.delete_dir(&self.dir).await
+    }
+
+    async fn latest_committed(&self) -> Result<Option<u64>> {
+        Ok(committed_batches(&self.ws, &self.dir)
+            .await?
+            .last()
+            .copied())
+    }
+
+    async fn read_committed(&self, from: u64) -> Result<Vec<(u64, Vec<RecordBatch>)>> {
+        let mut out = Vec::new();
+        for batch in committed_batches(&self.ws, &self.dir).await? {
+            if batch < from {
+                continue;
+            }
+            if let Some((_, rows)) =
+                read_committed_batch(&self.ws, &self.dir, self.format, batch).await?
+            {
+                out.push((batch, rows));
+            }
+        }
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} files in {}/", self.format.extension(), self.dir)
     }
 }

@@ -27,31 +27,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointMetadata;
 use crate::codec::SpateCodec;
+use crate::error::readable;
 use crate::error::{EngineError, Result};
-use crate::files::{FileFormatKind, WorkspaceTable, WorkspaceTableFactory};
-use crate::kafka::{KafkaScanExec, KafkaSinkSpec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
+use crate::files::{WorkspaceTable, WorkspaceTableFactory};
+use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
+use crate::sink::{ConsoleTable, ConsoleTableFactory};
 use crate::stages::{CutMerges, split_into_stages};
 use crate::stateful::{EventWindow, OutputMode, StatefulAggregateExec, StatefulSpec};
 use crate::windows::{self, ExpandSlidingWindows};
 use crate::workspace::Workspace;
 
-/// Where a job's rows go.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkSpec {
-    Files {
-        table: String,
-        /// Relative to the workspace root.
-        dir: String,
-        format: FileFormatKind,
-    },
-    Kafka(KafkaSinkSpec),
-    /// An interactive query's rows: Arrow IPC files under `dir`, which the
-    /// master streams to the client and then removes.
-    Results {
-        dir: String,
-    },
-}
+pub use crate::sink::SinkSpec;
 
 /// Options a job file sets with `SET spate.<name> = <value>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,14 +59,16 @@ pub struct JobOptions {
 }
 
 impl Default for JobOptions {
+    /// The `[job]` settings of defaults.toml.
     fn default() -> Self {
+        let job = &spate_config::settings().job;
         JobOptions {
             name: None,
-            trigger_interval_ms: 1000,
+            trigger_interval_ms: job.trigger_interval.as_millis() as u64,
             available_now: false,
-            max_task_failures: 4,
+            max_task_failures: job.max_task_failures.max(1),
             output_mode: OutputMode::Append,
-            shuffle_partitions: None,
+            shuffle_partitions: (job.shuffle_partitions > 0).then_some(job.shuffle_partitions),
         }
     }
 }
@@ -143,6 +131,11 @@ impl JobOptions {
 
 /// Parses '500ms', '2s', '2 seconds', '1 minute', '0'.
 pub fn parse_duration(text: &str) -> Option<Duration> {
+    spate_config::parse_duration(text).or_else(|| spoken_duration(text))
+}
+
+/// '2 seconds', '1 minute': durations as SQL users write intervals.
+fn spoken_duration(text: &str) -> Option<Duration> {
     let text = text.trim().to_lowercase();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -234,7 +227,7 @@ impl PlannedJob {
 }
 
 /// `STORED AS` types Spate's sessions know.
-const TABLE_TYPES: &[&str] = &["KAFKA", "PARQUET", "JSON", "NDJSON", "CSV"];
+const TABLE_TYPES: &[&str] = &["KAFKA", "PARQUET", "JSON", "NDJSON", "CSV", "CONSOLE"];
 
 /// A session with Spate's table factories, as the planner and the workers use.
 pub fn session(env: &PlanEnv) -> SessionContext {
@@ -287,6 +280,7 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
         .with_table_factory("JSON".to_string(), files.clone())
         .with_table_factory("NDJSON".to_string(), files.clone())
         .with_table_factory("CSV".to_string(), files)
+        .with_table_factory("CONSOLE".to_string(), Arc::new(ConsoleTableFactory))
         .with_optimizer_rules(optimizer_rules)
         .with_analyzer_rule(Arc::new(ExpandSlidingWindows))
         .build();
@@ -307,8 +301,7 @@ pub async fn sql(ctx: &SessionContext, text: &str) -> Result<datafusion::datafra
 /// The logical plan of one SQL statement, with `window.start` and friends
 /// resolved as in jobs.
 pub async fn statement_plan(ctx: &SessionContext, text: &str) -> Result<LogicalPlan> {
-    let mut statements =
-        DFParser::parse_sql(text).map_err(|e| EngineError::plan(format!("syntax error: {e}")))?;
+    let mut statements = parse(text)?;
     let (Some(mut statement), None) = (statements.pop_front(), statements.pop_front()) else {
         return Err(EngineError::plan("expected exactly one SQL statement"));
     };
@@ -318,11 +311,15 @@ pub async fn statement_plan(ctx: &SessionContext, text: &str) -> Result<LogicalP
     Ok(ctx.state().statement_to_plan(statement).await?)
 }
 
+/// Parses SQL text; a syntax error says its line and column.
+pub fn parse(text: &str) -> Result<std::collections::VecDeque<DfStatement>> {
+    DFParser::parse_sql(text).map_err(|e| EngineError::plan(readable(&e)))
+}
+
 /// Plans a job file. `default_name` is used unless the SQL sets spate.job.name.
 pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<PlannedJob> {
     let ctx = session(env);
-    let statements =
-        DFParser::parse_sql(sql).map_err(|e| EngineError::plan(format!("syntax error: {e}")))?;
+    let statements = parse(sql)?;
     if statements.is_empty() {
         return Err(EngineError::plan("the job has no SQL statements"));
     }
@@ -374,7 +371,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
                 if !TABLE_TYPES.contains(&create.file_type.to_uppercase().as_str()) =>
             {
                 return Err(at(EngineError::plan(format!(
-                    "table '{}': STORED AS {} is not supported; use KAFKA, PARQUET, JSON or CSV",
+                    "table '{}': STORED AS {} is not supported; use KAFKA, PARQUET, JSON, CSV or CONSOLE",
                     create.name, create.file_type
                 ))));
             }
@@ -494,7 +491,7 @@ fn make_stateful(
             "this query aggregates more than once; a streaming job keeps state for one aggregation",
         ));
     }
-    if mode == OutputMode::Update && matches!(sink, SinkSpec::Files { .. }) {
+    if mode == OutputMode::Update && !sink.upserts() {
         return Err(EngineError::plan(
             "update output mode rewrites groups as they change, which a file sink cannot; write to a Kafka table (its _key column makes a compacted topic hold the latest row per key), or use append or complete",
         ));
@@ -667,8 +664,13 @@ async fn sink_spec(ctx: &SessionContext, insert: &DmlStatement) -> Result<SinkSp
             format: files.format,
         });
     }
+    if let Some(console) = provider.downcast_ref::<ConsoleTable>() {
+        return Ok(SinkSpec::Console {
+            max_rows: console.max_rows,
+        });
+    }
     Err(EngineError::plan(format!(
-        "INSERT INTO {}: a job writes to a table STORED AS KAFKA, PARQUET, JSON or CSV",
+        "INSERT INTO {}: a job writes to a table STORED AS KAFKA, PARQUET, JSON, CSV or CONSOLE",
         insert.table_name
     )))
 }

@@ -11,16 +11,18 @@ pub mod job;
 pub mod kafka;
 pub mod query;
 pub mod shuffle;
+pub mod sink;
 pub mod stages;
 pub mod state;
 pub mod stateful;
 pub mod task;
 pub mod windows;
+pub mod wire;
 pub mod workspace;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::{EngineError, Result};
+pub use error::{EngineError, ErrorKind, Result};
 pub use workspace::Workspace;
 
 /// An exact range of one Kafka partition: offsets `[start, end)`.

@@ -60,6 +60,30 @@ pub fn batch_dir(job: &str, batch: u64) -> String {
     format!("{}/{batch}", job_dir(job))
 }
 
+/// Removes a batch's shuffle files, once the batch committed (or before
+/// it re-runs).
+pub async fn remove_batch(ws: &Workspace, job: &str, batch: u64) -> Result<()> {
+    ws.delete_dir(&batch_dir(job, batch)).await
+}
+
+/// Removes every shuffle file of a job (started afresh, or a query ended).
+pub async fn remove_job(ws: &Workspace, job: &str) -> Result<()> {
+    ws.delete_dir(&job_dir(job)).await
+}
+
+/// Removes shuffle folders of batches before `next_batch`, which a crash
+/// left behind after their commits.
+pub async fn remove_batches_before(ws: &Workspace, job: &str, next_batch: u64) {
+    let Ok(names) = ws.list_names(&job_dir(job)).await else {
+        return;
+    };
+    for batch in names.iter().filter_map(|n| n.parse::<u64>().ok()) {
+        if batch < next_batch {
+            let _ = remove_batch(ws, job, batch).await;
+        }
+    }
+}
+
 pub fn file_stem(task_index: u32, attempt_id: &str) -> String {
     format!("from-{task_index}-{attempt_id}")
 }

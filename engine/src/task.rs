@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
-use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::SessionContext;
@@ -18,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::OffsetRange;
 use crate::codec::{SpateCodec, TaskState};
 use crate::error::{EngineError, Result};
-use crate::job::{PlanEnv, SinkSpec, session};
-use crate::kafka::{KafkaScanExec, produce_batches};
+use crate::job::{PlanEnv, session};
+use crate::kafka::KafkaScanExec;
 use crate::shuffle::{ShuffleScope, ShuffleWriterExec, batch_dir};
+use crate::sink::{Attempt, SinkPart, SinkSpec};
 use crate::state::StateCache;
 use crate::stateful::StatefulAggregateExec;
 use crate::workspace::Workspace;
@@ -47,8 +47,9 @@ pub struct TaskSpec {
 pub struct TaskOutcome {
     pub input_rows: u64,
     pub output_rows: u64,
-    /// Relative to the workspace root.
-    pub output_files: Vec<String>,
+    /// What the last stage's task wrote to the sink; none for a stage
+    /// that writes a shuffle.
+    pub sink_part: Option<SinkPart>,
     pub duration_ms: u64,
     /// The largest event time read (Unix ms), where the source has a watermark.
     pub max_event_time_ms: Option<i64>,
@@ -69,23 +70,14 @@ pub struct StateMetrics {
     pub rows_removed: u64,
 }
 
-/// The file a task attempt writes into a file sink.
-pub fn output_file_name(
-    dir: &str,
-    batch: u64,
-    task_index: u32,
-    attempt: &str,
-    extension: &str,
-) -> String {
-    format!("{dir}/part-{batch:08}-{task_index:04}-{attempt}.{extension}")
-}
-
 pub async fn run_task(
     ws: &Workspace,
     task: &TaskSpec,
     state_cache: &Arc<StateCache>,
 ) -> Result<TaskOutcome> {
     let started = Instant::now();
+    // Tests make a task panic here, to see that its end is reported.
+    fail::fail_point!("spate-task-start");
     let ctx = task_session(ws);
     let codec = SpateCodec::for_task(task.ranges.clone())
         .with_watermark(task.watermark_ms)
@@ -123,39 +115,18 @@ pub async fn run_task(
         outcome.duration_ms = started.elapsed().as_millis() as u64;
         return Ok(outcome);
     }
-    outcome.output_rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    match &task.sink {
-        SinkSpec::Files { dir, format, .. } => {
-            if outcome.output_rows > 0 {
-                let path = output_file_name(
-                    dir,
-                    task.batch_id,
-                    task.task_index,
-                    &task.attempt_id,
-                    format.extension(),
-                );
-                let bytes = format.encode(plan.schema(), &batches)?;
-                ws.put(&path, bytes).await?;
-                outcome.output_files.push(path);
-            }
-        }
-        SinkSpec::Kafka(sink) => {
-            produce_batches(sink, &batches).await?;
-        }
-        SinkSpec::Results { dir } => {
-            let path = format!(
-                "{dir}/part-{:04}-{}.arrow",
-                task.task_index, task.attempt_id
-            );
-            let mut writer = FileWriter::try_new(Vec::new(), &plan.schema())?;
-            for batch in &batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-            ws.put(&path, writer.into_inner()?).await?;
-            outcome.output_files.push(path);
-        }
-    }
+    let attempt = Attempt {
+        batch: task.batch_id,
+        task_index: task.task_index,
+        attempt_id: task.attempt_id.clone(),
+    };
+    let part = task
+        .sink
+        .open(ws, &task.job_id)
+        .write(&attempt, plan.schema(), &batches)
+        .await?;
+    outcome.output_rows = part.rows;
+    outcome.sink_part = Some(part);
     outcome.duration_ms = started.elapsed().as_millis() as u64;
     Ok(outcome)
 }

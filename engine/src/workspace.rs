@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -113,6 +113,28 @@ impl Workspace {
         Ok(())
     }
 
+    /// Writes a file that must not exist yet: the exclusive create that
+    /// makes one writer per log entry, on a local disk as on an object
+    /// store. Returns false, writing nothing, where the file exists.
+    pub async fn create(&self, relative: &str, bytes: impl Into<Bytes>) -> Result<bool> {
+        let payload = PutPayload::from(bytes.into());
+        match self
+            .store
+            .put_opts(&StorePath::from(relative), payload, PutMode::Create.into())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `create` for a JSON value.
+    pub async fn create_json<T: Serialize>(&self, relative: &str, value: &T) -> Result<bool> {
+        self.create(relative, serde_json::to_vec_pretty(value)?)
+            .await
+    }
+
     pub async fn get(&self, relative: &str) -> Result<Option<Bytes>> {
         match self.store.get(&StorePath::from(relative)).await {
             Ok(found) => Ok(Some(found.bytes().await?)),
@@ -212,5 +234,14 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         let err = ws.resolve_user_path("link/x").unwrap_err().to_string();
         assert!(err.contains("symlink"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn create_writes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        assert!(ws.create("log/0", "first").await.unwrap());
+        assert!(!ws.create("log/0", "second").await.unwrap());
+        assert_eq!(ws.get("log/0").await.unwrap().unwrap(), "first");
     }
 }

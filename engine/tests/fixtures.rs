@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use spate_engine::files::commit_batch;
 use spate_engine::job::{PlanEnv, SinkSpec, plan_job, session};
 use spate_engine::kafka::DevBroker;
+use spate_engine::stateful::OutputMode;
 use spate_engine::task::{TaskSpec, run_task};
 use spate_engine::{OffsetRange, Workspace};
 
@@ -36,8 +36,7 @@ async fn run_batch(
         panic!("fixtures are single-stage jobs");
     };
     let state = Default::default();
-    let mut files = Vec::new();
-    let mut rows = 0;
+    let mut parts = Vec::new();
     for (partition, count) in counts.iter().enumerate() {
         let task = TaskSpec {
             job_id: "fixture".into(),
@@ -62,12 +61,13 @@ async fn run_batch(
             outcome.input_rows, *count as u64,
             "every record of the range is read once"
         );
-        rows += outcome.output_rows;
-        files.extend(outcome.output_files);
+        parts.extend(outcome.sink_part);
     }
-    if let SinkSpec::Files { dir, .. } = &planned.sink {
-        commit_batch(ws, dir, 0, files, rows, false).await?;
-    }
+    planned
+        .sink
+        .open(ws, "fixture")
+        .commit(0, parts, OutputMode::Append)
+        .await?;
     Ok(planned.sink)
 }
 

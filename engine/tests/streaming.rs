@@ -9,12 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use spate_engine::files::commit_batch;
-use spate_engine::job::{PlanEnv, PlannedJob, SinkSpec, plan_job, session};
+use spate_engine::job::{PlanEnv, PlannedJob, plan_job, session};
 use spate_engine::kafka::DevBroker;
 use spate_engine::shuffle::file_stem;
 use spate_engine::state::{StateCache, partition_dir};
-use spate_engine::stateful::OutputMode;
 use spate_engine::task::{TaskOutcome, TaskSpec, run_task};
 use spate_engine::{OffsetRange, Workspace};
 
@@ -100,21 +98,19 @@ impl LocalJob {
             self.max_event_time_ms = self.max_event_time_ms.max(outcome.max_event_time_ms);
             outcomes.push(outcome);
         }
-        let mut files = Vec::new();
-        let mut rows = 0;
+        let mut parts = Vec::new();
         for p in 0..self.planned.stages[1].tasks as u32 {
             let task = self.task(1, p, Vec::new(), vec![(1, stems.clone())]);
             let outcome = run_task(&self.ws, &task, &self.cache).await.unwrap();
-            files.extend(outcome.output_files.clone());
-            rows += outcome.output_rows;
+            parts.extend(outcome.sink_part.clone());
             outcomes.push(outcome);
         }
-        if let SinkSpec::Files { dir, .. } = &self.planned.sink {
-            let replaces = self.planned.options.output_mode == OutputMode::Complete;
-            commit_batch(&self.ws, dir, self.batch, files, rows, replaces)
-                .await
-                .unwrap();
-        }
+        self.planned
+            .sink
+            .open(&self.ws, "events")
+            .commit(self.batch, parts, self.planned.options.output_mode)
+            .await
+            .unwrap();
         self.read_to = produced.to_vec();
         self.batch += 1;
         self.watermark_ms = self

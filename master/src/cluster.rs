@@ -1,31 +1,49 @@
 //! The master's view of the cluster: workers (membership and liveness) and
 //! the task scheduler. Tasks wait in one queue and go to the alive worker
 //! with the most free slots, pushed down that worker's stream.
+//!
+//! Every launched task ends, whatever happens to it: its worker reports
+//! it; or the worker dies or disconnects (lost); or the worker's
+//! heartbeats stop listing it for longer than the timeout (lost); or the
+//! handle its caller holds is dropped, which cancels it on the worker.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
-use spate_engine::now_ms;
 use spate_engine::task::{TaskOutcome, TaskSpec};
-use spate_proto::{
-    LaunchTask, MasterMessage, OffsetRange as WireRange, ShuffleInput, master_message,
-};
+use spate_engine::{ErrorKind, now_ms, wire};
+use spate_proto::{CancelTask, MasterMessage, master_message};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 
 pub type WorkerSender = mpsc::Sender<Result<MasterMessage, Status>>;
 
+/// Why a task attempt failed, as its worker said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Whether running it again may succeed.
+    pub retryable: bool,
+    /// Whether it counts toward the job's failure limit.
+    pub count_to_failures: bool,
+}
+
 /// How a task attempt ended.
 #[derive(Debug)]
 pub enum TaskEnd {
     Succeeded(TaskOutcome),
-    /// The task's own error; counts toward the job's failure limit.
-    Failed(String),
-    /// The worker died or disconnected; the task is re-run elsewhere and
-    /// this does not count as a failure.
-    WorkerLost(String),
+    /// The task's own error.
+    Failed(TaskFailure),
+    /// Its worker died, disconnected or forgot it; the task runs again
+    /// elsewhere and this does not count as a failure.
+    Lost(String),
+    /// Stopped by a cancel.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +51,22 @@ pub enum TaskEnd {
 pub enum WorkerState {
     Alive,
     Dead,
+}
+
+impl WorkerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Alive => "ALIVE",
+            WorkerState::Dead => "DEAD",
+        }
+    }
+
+    pub fn wire(self) -> spate_proto::WorkerState {
+        match self {
+            WorkerState::Alive => spate_proto::WorkerState::Alive,
+            WorkerState::Dead => spate_proto::WorkerState::Dead,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +91,7 @@ pub struct TaskRecord {
     pub started_ms: i64,
     /// Until it ended, as the master saw it.
     pub duration_ms: i64,
-    /// SUCCEEDED, FAILED or LOST.
+    /// SUCCEEDED, FAILED, LOST or CANCELLED.
     pub state: &'static str,
     pub input_rows: u64,
     pub error: String,
@@ -72,7 +106,11 @@ struct WorkerEntry {
     /// Distinguishes this connection from a later one of the same worker.
     connection_id: u64,
     sender: Option<WorkerSender>,
+    /// Tasks launched there and not yet ended.
     running: HashSet<String>,
+    /// Tasks its last heartbeat listed that the master does not know; one
+    /// listed again by the next heartbeat is cancelled.
+    unknown: HashSet<String>,
 }
 
 struct PendingTask {
@@ -86,7 +124,10 @@ struct RunningTask {
     job_id: String,
     batch: u64,
     started_ms: i64,
-    reply: oneshot::Sender<TaskEnd>,
+    /// Gone once the caller cancelled the task.
+    reply: Option<oneshot::Sender<TaskEnd>>,
+    /// Since when the worker's heartbeats do not list it.
+    missing_since_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -101,6 +142,79 @@ struct State {
 pub struct Cluster {
     state: Mutex<State>,
     heartbeat_timeout: Duration,
+}
+
+/// Where a batch's tasks run: the cluster's workers (or, in the
+/// controller's unit tests, this process).
+pub trait TaskRunner: Send + Sync {
+    /// Queues a task. The handle resolves to how it ended; dropping it
+    /// before then cancels the task.
+    fn launch(&self, spec: TaskSpec) -> TaskHandle;
+
+    /// Tasks of `job` still on a worker, including cancelled ones that
+    /// have not left it yet.
+    fn tasks_in_flight(&self, job: &str) -> usize;
+}
+
+/// A launched task: a future of how it ended that cancels the task when
+/// dropped first.
+pub struct TaskHandle {
+    ended: oneshot::Receiver<TaskEnd>,
+    cancel: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl TaskHandle {
+    pub fn new(ended: oneshot::Receiver<TaskEnd>, cancel: Box<dyn FnOnce() + Send>) -> Self {
+        TaskHandle {
+            ended,
+            cancel: Some(cancel),
+        }
+    }
+}
+
+impl Future for TaskHandle {
+    type Output = TaskEnd;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TaskEnd> {
+        let ended = match Pin::new(&mut self.ended).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(end)) => end,
+            Poll::Ready(Err(_)) => TaskEnd::Lost("the scheduler dropped the task".to_string()),
+        };
+        // It ended: nothing is left to cancel.
+        self.cancel = None;
+        Poll::Ready(ended)
+    }
+}
+
+impl Drop for TaskHandle {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel();
+        }
+    }
+}
+
+impl TaskRunner for Arc<Cluster> {
+    fn launch(&self, spec: TaskSpec) -> TaskHandle {
+        let task_id = format!(
+            "{}-{}-{}-{}-{}",
+            spec.job_id, spec.batch_id, spec.stage_id, spec.task_index, spec.attempt_id
+        );
+        let ended = self.submit(task_id.clone(), spec);
+        let cluster = Arc::clone(self);
+        TaskHandle::new(ended, Box::new(move || cluster.cancel(&task_id)))
+    }
+
+    fn tasks_in_flight(&self, job: &str) -> usize {
+        let state = self.lock();
+        state.running.values().filter(|t| t.job_id == job).count()
+            + state
+                .pending
+                .iter()
+                .filter(|t| t.spec.job_id == job)
+                .count()
+    }
 }
 
 impl Cluster {
@@ -155,6 +269,7 @@ impl Cluster {
                     connection_id,
                     sender: Some(sender),
                     running: HashSet::new(),
+                    unknown: HashSet::new(),
                     recent,
                 },
             );
@@ -165,22 +280,64 @@ impl Cluster {
             (connection_id, lost)
         };
         for task in lost {
-            let _ = task
-                .reply
-                .send(TaskEnd::WorkerLost(format!("worker {id} reconnected")));
+            reply(task, TaskEnd::Lost(format!("worker {id} reconnected")));
         }
         self.schedule();
         connection_id
     }
 
-    pub fn heartbeat(&self, id: &str) {
+    /// Any message of a worker's is a sign of life.
+    pub fn heartbeat_seen(&self, id: &str) {
         if let Some(w) = self.lock().workers.get_mut(id) {
             w.view.last_heartbeat_ms = now_ms();
         }
     }
 
+    /// A worker's heartbeat: it lives, and it runs `running`. Tasks the
+    /// master launched there and the list lacks start their timeout;
+    /// tasks the list has and the master does not know are cancelled when
+    /// two heartbeats in a row list them (the first may cross an update).
+    pub fn heartbeat(&self, id: &str, running: &[String]) {
+        let now = now_ms();
+        let mut state = self.lock();
+        let State {
+            workers,
+            running: tasks,
+            ..
+        } = &mut *state;
+        let Some(worker) = workers.get_mut(id) else {
+            return;
+        };
+        worker.view.last_heartbeat_ms = now;
+        let listed: HashSet<&String> = running.iter().collect();
+        for task_id in &worker.running {
+            if let Some(task) = tasks.get_mut(task_id) {
+                if listed.contains(task_id) {
+                    task.missing_since_ms = None;
+                } else {
+                    task.missing_since_ms.get_or_insert(now);
+                }
+            }
+        }
+        let unknown: HashSet<String> = running
+            .iter()
+            .filter(|t| !worker.running.contains(*t))
+            .cloned()
+            .collect();
+        let stale: Vec<String> = unknown.intersection(&worker.unknown).cloned().collect();
+        worker.unknown = unknown;
+        for task_id in stale {
+            tracing::info!(
+                worker = id,
+                task = task_id,
+                "cancelling a task this master did not launch"
+            );
+            send_cancel(worker, &task_id);
+        }
+    }
+
     /// The worker's stream closed or it timed out: it is DEAD and its tasks
-    /// are handed back to their coordinators for a re-run.
+    /// are handed back to their callers for a re-run.
     pub fn worker_lost(&self, id: &str, connection_id: Option<u64>, why: &str) {
         let lost: Vec<RunningTask> = {
             let mut state = self.lock();
@@ -202,23 +359,22 @@ impl Cluster {
                 .filter_map(|t| state.running.remove(&t).map(|r| (t, r)))
                 .collect();
             let worker = state.workers.get_mut(id).expect("worker exists");
-            let end = TaskEnd::WorkerLost(why.to_string());
             for (task_id, running) in &lost {
-                remember(worker, task_id, running, &end);
+                remember(worker, task_id, running, "LOST", 0, why);
             }
             lost.into_iter().map(|(_, r)| r).collect()
         };
         for task in lost {
-            let _ = task
-                .reply
-                .send(TaskEnd::WorkerLost(format!("worker {id} lost: {why}")));
+            reply(task, TaskEnd::Lost(format!("worker {id} lost: {why}")));
         }
         self.schedule();
     }
 
-    /// Marks workers silent for longer than the timeout as DEAD.
-    pub fn expire_silent_workers(&self) {
-        let deadline = now_ms() - self.heartbeat_timeout.as_millis() as i64;
+    /// Marks workers silent for longer than the timeout as DEAD, and
+    /// takes back tasks their workers stopped listing that long ago.
+    pub fn expire_silent(&self) {
+        let timeout_ms = self.heartbeat_timeout.as_millis() as i64;
+        let deadline = now_ms() - timeout_ms;
         let silent: Vec<String> = self
             .lock()
             .workers
@@ -226,22 +382,26 @@ impl Cluster {
             .filter(|w| w.view.state == WorkerState::Alive && w.view.last_heartbeat_ms < deadline)
             .map(|w| w.view.id.clone())
             .collect();
+        let seconds = self.heartbeat_timeout.as_secs_f32();
         for id in silent {
-            let why = format!(
-                "no heartbeat for {} s",
-                self.heartbeat_timeout.as_secs_f32()
-            );
-            self.worker_lost(&id, None, &why);
+            self.worker_lost(&id, None, &format!("no heartbeat for {seconds} s"));
+        }
+        let forgotten: Vec<String> = self
+            .lock()
+            .running
+            .iter()
+            .filter(|(_, t)| t.missing_since_ms.is_some_and(|since| since < deadline))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for task_id in forgotten {
+            let why = format!("its worker has not listed it in heartbeats for {seconds} s");
+            self.end(&task_id, TaskEnd::Lost(why.clone()), "LOST", &why);
         }
     }
 
     /// Queues a task; the receiver learns how it ended.
-    pub fn submit(&self, spec: TaskSpec) -> oneshot::Receiver<TaskEnd> {
+    fn submit(&self, task_id: String, spec: TaskSpec) -> oneshot::Receiver<TaskEnd> {
         let (reply, ended) = oneshot::channel();
-        let task_id = format!(
-            "{}-{}-{}-{}",
-            spec.job_id, spec.batch_id, spec.task_index, spec.attempt_id
-        );
         self.lock().pending.push_back(PendingTask {
             task_id,
             spec,
@@ -251,8 +411,45 @@ impl Cluster {
         ended
     }
 
+    /// Cancels a task: a queued one never starts; a running one is
+    /// stopped on its worker, whose answer frees the slot.
+    pub fn cancel(&self, task_id: &str) {
+        let mut state = self.lock();
+        state.pending.retain(|t| t.task_id != task_id);
+        let State {
+            workers, running, ..
+        } = &mut *state;
+        let Some(task) = running.get_mut(task_id) else {
+            return;
+        };
+        task.reply = None;
+        if let Some(worker) = workers.get_mut(&task.worker_id) {
+            send_cancel(worker, task_id);
+        }
+    }
+
     /// A worker reported the end of a task.
     pub fn task_ended(&self, worker_id: &str, task_id: &str, end: TaskEnd) {
+        let known = self
+            .lock()
+            .running
+            .get(task_id)
+            .is_some_and(|t| t.worker_id == worker_id);
+        if !known {
+            // Taken back already (its worker was thought lost), or another worker's.
+            return;
+        }
+        let (state, error) = match &end {
+            TaskEnd::Succeeded(_) => ("SUCCEEDED", String::new()),
+            TaskEnd::Failed(f) => ("FAILED", f.message.clone()),
+            TaskEnd::Lost(why) => ("LOST", why.clone()),
+            TaskEnd::Cancelled => ("CANCELLED", String::new()),
+        };
+        self.end(task_id, end, state, &error);
+    }
+
+    /// Ends a running task: frees its slot, remembers it, tells its caller.
+    fn end(&self, task_id: &str, end: TaskEnd, state_name: &'static str, error: &str) {
         let running = {
             let mut state = self.lock();
             let Some(running) = state.running.remove(task_id) else {
@@ -263,20 +460,18 @@ impl Cluster {
                 w.view.slots_used = w.running.len() as u32;
                 match end {
                     TaskEnd::Succeeded(_) => w.view.tasks_succeeded += 1,
-                    _ => w.view.tasks_failed += 1,
+                    TaskEnd::Failed(_) => w.view.tasks_failed += 1,
+                    TaskEnd::Lost(_) | TaskEnd::Cancelled => {}
                 }
-                remember(w, task_id, &running, &end);
-            }
-            if running.worker_id != worker_id {
-                tracing::warn!(
-                    task_id,
-                    worker_id,
-                    "task update from a worker that does not run it"
-                );
+                let input_rows = match &end {
+                    TaskEnd::Succeeded(o) => o.input_rows,
+                    _ => 0,
+                };
+                remember(w, task_id, &running, state_name, input_rows, error);
             }
             running
         };
-        let _ = running.reply.send(end);
+        reply(running, end);
         self.schedule();
     }
 
@@ -303,7 +498,12 @@ impl Cluster {
             let Some(worker_id) = target else { break };
             let task = state.pending.pop_front().expect("front exists");
             let worker = state.workers.get_mut(&worker_id).expect("worker exists");
-            let message = launch_message(&task.task_id, &task.spec);
+            let message = MasterMessage {
+                kind: Some(master_message::Kind::LaunchTask(wire::launch_task(
+                    &task.task_id,
+                    &task.spec,
+                ))),
+            };
             let sent = worker
                 .sender
                 .as_ref()
@@ -323,7 +523,8 @@ impl Cluster {
                     job_id: task.spec.job_id,
                     batch: task.spec.batch_id,
                     started_ms: now_ms(),
-                    reply: task.reply,
+                    reply: Some(task.reply),
+                    missing_since_ms: None,
                 },
             );
         }
@@ -357,49 +558,44 @@ impl Cluster {
             .map(|w| w.view.clone())
             .collect()
     }
-}
 
-fn launch_message(task_id: &str, spec: &TaskSpec) -> MasterMessage {
-    MasterMessage {
-        kind: Some(master_message::Kind::LaunchTask(LaunchTask {
-            task_id: task_id.to_string(),
-            job_id: spec.job_id.clone(),
-            batch_id: spec.batch_id,
-            attempt_id: spec.attempt_id.clone(),
-            plan: spec.plan.clone(),
-            ranges: spec
-                .ranges
-                .iter()
-                .map(|r| WireRange {
-                    topic: r.topic.clone(),
-                    partition: r.partition,
-                    start_offset: r.start,
-                    end_offset: r.end,
-                })
-                .collect(),
-            sink: serde_json::to_string(&spec.sink).expect("sink spec serializes"),
-            task_index: spec.task_index,
-            stage_id: spec.stage_id,
-            partition: spec.partition,
-            shuffle_inputs: spec
-                .shuffle_inputs
-                .iter()
-                .map(|(stage, stems)| ShuffleInput {
-                    stage: *stage,
-                    stems: stems.clone(),
-                })
-                .collect(),
-            watermark_ms: spec.watermark_ms,
-        })),
+    /// Slots of the alive workers.
+    pub fn alive_slots(&self) -> usize {
+        self.lock()
+            .workers
+            .values()
+            .filter(|w| w.view.state == WorkerState::Alive)
+            .map(|w| w.view.slots as usize)
+            .sum()
     }
 }
 
-fn remember(worker: &mut WorkerEntry, task_id: &str, running: &RunningTask, end: &TaskEnd) {
-    let (state, input_rows, error) = match end {
-        TaskEnd::Succeeded(o) => ("SUCCEEDED", o.input_rows, String::new()),
-        TaskEnd::Failed(e) => ("FAILED", 0, e.clone()),
-        TaskEnd::WorkerLost(e) => ("LOST", 0, e.clone()),
+fn send_cancel(worker: &WorkerEntry, task_id: &str) {
+    let message = MasterMessage {
+        kind: Some(master_message::Kind::CancelTask(CancelTask {
+            task_id: task_id.to_string(),
+        })),
     };
+    if let Some(sender) = &worker.sender {
+        // A full stream means a worker about to be reaped, which ends the task anyway.
+        let _ = sender.try_send(Ok(message));
+    }
+}
+
+fn reply(task: RunningTask, end: TaskEnd) {
+    if let Some(reply) = task.reply {
+        let _ = reply.send(end);
+    }
+}
+
+fn remember(
+    worker: &mut WorkerEntry,
+    task_id: &str,
+    running: &RunningTask,
+    state: &'static str,
+    input_rows: u64,
+    error: &str,
+) {
     if worker.recent.len() == RECENT_TASKS {
         worker.recent.pop_front();
     }
@@ -411,6 +607,6 @@ fn remember(worker: &mut WorkerEntry, task_id: &str, running: &RunningTask, end:
         duration_ms: now_ms() - running.started_ms,
         state,
         input_rows,
-        error,
+        error: error.to_string(),
     });
 }

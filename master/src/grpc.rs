@@ -4,7 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use spate_engine::task::{StateMetrics, TaskOutcome};
+use spate_engine::task::TaskOutcome;
+use spate_engine::wire;
 
 use crate::jobs::StopRequest;
 use spate_proto::client_service_server::ClientService;
@@ -20,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Master;
-use crate::cluster::{TaskEnd, WorkerState};
+use crate::cluster::{TaskEnd, TaskFailure};
 
 /// Messages a worker's stream may hold before the master stops pushing.
 const WORKER_QUEUE: usize = 1024;
@@ -89,43 +90,47 @@ impl WorkerService for WorkerApi {
                 match inbound.next().await {
                     None => break "its stream closed".to_string(),
                     Some(Err(e)) => break format!("its stream failed: {}", e.message()),
-                    Some(Ok(message)) => {
-                        cluster.heartbeat(&worker_id);
-                        // Any message is a sign of life; heartbeats carry nothing else yet.
-                        if let Some(worker_message::Kind::TaskUpdate(update)) = message.kind {
-                            let end = match TaskState::try_from(update.state) {
-                                Ok(TaskState::Succeeded) => {
-                                    let r = update.result.unwrap_or_default();
-                                    TaskEnd::Succeeded(TaskOutcome {
-                                        input_rows: r.input_rows,
-                                        output_rows: r.output_rows,
-                                        output_files: r.output_files,
-                                        duration_ms: r.duration_ms,
-                                        max_event_time_ms: r.max_event_time_ms,
-                                        late_rows: r.late_rows,
-                                        malformed_rows: r.malformed_rows,
-                                        state: r.state.map_or_else(Default::default, |s| {
-                                            StateMetrics {
-                                                rows: s.rows,
-                                                bytes: s.bytes,
-                                                rows_updated: s.rows_updated,
-                                                rows_removed: s.rows_removed,
-                                            }
-                                        }),
-                                    })
-                                }
-                                Ok(TaskState::Failed) => TaskEnd::Failed(update.error),
-                                _ => continue,
-                            };
-                            cluster.task_ended(&worker_id, &update.task_id, end);
+                    Some(Ok(message)) => match message.kind {
+                        Some(worker_message::Kind::Heartbeat(beat)) => {
+                            cluster.heartbeat(&worker_id, &beat.running_task_ids);
                         }
-                    }
+                        Some(worker_message::Kind::TaskUpdate(update)) => {
+                            cluster.heartbeat_seen(&worker_id);
+                            if let Some(end) = task_end(update.state, update.result, update.failure)
+                            {
+                                cluster.task_ended(&worker_id, &update.task_id, end);
+                            }
+                        }
+                        _ => cluster.heartbeat_seen(&worker_id),
+                    },
                 }
             };
             cluster.worker_lost(&worker_id, Some(connection), &why);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
+}
+
+/// How a task ended, from its update; none for an update that ends nothing.
+fn task_end(
+    state: i32,
+    result: Option<spate_proto::TaskResult>,
+    failure: Option<spate_proto::Failure>,
+) -> Option<TaskEnd> {
+    Some(match TaskState::try_from(state).ok()? {
+        TaskState::Succeeded => TaskEnd::Succeeded(TaskOutcome::from(result.unwrap_or_default())),
+        TaskState::Failed => {
+            let failure = failure.unwrap_or_default();
+            TaskEnd::Failed(TaskFailure {
+                kind: wire::error_kind(failure.kind),
+                message: failure.message,
+                retryable: failure.retryable,
+                count_to_failures: failure.count_to_failures,
+            })
+        }
+        TaskState::Cancelled => TaskEnd::Cancelled,
+        TaskState::Running | TaskState::Unspecified => return None,
+    })
 }
 
 impl ClientApi {
@@ -176,7 +181,10 @@ impl ClientService for ClientApi {
     ) -> Result<Response<SubmitJobResponse>, Status> {
         let request = request.into_inner();
         self.0.check_secret(&request.secret)?;
-        let (job_id, resumed) = self.0.submit(&request.sql, &request.name).await?;
+        let (job_id, resumed) = self
+            .0
+            .submit(&request.sql, &request.name, request.fresh)
+            .await?;
         Ok(Response::new(SubmitJobResponse { job_id, resumed }))
     }
 
@@ -192,7 +200,9 @@ impl ClientService for ClientApi {
             .map(|j| JobInfo {
                 job_id: j.id,
                 name: j.name,
-                state: j.state.to_string(),
+                state: j.state.wire() as i32,
+                activity: j.activity,
+                sink: j.sink,
                 batches: j.batches,
                 input_rows: j.input_rows,
                 output_rows: j.output_rows,
@@ -216,7 +226,10 @@ impl ClientService for ClientApi {
             StopRequest::AfterBatch
         };
         if !self.0.jobs.request_stop(&request.job_id, how) {
-            return Err(Status::not_found(format!("no job '{}'", request.job_id)));
+            return Err(Status::not_found(format!(
+                "no job '{}' (driver jobs lists them)",
+                request.job_id
+            )));
         }
         Ok(Response::new(StopJobResponse {}))
     }
@@ -233,11 +246,7 @@ impl ClientService for ClientApi {
             .map(|w| WorkerInfo {
                 worker_id: w.id,
                 host: w.host,
-                state: match w.state {
-                    WorkerState::Alive => "ALIVE",
-                    WorkerState::Dead => "DEAD",
-                }
-                .to_string(),
+                state: w.state.wire() as i32,
                 slots: w.slots,
                 slots_used: w.slots_used,
                 memory_bytes: w.memory_bytes,

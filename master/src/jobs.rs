@@ -1,12 +1,15 @@
-//! The job registry: every job's planned form and state, kept in the
-//! workspace under `_spate/jobs/<job>/job.json` so a restarted master
-//! resumes what was running.
+//! The job registry: every job's planned form and the state its controller
+//! reports, kept in the workspace under `_spate/jobs/<job>/job.json` so a
+//! restarted master resumes what was running. Only a job's controller
+//! changes its state (`controller/states.rs`); the registry records it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use spate_engine::EngineError;
 use spate_engine::job::PlannedJob;
+use spate_engine::sink::SinkSpec;
 use spate_engine::workspace::SPATE_DIR;
 use spate_engine::{Workspace, now_ms};
 use tokio::sync::watch;
@@ -14,40 +17,67 @@ use tokio::sync::watch;
 use crate::error::Result;
 use crate::progress::{self, BatchProgress};
 
-/// A job's lifecycle. Running and Waiting have a coordinator; the others are
-/// final until the job is submitted again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", content = "reason", rename_all = "UPPERCASE")]
+/// A job's lifecycle as the UI, the API and clients see it. The
+/// controller's states (`controller/states.rs`) say more; this is what
+/// they report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum JobState {
+    /// Checked and reserved, not yet running batches.
+    Submitting,
     Running,
-    /// Running, but blocked on something outside (Kafka unreachable); the reason says what.
-    Waiting(String),
+    /// Running, but blocked on something outside (Kafka unreachable).
+    Waiting,
+    /// Asked to stop: its tasks are being cancelled.
+    Stopping,
     Stopped,
+    /// Read everything it was asked to (available_now).
     Finished,
-    Failed(String),
+    Failed,
 }
 
 impl JobState {
-    pub fn name(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
+            JobState::Submitting => "SUBMITTING",
             JobState::Running => "RUNNING",
-            JobState::Waiting(_) => "WAITING",
+            JobState::Waiting => "WAITING",
+            JobState::Stopping => "STOPPING",
             JobState::Stopped => "STOPPED",
             JobState::Finished => "FINISHED",
-            JobState::Failed(_) => "FAILED",
+            JobState::Failed => "FAILED",
         }
     }
 
-    pub fn reason(&self) -> &str {
+    /// Whether the job has a controller.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            JobState::Submitting | JobState::Running | JobState::Waiting | JobState::Stopping
+        )
+    }
+
+    pub fn wire(self) -> spate_proto::JobState {
         match self {
-            JobState::Waiting(r) | JobState::Failed(r) => r,
-            _ => "",
+            JobState::Submitting => spate_proto::JobState::Submitting,
+            JobState::Running => spate_proto::JobState::Running,
+            JobState::Waiting => spate_proto::JobState::Waiting,
+            JobState::Stopping => spate_proto::JobState::Stopping,
+            JobState::Stopped => spate_proto::JobState::Stopped,
+            JobState::Finished => spate_proto::JobState::Finished,
+            JobState::Failed => spate_proto::JobState::Failed,
         }
     }
+}
 
-    pub fn is_active(&self) -> bool {
-        matches!(self, JobState::Running | JobState::Waiting(_))
-    }
+/// What a controller reports of its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    pub state: JobState,
+    /// Why the job waits or failed; empty otherwise.
+    pub error: String,
+    /// What it does right now, e.g. "batch 7: stage 2 of 2".
+    pub activity: String,
 }
 
 /// What is persisted of a job.
@@ -55,11 +85,29 @@ impl JobState {
 pub struct JobRecord {
     pub id: String,
     pub planned: PlannedJob,
+    #[serde(deserialize_with = "stored_state")]
     pub state: JobState,
+    /// Why it failed, for a failed job.
+    #[serde(default)]
+    pub error: String,
     pub submitted_ms: i64,
     /// When the job stopped, finished or failed.
     #[serde(default)]
     pub ended_ms: Option<i64>,
+}
+
+/// A record's state, as written now ("RUNNING") or by the first milestone
+/// (`{"state": "FAILED", "reason": "..."}`, whose reason is dropped).
+fn stored_state<'de, D: Deserializer<'de>>(deserializer: D) -> Result<JobState, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Plain(JobState),
+        Tagged { state: JobState },
+    }
+    Ok(match Stored::deserialize(deserializer)? {
+        Stored::Plain(state) | Stored::Tagged { state } => state,
+    })
 }
 
 /// A job's progress, for the UI, the API and `driver jobs`.
@@ -67,8 +115,9 @@ pub struct JobRecord {
 pub struct JobView {
     pub id: String,
     pub name: String,
-    pub state: &'static str,
+    pub state: JobState,
     pub error: String,
+    pub activity: String,
     pub submitted_ms: i64,
     pub ended_ms: Option<i64>,
     /// Since submission, until now or the job's end.
@@ -113,19 +162,20 @@ pub struct StageView {
     pub plan: String,
 }
 
-/// What a running job's coordinator is asked to do.
+/// What a running job's controller is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StopRequest {
     Run,
     /// Stop once the running batch commits.
     AfterBatch,
-    /// Stop now, abandoning the running batch; it re-runs from the
-    /// checkpoint when the job is submitted again.
+    /// Stop now: cancel the running batch's tasks; the batch re-runs from
+    /// the checkpoint when the job is submitted again.
     Now,
 }
 
 struct JobEntry {
     record: JobRecord,
+    activity: String,
     batches: u64,
     input_rows: u64,
     output_rows: u64,
@@ -159,8 +209,9 @@ impl JobEntry {
         JobView {
             id: record.id.clone(),
             name: record.planned.name.clone(),
-            state: record.state.name(),
-            error: record.state.reason().to_string(),
+            state: record.state,
+            error: record.error.clone(),
+            activity: self.activity.clone(),
             submitted_ms: record.submitted_ms,
             ended_ms: record.ended_ms,
             duration_ms: end - record.submitted_ms,
@@ -171,7 +222,7 @@ impl JobEntry {
             avg_processed_rows_per_second: rate(processing_seconds),
             latest_batch: self.progress.back().map(|p| p.batch_id),
             source: format!("kafka topic {}", record.planned.source.topic),
-            sink: describe_sink(&record.planned.sink),
+            sink: record.planned.sink.describe(),
             sql: record.planned.sql.clone(),
         }
     }
@@ -184,6 +235,38 @@ pub struct Jobs {
 
 fn record_path(id: &str) -> String {
     format!("{SPATE_DIR}/jobs/{id}/job.json")
+}
+
+/// A job name held for a submission in progress. Dropped before the job
+/// started, it gives the name back (and the earlier run's entry, if any).
+pub struct Reservation {
+    jobs: Arc<Jobs>,
+    id: String,
+    previous: Option<JobEntry>,
+    started: bool,
+}
+
+impl Reservation {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.started {
+            return;
+        }
+        let mut jobs = self.jobs.lock();
+        match self.previous.take() {
+            Some(previous) => {
+                jobs.insert(self.id.clone(), previous);
+            }
+            None => {
+                jobs.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl Jobs {
@@ -211,66 +294,112 @@ impl Jobs {
         Ok(records)
     }
 
-    pub fn state_of(&self, id: &str) -> Option<JobState> {
-        self.lock().get(id).map(|j| j.record.state.clone())
+    /// Holds a job's name for a submission, refusing it while a controller
+    /// runs the job. Made under the registry's lock with no await, so two
+    /// submissions of one job cannot both pass.
+    pub fn reserve(self: &Arc<Self>, id: &str, planned: &PlannedJob) -> Result<Reservation> {
+        let mut jobs = self.lock();
+        if let Some(existing) = jobs.get(id)
+            && existing.record.state.is_active()
+        {
+            return Err(EngineError::AlreadyExists(format!(
+                "job '{id}' is already {}; stop it first (driver stop {id})",
+                existing.record.state.name().to_lowercase()
+            ))
+            .into());
+        }
+        let entry = JobEntry {
+            record: JobRecord {
+                id: id.to_string(),
+                planned: planned.clone(),
+                state: JobState::Submitting,
+                error: String::new(),
+                submitted_ms: now_ms(),
+                ended_ms: None,
+            },
+            activity: "submitting".to_string(),
+            batches: 0,
+            input_rows: 0,
+            output_rows: 0,
+            stop: None,
+            progress: VecDeque::new(),
+        };
+        let previous = jobs.insert(id.to_string(), entry);
+        Ok(Reservation {
+            jobs: Arc::clone(self),
+            id: id.to_string(),
+            previous,
+            started: false,
+        })
     }
 
-    /// Records a job as running with the given totals; returns its stop signal.
-    pub async fn insert(
+    /// The reserved job starts running: its record is persisted with the
+    /// planned job as admitted, its totals and history loaded. Returns its
+    /// stop signal.
+    pub async fn start(
         &self,
-        record: JobRecord,
+        mut reservation: Reservation,
+        planned: PlannedJob,
         totals: (u64, u64, u64),
     ) -> Result<watch::Receiver<StopRequest>> {
-        self.ws.put_json(&record_path(&record.id), &record).await?;
-        let history = progress::load_recent(&self.ws, &record.id).await?;
+        let id = reservation.id.clone();
+        let history = progress::load_recent(&self.ws, &id).await?;
         let (stop, stopped) = watch::channel(StopRequest::Run);
-        self.put_entry(record, totals, Some(stop), history);
+        let record = {
+            let mut jobs = self.lock();
+            let entry = jobs
+                .get_mut(&id)
+                .expect("a reserved job stays in the registry");
+            entry.record.planned = planned;
+            entry.record.state = JobState::Running;
+            (entry.batches, entry.input_rows, entry.output_rows) = totals;
+            entry.stop = Some(stop);
+            entry.progress = history.into();
+            entry.record.clone()
+        };
+        reservation.started = true;
+        self.ws.put_json(&record_path(&id), &record).await?;
         Ok(stopped)
     }
 
-    /// Records a job that is not running (a finished one found at start-up).
+    /// Records a job found at start-up that is not running.
     pub async fn insert_inactive(&self, record: JobRecord, totals: (u64, u64, u64)) -> Result<()> {
         let history = progress::load_recent(&self.ws, &record.id).await?;
-        self.put_entry(record, totals, None, history);
-        Ok(())
-    }
-
-    fn put_entry(
-        &self,
-        record: JobRecord,
-        totals: (u64, u64, u64),
-        stop: Option<watch::Sender<StopRequest>>,
-        progress: Vec<BatchProgress>,
-    ) {
         let (batches, input_rows, output_rows) = totals;
         self.lock().insert(
             record.id.clone(),
             JobEntry {
                 record,
+                activity: String::new(),
                 batches,
                 input_rows,
                 output_rows,
-                stop,
-                progress: progress.into(),
+                stop: None,
+                progress: history.into(),
             },
         );
+        Ok(())
     }
 
-    pub async fn set_state(&self, id: &str, state: JobState) {
+    /// A controller's report of its job. `persist` writes the record, so
+    /// that a restarted master knows whether to resume the job.
+    pub async fn publish(&self, id: &str, status: JobStatus, persist: bool) {
         let record = {
             let mut jobs = self.lock();
             let Some(job) = jobs.get_mut(id) else { return };
-            if job.record.state == state {
+            job.activity = status.activity;
+            if job.record.state == status.state && job.record.error == status.error {
                 return;
             }
-            job.record.ended_ms = (!state.is_active()).then(now_ms);
-            job.record.state = state;
+            job.record.ended_ms = (!status.state.is_active()).then(now_ms);
+            job.record.state = status.state;
+            job.record.error = status.error;
+            if !status.state.is_active() {
+                job.stop = None;
+            }
             job.record.clone()
         };
-        // Waiting is transient: it is not worth a write, and a restart retries anyway.
-        if !matches!(record.state, JobState::Waiting(_))
-            && let Err(e) = self.ws.put_json(&record_path(id), &record).await
-        {
+        if persist && let Err(e) = self.ws.put_json(&record_path(id), &record).await {
             tracing::error!(job = id, "cannot persist job state: {e}");
         }
     }
@@ -296,22 +425,21 @@ impl Jobs {
         self.lock().get(id)?.progress.back().map(|p| p.timestamp_ms)
     }
 
-    /// Where a job writes, and whether it still runs.
-    pub fn sink_of(&self, id: &str) -> Option<(spate_engine::job::SinkSpec, JobState)> {
+    /// Where a job writes, and its state.
+    pub fn sink_of(&self, id: &str) -> Option<(SinkSpec, JobState)> {
         let jobs = self.lock();
         let job = jobs.get(id)?;
-        Some((job.record.planned.sink.clone(), job.record.state.clone()))
+        Some((job.record.planned.sink.clone(), job.record.state))
     }
 
     pub fn detail(&self, id: &str) -> Option<JobDetail> {
         let jobs = self.lock();
         let job = jobs.get(id)?;
+        let planned = &job.record.planned;
         Some(JobDetail {
             view: job.view(),
-            plan: job.record.planned.explain.clone(),
-            stages: job
-                .record
-                .planned
+            plan: planned.explain.clone(),
+            stages: planned
                 .stages
                 .iter()
                 .map(|s| StageView {
@@ -321,12 +449,10 @@ impl Jobs {
                     plan: s.explain.clone(),
                 })
                 .collect(),
-            output_mode: job.record.planned.options.output_mode.name().to_string(),
-            shuffle_partitions: job
-                .record
-                .planned
+            output_mode: planned.options.output_mode.name().to_string(),
+            shuffle_partitions: planned
                 .is_stateful()
-                .then_some(job.record.planned.options.shuffle_partitions)
+                .then_some(planned.options.shuffle_partitions)
                 .flatten(),
             batches_progress: job.progress.iter().cloned().collect(),
         })
@@ -340,7 +466,8 @@ impl Jobs {
             .collect()
     }
 
-    /// Asks a job's coordinator to stop, after the batch it is running or now.
+    /// Asks a job's controller to stop, after the batch it is running or
+    /// now. False where no such job is known.
     pub fn request_stop(&self, id: &str, request: StopRequest) -> bool {
         match self.lock().get(id) {
             Some(job) => {
@@ -358,25 +485,5 @@ impl Jobs {
         let mut views: Vec<JobView> = jobs.values().map(JobEntry::view).collect();
         views.sort_by_key(|v| std::cmp::Reverse(v.submitted_ms));
         views
-    }
-
-    pub fn new_record(id: &str, planned: PlannedJob) -> JobRecord {
-        JobRecord {
-            id: id.to_string(),
-            planned,
-            state: JobState::Running,
-            submitted_ms: now_ms(),
-            ended_ms: None,
-        }
-    }
-}
-
-pub(crate) fn describe_sink(sink: &spate_engine::job::SinkSpec) -> String {
-    match sink {
-        spate_engine::job::SinkSpec::Files { dir, format, .. } => {
-            format!("{format:?} files in {dir}/").to_lowercase()
-        }
-        spate_engine::job::SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
-        spate_engine::job::SinkSpec::Results { .. } => "the client".to_string(),
     }
 }

@@ -3,7 +3,7 @@
 //! driver can embed it.
 
 mod cluster;
-mod coordinator;
+mod controller;
 pub mod error;
 mod grpc;
 mod jobs;
@@ -17,14 +17,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spate_engine::checkpoint::Checkpoint;
-use spate_engine::job::{PlanEnv, plan_job};
+use spate_engine::job::{PlanEnv, PlannedJob, plan_job};
 use spate_engine::kafka::KafkaAdmin;
 use spate_engine::{EngineError, Workspace};
 use spate_proto::client_service_server::ClientServiceServer;
 use spate_proto::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -32,9 +31,9 @@ pub use cluster::{WorkerState, WorkerView};
 pub use error::{MasterError, Result};
 pub use jobs::{JobDetail, JobState, JobView};
 
-use cluster::Cluster;
-use coordinator::Coordinator;
-use jobs::{JobRecord, Jobs};
+use cluster::{Cluster, TaskRunner};
+use controller::{JobContext, KafkaOffsets, State, Submitting};
+use jobs::{Jobs, Reservation};
 
 #[derive(Debug, Clone)]
 pub struct MasterConfig {
@@ -54,15 +53,19 @@ pub struct MasterConfig {
 }
 
 impl MasterConfig {
+    /// The settings of defaults.toml (and the environment) for a master
+    /// of `workspace`.
     pub fn new(workspace: impl Into<PathBuf>) -> Self {
+        let settings = spate_config::settings();
+        let addr = |text: &str, fallback: SocketAddr| text.parse().unwrap_or(fallback);
         MasterConfig {
-            grpc_addr: ([0, 0, 0, 0], 7077).into(),
-            http_addr: ([0, 0, 0, 0], 8080).into(),
+            grpc_addr: addr(&settings.master.bind, ([0, 0, 0, 0], 7077).into()),
+            http_addr: addr(&settings.ui.bind, ([0, 0, 0, 0], 8080).into()),
             workspace: workspace.into(),
-            heartbeat_timeout: Duration::from_secs(10),
-            heartbeat_interval: Duration::from_secs(1),
-            default_bootstrap_servers: "localhost:9092".to_string(),
-            secret: None,
+            heartbeat_timeout: settings.worker.timeout,
+            heartbeat_interval: settings.worker.heartbeat_interval,
+            default_bootstrap_servers: settings.kafka.bootstrap.clone(),
+            secret: Some(settings.secret.clone()).filter(|s| !s.is_empty()),
         }
     }
 }
@@ -74,8 +77,10 @@ pub struct Master {
     cluster: Arc<Cluster>,
     jobs: Arc<Jobs>,
     started_ms: i64,
-    /// One task per running job, aborted at shutdown.
-    coordinators: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// This master process, as the checkpoints it writes name it.
+    id: String,
+    /// One task per job with a controller, aborted at shutdown.
+    controllers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A running master; dropping it does not stop it, `shutdown` does.
@@ -94,14 +99,14 @@ impl MasterHandle {
     /// Stops serving. Running jobs stay RUNNING in the registry, so the next
     /// master resumes them from their checkpoints, as after a crash.
     pub async fn shutdown(self) {
-        for coordinator in self
+        for controller in self
             .master
-            .coordinators
+            .controllers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
         {
-            coordinator.abort();
+            controller.abort();
         }
         self.master.cluster.disconnect_all();
         let _ = self.shutdown.send(true);
@@ -142,7 +147,8 @@ pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
         ws,
         config,
         started_ms: spate_engine::now_ms(),
-        coordinators: Default::default(),
+        id: master_id(),
+        controllers: Default::default(),
     });
     master.resume_jobs().await?;
     let (shutdown, mut stopped) = watch::channel(false);
@@ -185,7 +191,7 @@ pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = tick.tick() => reaper.cluster.expire_silent_workers(),
+                _ = tick.tick() => reaper.cluster.expire_silent(),
                 _ = spate_engine::stop_signalled(&mut stopped) => break,
             }
         }
@@ -214,106 +220,113 @@ impl Master {
             workspace: self.ws.clone(),
             default_bootstrap_servers: self.config.default_bootstrap_servers.clone(),
             // Spark's default is 200; the cluster's slots are what run at once here.
-            shuffle_partitions: self
-                .cluster
-                .workers()
-                .iter()
-                .filter(|w| w.state == WorkerState::Alive)
-                .map(|w| w.slots as usize)
-                .sum::<usize>()
-                .max(2),
+            shuffle_partitions: self.cluster.alive_slots().max(2),
         }
     }
 
-    /// Plans a job and starts it; a job whose checkpoint exists resumes.
-    async fn submit(&self, sql: &str, name: &str) -> Result<(String, bool)> {
+    /// Plans a job and starts it once its controller admitted it; a job
+    /// whose checkpoint exists resumes, unless `fresh` asks to forget it.
+    async fn submit(&self, sql: &str, name: &str, fresh: bool) -> Result<(String, bool)> {
         let default_name = if name.is_empty() { "job" } else { name };
-        let mut planned = plan_job(&self.plan_env(), sql, default_name).await?;
+        let env = self.plan_env();
+        let planned = plan_job(&env, sql, default_name).await?;
         let id = planned.name.clone();
-        // A job resuming from its checkpoint keeps the checkpoint's shuffle
-        // partitions (its state is split by them) and must keep its state's shape.
-        let checkpoint = Checkpoint::new(&self.ws, &id);
-        let metadata = checkpoint.metadata().await?;
-        if let Some(old) = &metadata {
-            if let Some(partitions) = old.shuffle_partitions
-                && planned.options.shuffle_partitions != Some(partitions)
-            {
-                let mut env = self.plan_env();
-                env.shuffle_partitions = partitions;
-                planned = plan_job(&env, sql, default_name).await?;
-            }
-            if let Some(why) = planned.checkpoint_metadata().incompatible_with(old, &id) {
-                return Err(EngineError::plan(why).into());
-            }
-        }
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            || id.is_empty()
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(EngineError::plan(format!(
                 "job name '{id}': use letters, digits, '_' and '-' (SET spate.job.name = 'my_job')"
             ))
             .into());
         }
-        if self.jobs.state_of(&id).is_some_and(|s| s.is_active()) {
-            return Err(EngineError::plan(format!(
-                "job '{id}' is already running; stop it first (driver stop {id})"
+        let reservation = self.jobs.reserve(&id, &planned)?;
+        let (admission, admitted) = oneshot::channel();
+        let submitting = Submitting {
+            fresh,
+            admission: Some(admission),
+        };
+        self.run_controller(planned, env, reservation, submitting);
+        let resumed = admitted.await.map_err(|_| {
+            EngineError::internal(format!(
+                "job '{id}': its controller ended before it started"
             ))
-            .into());
-        }
-        // A missing topic is a mistake in the job: refuse it. An unreachable
-        // Kafka is weather: accept the job, which waits and says why.
-        let source = &planned.source;
-        let admin = KafkaAdmin::new(&source.bootstrap_servers, &source.client_options);
-        match admin.partition_offsets(&source.topic).await {
-            Err(e @ EngineError::UnknownTopic { .. }) => return Err(e.into()),
-            Err(e) => tracing::warn!(job = id, "{e}; the job waits for Kafka"),
-            Ok(_) => {}
-        }
-        let resumed = checkpoint.latest_offsets().await?.is_some();
-        if metadata.is_none() {
-            checkpoint
-                .write_metadata(&planned.checkpoint_metadata())
-                .await?;
-        }
-        let record = Jobs::new_record(&id, planned);
-        self.start_job(record).await?;
+        })??;
         tracing::info!(job = id, resumed, "job submitted");
         Ok((id, resumed))
     }
 
-    async fn start_job(&self, record: JobRecord) -> Result<()> {
-        let totals = Checkpoint::new(&self.ws, &record.id).totals().await?;
-        let id = record.id.clone();
-        let planned = record.planned.clone();
-        let stop = self.jobs.insert(record, totals).await?;
-        let coordinator = Coordinator {
-            job_id: id,
-            planned,
-            ws: self.ws.clone(),
-            cluster: Arc::clone(&self.cluster),
-            jobs: Arc::clone(&self.jobs),
-            stop,
+    /// Starts a controller for a reserved job, in state `first`.
+    fn run_controller(
+        &self,
+        planned: PlannedJob,
+        env: PlanEnv,
+        reservation: Reservation,
+        first: impl State,
+    ) {
+        let source = &planned.source;
+        let offsets = KafkaOffsets {
+            admin: KafkaAdmin::new(&source.bootstrap_servers, &source.client_options),
+            topic: source.topic.clone(),
         };
-        let handle = tokio::spawn(coordinator.run());
-        let mut coordinators = self.coordinators.lock().unwrap_or_else(|p| p.into_inner());
-        coordinators.retain(|c| !c.is_finished());
-        coordinators.push(handle);
-        Ok(())
+        let tasks: Arc<dyn TaskRunner> = Arc::new(Arc::clone(&self.cluster));
+        let sink = planned.sink.open(&self.ws, reservation.id());
+        let ctx = JobContext::new(
+            planned,
+            env,
+            sink,
+            Arc::new(offsets),
+            tasks,
+            Arc::clone(&self.jobs),
+            reservation,
+            &self.id,
+        );
+        let handle = tokio::spawn(async move {
+            controller::run(ctx, Box::new(first)).await;
+        });
+        let mut controllers = self.controllers.lock().unwrap_or_else(|p| p.into_inner());
+        controllers.retain(|c| !c.is_finished());
+        controllers.push(handle);
     }
 
+    /// Jobs the workspace records as running get a controller again; the
+    /// others are listed as they ended.
     async fn resume_jobs(&self) -> Result<()> {
-        for mut record in self.jobs.load().await? {
+        for record in self.jobs.load().await? {
             if record.state.is_active() {
                 tracing::info!(job = record.id, "resuming job from its checkpoint");
-                record.state = JobState::Running;
-                self.start_job(record).await?;
+                let reservation = self.jobs.reserve(&record.id, &record.planned)?;
+                let submitting = Submitting {
+                    fresh: false,
+                    admission: None,
+                };
+                self.run_controller(record.planned, self.plan_env(), reservation, submitting);
             } else {
-                let totals = Checkpoint::new(&self.ws, &record.id).totals().await?;
+                let totals = spate_engine::checkpoint::Checkpoint::new(&self.ws, &record.id)
+                    .totals()
+                    .await?;
                 self.jobs.insert_inactive(record, totals).await?;
             }
         }
         Ok(())
     }
+}
+
+/// This master process: where it runs, its pid, and a random part, so that
+/// two masters on one host are told apart.
+fn master_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".to_string());
+    format!(
+        "{host}/pid {}/{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }

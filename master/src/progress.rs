@@ -137,7 +137,7 @@ impl BatchProgress {
     }
 }
 
-fn progress_dir(job: &str) -> String {
+pub fn progress_dir(job: &str) -> String {
     format!("{SPATE_DIR}/jobs/{job}/progress")
 }
 

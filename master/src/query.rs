@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use futures::StreamExt;
-use spate_engine::files::{committed_batches, read_committed_batch};
 use spate_engine::job::{SinkSpec, plan_job, starting_offset};
 use spate_engine::kafka::{KafkaAdmin, StartingOffsets};
 use spate_engine::query::{PlannedQuery, Statement, plan_statement};
-use spate_engine::shuffle::job_dir;
+use spate_engine::sink::ResultsSink;
 use spate_engine::workspace::SPATE_DIR;
 use spate_engine::{EngineError, OffsetRange};
 use spate_proto::{
@@ -31,9 +29,6 @@ pub type ReplySender = mpsc::Sender<Result<StatementReply, Status>>;
 
 /// How often a tail looks for newly committed batches.
 const TAIL_POLL: Duration = Duration::from_millis(250);
-
-/// Task failures a query's task may have before the query fails.
-const QUERY_MAX_TASK_FAILURES: u32 = 3;
 
 /// The client hung up: nothing more to send.
 struct Gone;
@@ -108,10 +103,16 @@ async fn send(replies: &ReplySender, kind: statement_reply::Kind) -> Result<(), 
 }
 
 /// Runs one statement and sends its replies; an error goes to the client
-/// as the stream's status.
+/// as the stream's status. A client that hangs up (or presses Ctrl-C)
+/// stops the statement: its tasks are cancelled on the workers.
 pub async fn run_statement(master: &Master, request: RunStatementRequest, replies: ReplySender) {
-    match statement(master, &request, &replies).await {
-        Ok(()) | Err(WriteError::Gone) => {}
+    let ran = tokio::select! {
+        ran = statement(master, &request, &replies) => ran,
+        _ = replies.closed() => Err(WriteError::Gone),
+    };
+    match ran {
+        Ok(()) => {}
+        Err(WriteError::Gone) => tracing::info!("a client went away; its statement stopped"),
         Err(WriteError::Failed(e)) => {
             let _ = replies.send(Err(e.into())).await;
         }
@@ -151,7 +152,7 @@ async fn statement(
             send(replies, statement_reply::Kind::End(end(message))).await?;
         }
         Statement::Job { sql, default_name } => {
-            let (job_id, resumed) = master.submit(&sql, &default_name).await?;
+            let (job_id, resumed) = master.submit(&sql, &default_name, false).await?;
             let how = if resumed {
                 "resumed from its checkpoint"
             } else {
@@ -185,11 +186,17 @@ async fn statement(
         }
         Statement::Distributed(query) => {
             let id = format!("query-{}", attempt_id());
-            let ran = run_query(master, &id, &query, replies).await;
-            // Shuffle and result files go, however the query ended.
-            let _ = master.ws.delete_dir(&results_dir(&id)).await;
-            let _ = master.ws.delete_dir(&job_dir(&id)).await;
-            ran?;
+            let sink = SinkSpec::Results {
+                dir: results_dir(&id),
+            };
+            // Shuffle and result files go, however the query ends, even
+            // when the client hanging up drops this future.
+            let _cleanup = QueryFiles {
+                ws: master.ws.clone(),
+                id: id.clone(),
+                sink: sink.clone(),
+            };
+            run_query(master, &id, &query, &sink, replies).await?;
         }
     }
     Ok(())
@@ -199,61 +206,67 @@ fn results_dir(query_id: &str) -> String {
     format!("{SPATE_DIR}/queries/{query_id}")
 }
 
+/// Removes a query's files when dropped.
+struct QueryFiles {
+    ws: spate_engine::Workspace,
+    id: String,
+    sink: SinkSpec,
+}
+
+impl Drop for QueryFiles {
+    fn drop(&mut self) {
+        let (ws, id, sink) = (self.ws.clone(), self.id.clone(), self.sink.clone());
+        tokio::spawn(async move {
+            let _ = sink.open(&ws, &id).reset().await;
+            let _ = spate_engine::shuffle::remove_job(&ws, &id).await;
+        });
+    }
+}
+
 /// Runs a query's stages as one batch and streams the last stage's rows,
 /// in task order.
 async fn run_query(
     master: &Master,
     id: &str,
     query: &PlannedQuery,
+    sink: &SinkSpec,
     replies: &ReplySender,
 ) -> Result<(), WriteError> {
     let ranges = match &query.source {
         Some(source) => snapshot(source).await?,
         None => Vec::new(),
     };
-    let sink = SinkSpec::Results {
-        dir: results_dir(id),
-    };
-    let mut stages = BatchStages {
-        cluster: &master.cluster,
+    let tasks: std::sync::Arc<dyn crate::cluster::TaskRunner> =
+        std::sync::Arc::new(std::sync::Arc::clone(&master.cluster));
+    let stages = BatchStages {
+        tasks: tasks.as_ref(),
         job_id: id,
         batch: 0,
         watermark_ms: None,
-        sink: &sink,
-        max_task_failures: QUERY_MAX_TASK_FAILURES,
+        sink,
+        max_task_failures: spate_config::settings().query.max_task_failures.max(1),
         ranges: &ranges,
-        committed: Default::default(),
-        placing_ms: 0,
     };
-    let mut files = Vec::new();
-    let mut tasks = 0;
+    let mut committed = std::collections::BTreeMap::new();
+    let mut parts = Vec::new();
+    let mut tasks_run = 0;
     for stage in &query.stages {
         let done = stages
-            .run_stage(stage)
+            .run_stage(stage, &committed)
             .await
-            .map_err(|why| EngineError::plan(format!("the query failed: {why}")))?;
-        tasks += done.len() as u32;
-        files = done
-            .into_iter()
-            .flat_map(|d| d.outcome.output_files)
-            .collect();
+            .map_err(|why| EngineError::execution(format!("the query failed: {why}")))?;
+        tasks_run += done.tasks.len() as u32;
+        parts = done.sink_parts();
+        committed.insert(stage.id, done.stems);
     }
+    let results = ResultsSink::new(master.ws.clone(), results_dir(id));
     let mut result = ResultWriter::new(replies, &query.schema)?;
-    for file in files {
-        let bytes = master
-            .ws
-            .get(&file)
-            .await?
-            .ok_or_else(|| EngineError::plan(format!("result file {file} is missing")))?;
-        let reader =
-            FileReader::try_new(std::io::Cursor::new(bytes), None).map_err(EngineError::from)?;
-        for batch in reader {
-            result.write(&batch.map_err(EngineError::from)?).await?;
-        }
+    for batch in results.rows(&parts).await? {
+        result.write(&batch).await?;
     }
     let end = ResultEnd {
         stages: query.stages.len() as u32,
-        tasks,
+        tasks: tasks_run,
         ..ResultEnd::default()
     };
     result.finish(end).await
@@ -295,32 +308,17 @@ async fn tail(
     replies: &ReplySender,
 ) -> Result<(), WriteError> {
     let job = &request.job_id;
-    let Some((sink, _)) = master.jobs.sink_of(job) else {
-        return Err(EngineError::plan(format!("no job '{job}' (\\jobs lists them)")).into());
+    let Some((spec, _)) = master.jobs.sink_of(job) else {
+        return Err(EngineError::NotFound(format!("no job '{job}' (\\jobs lists them)")).into());
     };
-    let SinkSpec::Files { dir, format, .. } = sink else {
-        return Err(EngineError::plan(format!(
-            "job '{job}' writes to Kafka; \\tail follows file sinks. Query the topic with a SELECT instead"
-        ))
-        .into());
-    };
+    let sink = spec.open(&master.ws, job);
     let mut next = match u64::try_from(request.from_batch) {
         Ok(batch) => batch,
-        Err(_) => committed_batches(&master.ws, &dir)
-            .await?
-            .last()
-            .copied()
-            .unwrap_or(0),
+        Err(_) => sink.latest_committed().await?.unwrap_or(0),
     };
     loop {
         let state = master.jobs.sink_of(job).map(|(_, state)| state);
-        let committed = committed_batches(&master.ws, &dir).await?;
-        let from = next;
-        for batch in committed.into_iter().filter(|b| *b >= from) {
-            let Some((_, rows)) = read_committed_batch(&master.ws, &dir, format, batch).await?
-            else {
-                continue;
-            };
+        for (batch, rows) in sink.read_committed(next).await? {
             next = batch + 1;
             let Some(first) = rows.first() else {
                 continue;

@@ -1,21 +1,23 @@
 //! Running one batch's stages on the cluster, shared by streaming jobs
 //! (batch after batch) and interactive queries (one batch): which tasks a
-//! stage has, and running each until it succeeds.
+//! stage has, and running each until it succeeds. Dropping a stage's
+//! future cancels its tasks on the workers.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::future::try_join_all;
 use spate_engine::OffsetRange;
 use spate_engine::job::{PlannedStage, SinkSpec};
 use spate_engine::shuffle::file_stem;
+use spate_engine::sink::SinkPart;
 use spate_engine::task::{TaskOutcome, TaskSpec};
 
-use crate::cluster::{Cluster, TaskEnd};
+use crate::cluster::{TaskEnd, TaskRunner};
 
-/// One batch of a job (or a query) as it runs on the cluster.
+/// One batch of a job (or a query) as its stages run.
 pub struct BatchStages<'a> {
-    pub cluster: &'a Cluster,
+    pub tasks: &'a dyn TaskRunner,
     pub job_id: &'a str,
     pub batch: u64,
     pub watermark_ms: Option<i64>,
@@ -25,10 +27,6 @@ pub struct BatchStages<'a> {
     /// Kafka ranges of the batch; the source stage runs one task per
     /// non-empty range.
     pub ranges: &'a [OffsetRange],
-    /// Per stage run so far, the attempts whose shuffle files count.
-    pub committed: BTreeMap<u32, Vec<String>>,
-    /// Time spent preparing tasks, for progress's query planning.
-    pub placing_ms: u64,
 }
 
 /// A task that ended well: what it did, and how long it spent outside its
@@ -36,6 +34,28 @@ pub struct BatchStages<'a> {
 pub struct TaskDone {
     pub outcome: TaskOutcome,
     pub delay_ms: u64,
+}
+
+/// A stage that ran: its tasks in task order, and what else it left.
+pub struct StageDone {
+    pub tasks: Vec<TaskDone>,
+    /// The counted attempts' shuffle file stems, in task order.
+    pub stems: Vec<String>,
+    /// Attempts that ran and did not count (failed, lost): what they
+    /// wrote is left for the sink's clean-up.
+    pub abandoned: u32,
+    /// Time spent preparing the tasks.
+    pub placing_ms: u64,
+}
+
+impl StageDone {
+    /// What the stage's tasks wrote to the sink, in task order.
+    pub fn sink_parts(&self) -> Vec<SinkPart> {
+        self.tasks
+            .iter()
+            .filter_map(|t| t.outcome.sink_part.clone())
+            .collect()
+    }
 }
 
 /// Where one task of a stage sits: its index, and what it reads.
@@ -48,25 +68,45 @@ struct TaskPlace {
     inputs: Vec<(u32, Vec<String>)>,
 }
 
+/// A task that ran to its end: success, and the attempts before it.
+struct Ran {
+    done: TaskDone,
+    stem: String,
+    abandoned: u32,
+}
+
 impl BatchStages<'_> {
-    /// Runs a stage's tasks at once, in task order; the error says which
-    /// task failed too often, and why.
-    pub async fn run_stage(&mut self, stage: &PlannedStage) -> Result<Vec<TaskDone>, String> {
+    /// Runs a stage's tasks at once. `committed` holds, per stage run
+    /// before, the attempts whose shuffle files count. The error says which
+    /// task failed and why; the other tasks are cancelled then.
+    pub async fn run_stage(
+        &self,
+        stage: &PlannedStage,
+        committed: &BTreeMap<u32, Vec<String>>,
+    ) -> Result<StageDone, String> {
         let placing = Instant::now();
-        let places = self.places(stage);
-        self.placing_ms += millis(placing.elapsed());
-        let ended = join_all(places.into_iter().map(|place| self.run_task(stage, place))).await;
-        let stems = self.committed.entry(stage.id).or_default();
-        let mut done = Vec::with_capacity(ended.len());
-        for end in ended {
-            let (task, stem) = end?;
-            stems.push(stem);
-            done.push(task);
+        let places = self.places(stage, committed);
+        let placing_ms = millis(placing.elapsed());
+        let ran = try_join_all(places.into_iter().map(|place| self.run_task(stage, place))).await?;
+        let mut done = StageDone {
+            tasks: Vec::with_capacity(ran.len()),
+            stems: Vec::with_capacity(ran.len()),
+            abandoned: 0,
+            placing_ms,
+        };
+        for task in ran {
+            done.abandoned += task.abandoned;
+            done.stems.push(task.stem);
+            done.tasks.push(task.done);
         }
         Ok(done)
     }
 
-    fn places(&self, stage: &PlannedStage) -> Vec<TaskPlace> {
+    fn places(
+        &self,
+        stage: &PlannedStage,
+        committed: &BTreeMap<u32, Vec<String>>,
+    ) -> Vec<TaskPlace> {
         if stage.reads.is_empty() && !stage.reads_files {
             return self
                 .ranges
@@ -85,7 +125,7 @@ impl BatchStages<'_> {
         let inputs: Vec<(u32, Vec<String>)> = stage
             .reads
             .iter()
-            .map(|s| (*s, self.committed.get(s).cloned().unwrap_or_default()))
+            .map(|s| (*s, committed.get(s).cloned().unwrap_or_default()))
             .collect();
         (0..stage.tasks as u32)
             .map(|p| TaskPlace {
@@ -97,16 +137,12 @@ impl BatchStages<'_> {
             .collect()
     }
 
-    /// Runs one task until it succeeds, re-running it where its worker was
-    /// lost and retrying its own failures up to the limit. Returns what it
-    /// did and the file stem of its committed attempt.
-    async fn run_task(
-        &self,
-        stage: &PlannedStage,
-        place: TaskPlace,
-    ) -> Result<(TaskDone, String), String> {
+    /// Runs one task until it succeeds: again where it was lost, and
+    /// again after its own retryable failures up to the limit.
+    async fn run_task(&self, stage: &PlannedStage, place: TaskPlace) -> Result<Ran, String> {
         let (job, batch, task_index) = (self.job_id, self.batch, place.index);
         let mut failures = 0;
+        let mut abandoned = 0;
         loop {
             let spec = TaskSpec {
                 job_id: job.to_string(),
@@ -123,12 +159,16 @@ impl BatchStages<'_> {
             };
             let stem = file_stem(task_index, &spec.attempt_id);
             let submitted = Instant::now();
-            match self.cluster.submit(spec).await {
-                Ok(TaskEnd::Succeeded(outcome)) => {
+            let why = match self.tasks.launch(spec).await {
+                TaskEnd::Succeeded(outcome) => {
                     let delay_ms = millis(submitted.elapsed()).saturating_sub(outcome.duration_ms);
-                    return Ok((TaskDone { outcome, delay_ms }, stem));
+                    return Ok(Ran {
+                        done: TaskDone { outcome, delay_ms },
+                        stem,
+                        abandoned,
+                    });
                 }
-                Ok(TaskEnd::WorkerLost(why)) => {
+                TaskEnd::Lost(why) => {
                     tracing::warn!(
                         job,
                         batch,
@@ -136,34 +176,52 @@ impl BatchStages<'_> {
                         task_index,
                         "re-running task: {why}"
                     );
+                    abandoned += 1;
+                    continue;
                 }
-                Ok(TaskEnd::Failed(why)) => {
-                    failures += 1;
+                TaskEnd::Cancelled => {
+                    // Cancelled by someone else than this batch (a worker
+                    // shutting down): like a loss, it runs again.
+                    abandoned += 1;
+                    continue;
+                }
+                TaskEnd::Failed(failure) => {
+                    abandoned += 1;
+                    if failure.count_to_failures {
+                        failures += 1;
+                    }
                     tracing::warn!(
                         job,
                         batch,
                         stage = stage.id,
                         task_index,
                         failures,
-                        "task failed: {why}"
+                        "task failed: {}",
+                        failure.message
                     );
-                    if failures >= self.max_task_failures {
-                        let what = match place.ranges.first() {
-                            Some(range) => format!(
-                                "topic '{}' partition {} offsets {}..{}",
-                                range.topic, range.partition, range.start, range.end
-                            ),
-                            None => format!("partition {}", place.partition),
-                        };
-                        return Err(format!(
-                            "task {task_index} of stage {} of batch {batch} ({what}) failed {failures} times: {why}",
-                            stage.id
-                        ));
+                    if failure.retryable && failures < self.max_task_failures {
+                        tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
+                        continue;
                     }
-                    tokio::time::sleep(Duration::from_millis(200 * failures as u64)).await;
+                    let times = if failure.retryable {
+                        format!("failed {failures} times")
+                    } else {
+                        "failed, and running it again would fail the same way".to_string()
+                    };
+                    format!("{times}: {}", failure.message)
                 }
-                Err(_) => return Err("the scheduler dropped the task".to_string()),
-            }
+            };
+            let what = match place.ranges.first() {
+                Some(range) => format!(
+                    "topic '{}' partition {} offsets {}..{}",
+                    range.topic, range.partition, range.start, range.end
+                ),
+                None => format!("partition {}", place.partition),
+            };
+            return Err(format!(
+                "task {task_index} of stage {} of batch {batch} ({what}) {why}",
+                stage.id
+            ));
         }
     }
 }

@@ -243,8 +243,8 @@ async fn workers_drivers_and_ui_mutations_need_the_cluster_secret_when_one_is_se
         .submit_job(spate_proto::SubmitJobRequest {
             sql: "SELECT 1".into(),
             name: "intruder".into(),
-            origin: "intruder.sql".into(),
             secret: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -3,7 +3,7 @@
 //! This crate holds only generated code and the protocol version.
 
 /// Bumped on any wire change an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[allow(clippy::all, missing_docs)]
 mod generated {

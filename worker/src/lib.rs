@@ -4,18 +4,20 @@
 //! so the driver can embed workers.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::Rng;
 use spate_engine::state::StateCache;
-use spate_engine::task::{TaskSpec, run_task};
-use spate_engine::{OffsetRange, Workspace};
+use spate_engine::task::run_task;
+use spate_engine::{EngineError, Workspace, wire};
 use spate_proto::worker_service_client::WorkerServiceClient;
 use spate_proto::{
-    Heartbeat, LaunchTask, RegisterWorker, StateStats, TaskResult, TaskState, TaskUpdate,
-    WorkerMessage, master_message, worker_message,
+    Heartbeat, LaunchTask, RegisterWorker, TaskResult, TaskState, TaskUpdate, WorkerMessage,
+    master_message, worker_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -56,14 +58,15 @@ impl WorkerConfig {
                     .map(|h| h.trim().to_string())
             })
             .unwrap_or_else(|| "localhost".to_string());
+        let settings = spate_config::settings();
         WorkerConfig {
             master_url: master_url.into(),
             worker_id: format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             host,
-            slots: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
-            memory_bytes: 2 << 30,
+            slots: settings.worker.slots_or_cores(),
+            memory_bytes: settings.worker.memory_mb << 20,
             workspace: workspace.into(),
-            secret: String::new(),
+            secret: settings.secret.clone(),
         }
     }
 }
@@ -186,8 +189,19 @@ async fn session(
                         running.insert(task_id, handle);
                     }
                     Some(master_message::Kind::CancelTask(cancel)) => {
-                        if let Some(handle) = running.remove(&cancel.task_id) {
+                        // A task that ended already has said so.
+                        if let Some(handle) = running.remove(&cancel.task_id).filter(|h| !h.is_finished()) {
                             handle.abort();
+                            tracing::info!(worker = config.worker_id, task = cancel.task_id, "task cancelled");
+                            let update = TaskUpdate {
+                                task_id: cancel.task_id,
+                                state: TaskState::Cancelled as i32,
+                                result: None,
+                                failure: None,
+                            };
+                            if outbound.send(WorkerMessage { kind: Some(worker_message::Kind::TaskUpdate(update)) }).await.is_err() {
+                                break Err(WorkerError::Disconnected("outbound stream closed".into()));
+                            }
                         }
                     }
                     None => {}
@@ -205,33 +219,34 @@ async fn session(
     ended
 }
 
+/// Runs one task and reports how it ended, whatever happens: an error is
+/// reported with its kind, and a panic (DataFusion or a decoder can panic)
+/// is caught and reported as a failure with its message.
 async fn execute(env: TaskEnv, launch: LaunchTask, outbound: mpsc::Sender<WorkerMessage>) {
     let task_id = launch.task_id.clone();
-    let update = match decode_task(launch) {
-        Ok(spec) => match run_task(&env.ws, &spec, &env.state).await {
-            Ok(outcome) => TaskUpdate {
-                task_id,
-                state: TaskState::Succeeded as i32,
-                error: String::new(),
-                result: Some(TaskResult {
-                    input_rows: outcome.input_rows,
-                    output_rows: outcome.output_rows,
-                    output_files: outcome.output_files,
-                    duration_ms: outcome.duration_ms,
-                    max_event_time_ms: outcome.max_event_time_ms,
-                    late_rows: outcome.late_rows,
-                    malformed_rows: outcome.malformed_rows,
-                    state: Some(StateStats {
-                        rows: outcome.state.rows,
-                        bytes: outcome.state.bytes,
-                        rows_updated: outcome.state.rows_updated,
-                        rows_removed: outcome.state.rows_removed,
-                    }),
-                }),
-            },
-            Err(e) => failed(task_id, e.unwrap_datafusion().to_string()),
+    let ran = match wire::task_spec(launch) {
+        Ok(spec) => AssertUnwindSafe(run_task(&env.ws, &spec, &env.state))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(EngineError::execution(panicked(&panic)))),
+        Err(e) => Err(e),
+    };
+    let update = match ran {
+        Ok(outcome) => TaskUpdate {
+            task_id,
+            state: TaskState::Succeeded as i32,
+            result: Some(TaskResult::from(&outcome)),
+            failure: None,
         },
-        Err(e) => failed(task_id, e),
+        Err(e) => {
+            let e = e.unwrap_datafusion();
+            TaskUpdate {
+                task_id,
+                state: TaskState::Failed as i32,
+                result: None,
+                failure: Some(wire::failure(e.kind(), e.to_string())),
+            }
+        }
     };
     let _ = outbound
         .send(WorkerMessage {
@@ -240,41 +255,12 @@ async fn execute(env: TaskEnv, launch: LaunchTask, outbound: mpsc::Sender<Worker
         .await;
 }
 
-fn failed(task_id: String, error: String) -> TaskUpdate {
-    TaskUpdate {
-        task_id,
-        state: TaskState::Failed as i32,
-        error,
-        result: None,
-    }
-}
-
-fn decode_task(launch: LaunchTask) -> Result<TaskSpec, String> {
-    let sink = serde_json::from_str(&launch.sink).map_err(|e| format!("undecodable sink: {e}"))?;
-    Ok(TaskSpec {
-        job_id: launch.job_id,
-        batch_id: launch.batch_id,
-        attempt_id: launch.attempt_id,
-        task_index: launch.task_index,
-        stage_id: launch.stage_id,
-        partition: launch.partition,
-        shuffle_inputs: launch
-            .shuffle_inputs
-            .into_iter()
-            .map(|input| (input.stage, input.stems))
-            .collect(),
-        watermark_ms: launch.watermark_ms,
-        plan: launch.plan,
-        ranges: launch
-            .ranges
-            .into_iter()
-            .map(|r| OffsetRange {
-                topic: r.topic,
-                partition: r.partition,
-                start: r.start_offset,
-                end: r.end_offset,
-            })
-            .collect(),
-        sink,
-    })
+/// A panic's message, as `std` prints it.
+fn panicked(payload: &Box<dyn std::any::Any + Send>) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    format!("the task panicked: {message}")
 }

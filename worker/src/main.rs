@@ -3,28 +3,33 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use spate_config::settings;
 
 /// Spate worker: connects to the master and runs its tasks.
+///
+/// Defaults come from Spate's settings (defaults.toml, SPATE_CONFIG and
+/// SPATE_* variables); a flag overrides them.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// The master's gRPC URL.
-    #[arg(long, env = "SPATE_MASTER", default_value = "http://localhost:7077")]
+    #[arg(long, env = "SPATE_MASTER", default_value_t = settings().client.master.clone())]
     master: String,
-    /// Tasks run at once (default: the machine's cores).
-    #[arg(long, env = "SPATE_WORKER_SLOTS")]
-    slots: Option<u32>,
+    /// Tasks run at once; 0 means one per core.
+    #[arg(long, env = "SPATE_WORKER_SLOTS", default_value_t = settings().worker.slots)]
+    slots: u32,
     /// Memory the worker may use, in MiB.
-    #[arg(long, env = "SPATE_WORKER_MEMORY_MB", default_value_t = 2048)]
+    #[arg(long, env = "SPATE_WORKER_MEMORY_MB", default_value_t = settings().worker.memory_mb)]
     memory_mb: u64,
     /// The shared workspace, mounted at the same place as the master's.
-    #[arg(long, env = "SPATE_WORKSPACE", default_value = "workspace")]
-    workspace: PathBuf,
+    #[arg(long, env = "SPATE_WORKSPACE", default_value_t = settings().workspace.clone())]
+    workspace: String,
     /// This worker's id (default: a random one).
     #[arg(long, env = "SPATE_WORKER_ID")]
     id: Option<String>,
     /// Shared secret, when the master has one.
-    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, default_value = "")]
+    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, hide_default_value = true,
+          default_value_t = settings().secret.clone())]
     secret: String,
 }
 
@@ -37,9 +42,9 @@ async fn main() {
         )
         .init();
     let args = Args::parse();
-    let mut config = spate_worker::WorkerConfig::new(args.master, args.workspace);
-    if let Some(slots) = args.slots {
-        config.slots = slots.max(1);
+    let mut config = spate_worker::WorkerConfig::new(args.master, PathBuf::from(args.workspace));
+    if args.slots > 0 {
+        config.slots = args.slots;
     }
     if let Some(id) = args.id {
         config.worker_id = id;

@@ -179,20 +179,20 @@ fn history_path(args: &ReplArgs) -> PathBuf {
 }
 
 /// One statement's results, as they came back.
-struct Reply {
-    end: ResultEnd,
-    rows: Option<(SchemaRef, Vec<RecordBatch>)>,
+pub(crate) struct Reply {
+    pub end: ResultEnd,
+    pub rows: Option<(SchemaRef, Vec<RecordBatch>)>,
 }
 
 /// Why a cell did not give its result.
-enum CellError {
+pub(crate) enum CellError {
     Failed(String),
     Cancelled,
 }
 
 impl CellError {
     /// What the cell shows.
-    fn message(self) -> String {
+    pub fn message(self) -> String {
         match self {
             CellError::Failed(message) => message,
             CellError::Cancelled => "cancelled".to_string(),
@@ -555,8 +555,8 @@ impl Repl {
             .submit_job(SubmitJobRequest {
                 sql,
                 name,
-                origin: argument.to_string(),
                 secret: self.secret.clone(),
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("{argument}: {}", s.message()))?
@@ -843,7 +843,7 @@ fn strings(batch: &RecordBatch, column: usize) -> Option<StringArray> {
 
 /// Reads a reply stream: Arrow chunks make up each result until its end.
 /// `each` sees every result as it completes.
-async fn collect_replies(
+pub(crate) async fn collect_replies(
     stream: &mut tonic::Streaming<spate_proto::StatementReply>,
     mut each: impl FnMut(&Reply),
 ) -> Result<Vec<Reply>, CellError> {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use spate_proto::JobState;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -152,8 +153,8 @@ pub async fn submit(url: &str, name: &str, sql: &str) -> Result<String, tonic::S
         .submit_job(SubmitJobRequest {
             sql: sql.to_string(),
             name: name.to_string(),
-            origin: format!("{name}.sql"),
             secret: String::new(),
+            ..Default::default()
         })
         .await?;
     Ok(r.into_inner().job_id)
@@ -199,7 +200,7 @@ pub async fn wait_for_input_rows(url: &str, id: &str, rows: u64) {
         Duration::from_secs(180),
         || async {
             match job(url, id).await {
-                Some(j) if j.state == "FAILED" => panic!("job {id} failed: {}", j.error),
+                Some(j) if j.state() == JobState::Failed => panic!("job {id} failed: {}", j.error),
                 Some(j) => j.input_rows >= rows,
                 None => false,
             }

@@ -7,6 +7,7 @@ mod client;
 mod decode;
 mod pool;
 mod scan;
+mod sink;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use broker::DevBroker;
 pub use client::{KafkaAdmin, PartitionOffsets, enqueue, produce_batches};
 pub use scan::KafkaScanExec;
+pub use sink::KafkaSink;
 
 use crate::error::{EngineError, Result};
 

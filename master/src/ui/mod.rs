@@ -8,7 +8,7 @@ mod pages;
 use std::fmt::Write;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -110,7 +110,7 @@ struct KillForm {
     secret: String,
 }
 
-/// The kill button: stops the job after its running batch commits.
+/// The kill button: stops the job now, cancelling its running batch.
 async fn kill_from_page(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
@@ -123,16 +123,25 @@ async fn kill_from_page(
         )
             .into_response();
     }
-    if !master.jobs.request_stop(&id, StopRequest::AfterBatch) {
+    if !master.jobs.request_stop(&id, StopRequest::Now) {
         return not_found(&format!("job {id}"));
     }
     Redirect::to(&format!("/jobs/{id}")).into_response()
 }
 
-/// `POST /api/v1/jobs/{id}/stop` with the secret, when set, in `X-Spate-Secret`.
+#[derive(Deserialize)]
+struct StopQuery {
+    /// Cancel the running batch instead of letting it commit.
+    #[serde(default)]
+    kill: bool,
+}
+
+/// `POST /api/v1/jobs/{id}/stop[?kill=true]` with the secret, when set, in
+/// `X-Spate-Secret`.
 async fn stop_json(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
+    Query(query): Query<StopQuery>,
     headers: HeaderMap,
 ) -> Response {
     let secret = headers
@@ -146,10 +155,15 @@ async fn stop_json(
         )
             .into_response();
     }
-    if !master.jobs.request_stop(&id, StopRequest::AfterBatch) {
+    let how = if query.kill {
+        StopRequest::Now
+    } else {
+        StopRequest::AfterBatch
+    };
+    if !master.jobs.request_stop(&id, how) {
         return not_found(&format!("job {id}"));
     }
-    Json(serde_json::json!({"job": id, "stopping": true})).into_response()
+    Json(serde_json::json!({"job": id, "stopping": true, "kill": query.kill})).into_response()
 }
 
 /// Prometheus text exposition.
@@ -210,7 +224,7 @@ async fn metrics(State(master): State<Arc<Master>>) -> Response {
         "spate_job_running",
         "1 while the job runs or waits, else 0.",
         "gauge",
-        per_job(&|j| f64::from(u8::from(j.state == "RUNNING" || j.state == "WAITING"))),
+        per_job(&|j| f64::from(u8::from(j.state.is_active()))),
     );
     gauge(
         "spate_job_batches_total",

@@ -21,7 +21,7 @@ h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:1.8rem}
 table{border-collapse:collapse;margin:.4rem 0}th,td{padding:.3rem .7rem;border-bottom:1px solid #e4e4e4;text-align:left;vertical-align:top}
 th{background:#f6f6f6;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ALIVE,.RUNNING,.FINISHED,.SUCCEEDED{color:#1a7f37;font-weight:600}.DEAD,.FAILED,.LOST{color:#cf222e;font-weight:600}
-.WAITING,.STOPPED{color:#9a6700;font-weight:600}.muted{color:#777}
+.WAITING,.STOPPED,.STOPPING,.SUBMITTING,.CANCELLED{color:#9a6700;font-weight:600}.muted{color:#777}
 .summary{display:flex;gap:2rem;flex-wrap:wrap}.summary div{min-width:8rem}.summary b{display:block;font-size:1.2rem}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}figure.chart{margin:0;padding:.5rem;border:1px solid #e4e4e4;border-radius:4px}
 figcaption{font-weight:600;font-size:.9rem;margin-bottom:.3rem}.legend{font-size:.8rem;display:flex;gap:1rem}
@@ -81,17 +81,10 @@ fn format_memory(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-fn state_name(state: WorkerState) -> &'static str {
-    match state {
-        WorkerState::Alive => "ALIVE",
-        WorkerState::Dead => "DEAD",
-    }
-}
-
 /// The kill button; asks for confirmation, and for the secret when the cluster has one.
 fn kill_button(master: &Master, job: &str) -> Markup {
     let confirm = format!(
-        "return confirm('Kill job {job}? Its running batch commits first; submitting it again resumes it.')"
+        "return confirm('Kill job {job}? Its running batch is cancelled; submitting the job again re-runs it from the checkpoint.')"
     );
     html! {
         form.kill method="post" action=(format!("/jobs/{job}/kill")) onsubmit=(confirm) {
@@ -115,7 +108,7 @@ fn workers_table(workers: &[WorkerView]) -> Markup {
                 tr {
                     td { a href=(format!("/workers/{}", w.id)) { (w.id) } }
                     td { (w.host) }
-                    td class=(state_name(w.state)) { (state_name(w.state)) }
+                    td class=(w.state.name()) { (w.state.name()) }
                     td.num { (w.slots_used) " / " (w.slots) }
                     td.num { (w.slots_used) }
                     td.num { (format_memory(w.memory_bytes)) }
@@ -138,7 +131,7 @@ fn jobs_table(master: &Master, id: &str, jobs: &[&JobView]) -> Markup {
             @for j in jobs {
                 tr {
                     td { a href=(format!("/jobs/{}", j.id)) { (j.id) } }
-                    td class=(j.state) { (j.state) }
+                    td class=(j.state.name()) { (j.state.name()) }
                     td { (format_time(j.submitted_ms)) }
                     td.num { (format_duration(j.duration_ms)) }
                     td.num { (j.batches) }
@@ -146,7 +139,7 @@ fn jobs_table(master: &Master, id: &str, jobs: &[&JobView]) -> Markup {
                     td.num { (format_rate(j.avg_processed_rows_per_second)) }
                     td.num { (j.latest_batch.map(|b| b.to_string()).unwrap_or_default()) }
                     td.muted { (j.error) }
-                    td { @if j.state == "RUNNING" || j.state == "WAITING" { (kill_button(master, &j.id)) } }
+                    td { @if j.state.is_active() { (kill_button(master, &j.id)) } }
                 }
             }
         }
@@ -160,9 +153,8 @@ pub async fn overview(State(master): State<Arc<Master>>) -> Markup {
         .iter()
         .filter(|w| w.state == WorkerState::Alive)
         .collect();
-    let (running, finished): (Vec<&JobView>, Vec<&JobView>) = jobs
-        .iter()
-        .partition(|j| j.state == "RUNNING" || j.state == "WAITING");
+    let (running, finished): (Vec<&JobView>, Vec<&JobView>) =
+        jobs.iter().partition(|j| j.state.is_active());
     let uptime = spate_engine::now_ms() - master.started_ms;
     layout(
         &master,
@@ -279,9 +271,9 @@ pub async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> R
     let j = &detail.view;
     let batches = &detail.batches_progress;
     let last_tasks = batches.last().map_or(0, |p| p.num_tasks);
-    let active = j.state == "RUNNING" || j.state == "WAITING";
+    let active = j.state.is_active();
     layout(&master, &id, active, html! {
-        h1 { "Job " (id) " " span class=(j.state) { (j.state) } " " @if active { (kill_button(&master, &id)) } }
+        h1 { "Job " (id) " " span class=(j.state.name()) { (j.state.name()) } " " @if active { (kill_button(&master, &id)) } }
         @if !j.error.is_empty() { p.FAILED { (j.error) } }
         div.summary {
             div { "Submitted" b { (format_time(j.submitted_ms)) } }

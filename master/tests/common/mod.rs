@@ -115,8 +115,8 @@ impl Cluster {
             .submit_job(SubmitJobRequest {
                 sql,
                 name: name.to_string(),
-                origin: format!("{name}.sql"),
                 secret: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("{name} was refused: {}", e.message()))

@@ -1,0 +1,401 @@
+//! Sinks behind one trait. A task writes its part of a batch, named by the
+//! batch and its attempt, so nothing it writes is seen before the commit
+//! and no re-run overwrites a committed part. The job's controller commits
+//! the batch from the parts of the attempts it counted, once, and cleans up
+//! what other attempts left. The master calls this trait and knows no
+//! sink's layout.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::files::{FileFormatKind, FileSink};
+use crate::kafka::{KafkaSink, KafkaSinkSpec};
+use crate::stateful::OutputMode;
+use crate::workspace::{SPATE_DIR, Workspace};
+
+/// Where a job's rows go, as planned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkSpec {
+    Files {
+        table: String,
+        /// Relative to the workspace root.
+        dir: String,
+        format: FileFormatKind,
+    },
+    Kafka(KafkaSinkSpec),
+    /// An interactive query's rows: Arrow IPC files under `dir`, which the
+    /// master streams to the client and then removes.
+    Results {
+        dir: String,
+    },
+    /// Printed by the master as each batch commits (Spark's console sink).
+    Console {
+        /// Rows shown per batch; the rest are counted.
+        max_rows: u32,
+    },
+}
+
+/// Rows a console sink shows per batch unless its table says otherwise
+/// (Spark's `numRows`).
+pub const CONSOLE_ROWS: u32 = 20;
+
+impl SinkSpec {
+    /// The sink of a job (or query) `job` in `ws`.
+    pub fn open(&self, ws: &Workspace, job: &str) -> Arc<dyn Sink> {
+        match self {
+            SinkSpec::Files { dir, format, .. } => Arc::new(FileSink {
+                ws: ws.clone(),
+                dir: dir.clone(),
+                format: *format,
+            }),
+            SinkSpec::Kafka(spec) => Arc::new(KafkaSink { spec: spec.clone() }),
+            SinkSpec::Results { dir } => Arc::new(ResultsSink {
+                ws: ws.clone(),
+                dir: dir.clone(),
+            }),
+            SinkSpec::Console { max_rows } => Arc::new(ConsoleSink {
+                ws: ws.clone(),
+                dir: format!("{SPATE_DIR}/console/{job}"),
+                job: job.to_string(),
+                max_rows: *max_rows,
+            }),
+        }
+    }
+
+    /// Whether the sink can hold a group's newest row in place of its
+    /// older one (update output mode).
+    pub fn upserts(&self) -> bool {
+        matches!(self, SinkSpec::Kafka(_) | SinkSpec::Console { .. })
+    }
+
+    /// For humans: the UI, progress records.
+    pub fn describe(&self) -> String {
+        match self {
+            SinkSpec::Files { dir, format, .. } => {
+                format!("{} files in {dir}/", format.extension())
+            }
+            SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
+            SinkSpec::Results { .. } => "the client".to_string(),
+            SinkSpec::Console { .. } => "the master's console".to_string(),
+        }
+    }
+}
+
+/// One task attempt of a batch: what names its part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub batch: u64,
+    pub task_index: u32,
+    pub attempt_id: String,
+}
+
+/// What one task attempt wrote of a batch, for the controller's commit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SinkPart {
+    /// Files written, relative to the workspace root.
+    pub files: Vec<String>,
+    pub rows: u64,
+}
+
+#[async_trait]
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Task side: writes one attempt's rows of a batch, where no reader
+    /// sees them before the batch commits.
+    async fn write(
+        &self,
+        attempt: &Attempt,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<SinkPart>;
+
+    /// The rows of `batch` when the sink already holds it: its controller
+    /// stopped after the sink's commit and before the checkpoint's. None
+    /// where the sink cannot tell (it then commits the batch again).
+    async fn committed(&self, batch: u64) -> Result<Option<u64>>;
+
+    /// Makes a batch visible, all of it at once, from the parts of its
+    /// counted attempts. A batch another writer committed is
+    /// `EngineError::AlreadyExists`.
+    async fn commit(&self, batch: u64, parts: Vec<SinkPart>, mode: OutputMode) -> Result<()>;
+
+    /// Removes what attempts of `batch` wrote that `kept` does not name:
+    /// failed, lost and cancelled attempts, or those of a crashed
+    /// controller. Parts of committed batches are never touched.
+    async fn clean_up(&self, batch: u64, kept: &[SinkPart]) -> Result<()>;
+
+    /// Forgets everything the sink committed (a job started afresh).
+    async fn reset(&self) -> Result<()>;
+
+    /// For following a job (`\tail`): the newest committed batch.
+    async fn latest_committed(&self) -> Result<Option<u64>> {
+        Err(self.cannot_read_back())
+    }
+
+    /// For following a job: the committed batches from `from` on, oldest
+    /// first, each with its rows.
+    async fn read_committed(&self, from: u64) -> Result<Vec<(u64, Vec<RecordBatch>)>> {
+        let _ = from;
+        Err(self.cannot_read_back())
+    }
+
+    /// Why `latest_committed` and `read_committed` do not work here.
+    fn cannot_read_back(&self) -> EngineError {
+        EngineError::plan(format!(
+            "{} cannot be read back batch by batch; query it with a SELECT instead",
+            self.describe()
+        ))
+    }
+
+    fn describe(&self) -> String;
+}
+
+/// Arrow IPC file bytes of `batches`.
+pub fn ipc_file(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut writer = FileWriter::try_new(Vec::new(), schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// The batches of an Arrow IPC file in the workspace.
+pub async fn read_ipc_file(ws: &Workspace, path: &str) -> Result<Vec<RecordBatch>> {
+    let bytes = ws
+        .get(path)
+        .await?
+        .ok_or_else(|| EngineError::internal(format!("{path} is missing from the workspace")))?;
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+    Ok(reader.collect::<std::result::Result<_, _>>()?)
+}
+
+/// An interactive query's result: each last-stage task's rows in one IPC
+/// file, streamed to the client by the master and then removed.
+#[derive(Debug)]
+pub struct ResultsSink {
+    ws: Workspace,
+    dir: String,
+}
+
+impl ResultsSink {
+    pub fn new(ws: Workspace, dir: String) -> Self {
+        ResultsSink { ws, dir }
+    }
+
+    /// The rows of `parts`, in their order.
+    pub async fn rows(&self, parts: &[SinkPart]) -> Result<Vec<RecordBatch>> {
+        let mut rows = Vec::new();
+        for file in parts.iter().flat_map(|p| &p.files) {
+            rows.extend(read_ipc_file(&self.ws, file).await?);
+        }
+        Ok(rows)
+    }
+}
+
+#[async_trait]
+impl Sink for ResultsSink {
+    async fn write(
+        &self,
+        attempt: &Attempt,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<SinkPart> {
+        let path = format!(
+            "{}/part-{:04}-{}.arrow",
+            self.dir, attempt.task_index, attempt.attempt_id
+        );
+        self.ws.put(&path, ipc_file(&schema, batches)?).await?;
+        Ok(SinkPart {
+            files: vec![path],
+            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+        })
+    }
+
+    async fn committed(&self, _batch: u64) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    async fn commit(&self, _batch: u64, _parts: Vec<SinkPart>, _mode: OutputMode) -> Result<()> {
+        Ok(())
+    }
+
+    async fn clean_up(&self, _batch: u64, _kept: &[SinkPart]) -> Result<()> {
+        Ok(())
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.ws.delete_dir(&self.dir).await
+    }
+
+    fn describe(&self) -> String {
+        "the client".to_string()
+    }
+}
+
+/// Spark's console sink: each committed batch printed on the master's
+/// standard output. Parts wait as IPC files in the workspace until the
+/// commit prints them; a batch re-run after a crash may print twice, as in
+/// Spark, since a console keeps no record of what it showed.
+#[derive(Debug)]
+pub struct ConsoleSink {
+    ws: Workspace,
+    dir: String,
+    job: String,
+    max_rows: u32,
+}
+
+impl ConsoleSink {
+    fn batch_dir(&self, batch: u64) -> String {
+        format!("{}/{batch}", self.dir)
+    }
+}
+
+#[async_trait]
+impl Sink for ConsoleSink {
+    async fn write(
+        &self,
+        attempt: &Attempt,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<SinkPart> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let path = format!(
+            "{}/part-{:04}-{}.arrow",
+            self.batch_dir(attempt.batch),
+            attempt.task_index,
+            attempt.attempt_id
+        );
+        self.ws.put(&path, ipc_file(&schema, batches)?).await?;
+        Ok(SinkPart {
+            files: vec![path],
+            rows,
+        })
+    }
+
+    async fn committed(&self, _batch: u64) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    async fn commit(&self, batch: u64, parts: Vec<SinkPart>, _mode: OutputMode) -> Result<()> {
+        let mut rows = Vec::new();
+        for file in parts.iter().flat_map(|p| &p.files) {
+            rows.extend(read_ipc_file(&self.ws, file).await?);
+        }
+        let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
+        let shown = (self.max_rows as usize).min(total);
+        let mut kept = Vec::new();
+        let mut left = shown;
+        for batch in &rows {
+            if left == 0 {
+                break;
+            }
+            let take = left.min(batch.num_rows());
+            kept.push(batch.slice(0, take));
+            left -= take;
+        }
+        let rule = "-".repeat(43);
+        let mut text = format!("{rule}\nJob: {}, batch: {batch}\n{rule}\n", self.job);
+        if !kept.is_empty() {
+            text.push_str(
+                &datafusion::arrow::util::pretty::pretty_format_batches(&kept)?.to_string(),
+            );
+            text.push('\n');
+        }
+        if total > shown {
+            text.push_str(&format!("only showing the first {shown} of {total} rows\n"));
+        } else if total == 0 {
+            text.push_str("(no rows)\n");
+        }
+        println!("{text}");
+        self.ws.delete_dir(&self.batch_dir(batch)).await
+    }
+
+    async fn clean_up(&self, batch: u64, _kept: &[SinkPart]) -> Result<()> {
+        self.ws.delete_dir(&self.batch_dir(batch)).await
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.ws.delete_dir(&self.dir).await
+    }
+
+    fn describe(&self) -> String {
+        "the master's console".to_string()
+    }
+}
+
+/// Builds console tables: `CREATE EXTERNAL TABLE out (...) STORED AS CONSOLE
+/// LOCATION 'stdout' [OPTIONS ('rows' '20')]`.
+#[derive(Debug)]
+pub struct ConsoleTableFactory;
+
+#[async_trait]
+impl datafusion::catalog::TableProviderFactory for ConsoleTableFactory {
+    async fn create(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        cmd: &datafusion::logical_expr::CreateExternalTable,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        let name = cmd.name.to_string();
+        let mut max_rows = CONSOLE_ROWS;
+        for (key, value) in &cmd.options {
+            match key.strip_prefix("format.").unwrap_or(key) {
+                "rows" | "numrows" => {
+                    max_rows = value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        EngineError::plan(format!(
+                            "table '{name}': option 'rows' is '{value}'; use a positive whole number"
+                        ))
+                    })?;
+                }
+                other => {
+                    return Err(EngineError::plan(format!(
+                        "table '{name}': unknown option '{other}' for STORED AS CONSOLE; known options: rows (rows shown per batch, default {CONSOLE_ROWS})"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(Arc::new(ConsoleTable {
+            schema: Arc::new(cmd.schema.as_arrow().clone()),
+            max_rows,
+        }))
+    }
+}
+
+/// A table a job writes to the master's console; it cannot be read.
+#[derive(Debug)]
+pub struct ConsoleTable {
+    schema: SchemaRef,
+    pub max_rows: u32,
+}
+
+#[async_trait]
+impl datafusion::catalog::TableProvider for ConsoleTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::prelude::Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(EngineError::plan(
+            "a console table is a sink: its rows are printed by the master, not kept to be read",
+        )
+        .into())
+    }
+}

@@ -1,0 +1,502 @@
+//! The engine's types as the wire's messages (`spate.proto`) and back: the
+//! tasks the master launches, what they report, their sinks, their errors,
+//! and Spate's operators inside plan bytes. Decoding says what it could not
+//! read instead of guessing.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use spate_proto as pb;
+
+use crate::OffsetRange;
+use crate::error::{EngineError, ErrorKind, Result};
+use crate::files::FileFormatKind;
+use crate::kafka::{
+    KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
+};
+use crate::shuffle::ShuffleReaderSpec;
+use crate::sink::{SinkPart, SinkSpec};
+use crate::stateful::{EventWindow, OutputMode, StatefulSpec};
+use crate::task::{StateMetrics, TaskOutcome, TaskSpec};
+
+fn undecodable(what: &str) -> EngineError {
+    EngineError::internal(format!(
+        "undecodable {what} on the wire; are master and worker the same Spate version?"
+    ))
+}
+
+// ----------------------------------------------------------------- errors --
+
+impl From<ErrorKind> for pb::ErrorKind {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Plan => pb::ErrorKind::Plan,
+            ErrorKind::Execution => pb::ErrorKind::Execution,
+            ErrorKind::Internal => pb::ErrorKind::Internal,
+            ErrorKind::NotFound => pb::ErrorKind::NotFound,
+            ErrorKind::AlreadyExists => pb::ErrorKind::AlreadyExists,
+        }
+    }
+}
+
+/// The kind an error on the wire says it is (an unknown one: internal).
+pub fn error_kind(kind: i32) -> ErrorKind {
+    match pb::ErrorKind::try_from(kind) {
+        Ok(pb::ErrorKind::Plan) => ErrorKind::Plan,
+        Ok(pb::ErrorKind::Execution) => ErrorKind::Execution,
+        Ok(pb::ErrorKind::NotFound) => ErrorKind::NotFound,
+        Ok(pb::ErrorKind::AlreadyExists) => ErrorKind::AlreadyExists,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// A task's failure as the worker reports it.
+pub fn failure(kind: ErrorKind, message: String) -> pb::Failure {
+    pb::Failure {
+        kind: pb::ErrorKind::from(kind) as i32,
+        message,
+        retryable: kind.retryable(),
+        count_to_failures: true,
+    }
+}
+
+// ------------------------------------------------------------------ sinks --
+
+fn file_format(format: FileFormatKind) -> pb::FileFormat {
+    match format {
+        FileFormatKind::Parquet => pb::FileFormat::Parquet,
+        FileFormatKind::Json => pb::FileFormat::Json,
+        FileFormatKind::Csv => pb::FileFormat::Csv,
+    }
+}
+
+impl From<&SinkSpec> for pb::Sink {
+    fn from(spec: &SinkSpec) -> Self {
+        use pb::sink::Kind;
+        let kind = match spec {
+            SinkSpec::Files { table, dir, format } => Kind::Files(pb::FileSink {
+                table: table.clone(),
+                dir: dir.clone(),
+                format: file_format(*format) as i32,
+            }),
+            SinkSpec::Kafka(k) => Kind::Kafka(pb::KafkaSink {
+                topic: k.topic.clone(),
+                bootstrap_servers: k.bootstrap_servers.clone(),
+                client_options: k.client_options.clone().into_iter().collect(),
+            }),
+            SinkSpec::Results { dir } => Kind::Results(pb::ResultsSink { dir: dir.clone() }),
+            SinkSpec::Console { max_rows } => Kind::Console(pb::ConsoleSink {
+                max_rows: *max_rows,
+            }),
+        };
+        pb::Sink { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::Sink> for SinkSpec {
+    type Error = EngineError;
+
+    fn try_from(sink: pb::Sink) -> Result<Self> {
+        use pb::sink::Kind;
+        Ok(match sink.kind.ok_or_else(|| undecodable("sink"))? {
+            Kind::Files(f) => SinkSpec::Files {
+                format: match pb::FileFormat::try_from(f.format) {
+                    Ok(pb::FileFormat::Parquet) => FileFormatKind::Parquet,
+                    Ok(pb::FileFormat::Json) => FileFormatKind::Json,
+                    Ok(pb::FileFormat::Csv) => FileFormatKind::Csv,
+                    _ => return Err(undecodable("file format")),
+                },
+                table: f.table,
+                dir: f.dir,
+            },
+            Kind::Kafka(k) => SinkSpec::Kafka(KafkaSinkSpec {
+                topic: k.topic,
+                bootstrap_servers: k.bootstrap_servers,
+                client_options: k.client_options.into_iter().collect(),
+            }),
+            Kind::Results(r) => SinkSpec::Results { dir: r.dir },
+            Kind::Console(c) => SinkSpec::Console {
+                max_rows: c.max_rows,
+            },
+        })
+    }
+}
+
+impl From<&SinkPart> for pb::SinkPart {
+    fn from(part: &SinkPart) -> Self {
+        pb::SinkPart {
+            files: part.files.clone(),
+            rows: part.rows,
+        }
+    }
+}
+
+impl From<pb::SinkPart> for SinkPart {
+    fn from(part: pb::SinkPart) -> Self {
+        SinkPart {
+            files: part.files,
+            rows: part.rows,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ tasks --
+
+/// The message that launches `spec` as task `task_id`.
+pub fn launch_task(task_id: &str, spec: &TaskSpec) -> pb::LaunchTask {
+    pb::LaunchTask {
+        task_id: task_id.to_string(),
+        job_id: spec.job_id.clone(),
+        batch_id: spec.batch_id,
+        attempt_id: spec.attempt_id.clone(),
+        plan: spec.plan.clone(),
+        ranges: spec
+            .ranges
+            .iter()
+            .map(|r| pb::OffsetRange {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                start_offset: r.start,
+                end_offset: r.end,
+            })
+            .collect(),
+        task_index: spec.task_index,
+        stage_id: spec.stage_id,
+        partition: spec.partition,
+        shuffle_inputs: spec
+            .shuffle_inputs
+            .iter()
+            .map(|(stage, stems)| pb::ShuffleInput {
+                stage: *stage,
+                stems: stems.clone(),
+            })
+            .collect(),
+        watermark_ms: spec.watermark_ms,
+        sink: Some(pb::Sink::from(&spec.sink)),
+    }
+}
+
+/// The task a LaunchTask asks for.
+pub fn task_spec(launch: pb::LaunchTask) -> Result<TaskSpec> {
+    let sink = launch
+        .sink
+        .ok_or_else(|| undecodable("task without a sink"))?;
+    Ok(TaskSpec {
+        job_id: launch.job_id,
+        batch_id: launch.batch_id,
+        attempt_id: launch.attempt_id,
+        task_index: launch.task_index,
+        stage_id: launch.stage_id,
+        partition: launch.partition,
+        shuffle_inputs: launch
+            .shuffle_inputs
+            .into_iter()
+            .map(|input| (input.stage, input.stems))
+            .collect(),
+        watermark_ms: launch.watermark_ms,
+        plan: launch.plan,
+        ranges: launch
+            .ranges
+            .into_iter()
+            .map(|r| OffsetRange {
+                topic: r.topic,
+                partition: r.partition,
+                start: r.start_offset,
+                end: r.end_offset,
+            })
+            .collect(),
+        sink: SinkSpec::try_from(sink)?,
+    })
+}
+
+impl From<&TaskOutcome> for pb::TaskResult {
+    fn from(outcome: &TaskOutcome) -> Self {
+        pb::TaskResult {
+            input_rows: outcome.input_rows,
+            output_rows: outcome.output_rows,
+            duration_ms: outcome.duration_ms,
+            max_event_time_ms: outcome.max_event_time_ms,
+            late_rows: outcome.late_rows,
+            state: Some(pb::StateStats {
+                rows: outcome.state.rows,
+                bytes: outcome.state.bytes,
+                rows_updated: outcome.state.rows_updated,
+                rows_removed: outcome.state.rows_removed,
+            }),
+            malformed_rows: outcome.malformed_rows,
+            sink_part: outcome.sink_part.as_ref().map(pb::SinkPart::from),
+        }
+    }
+}
+
+impl From<pb::TaskResult> for TaskOutcome {
+    fn from(r: pb::TaskResult) -> Self {
+        TaskOutcome {
+            input_rows: r.input_rows,
+            output_rows: r.output_rows,
+            sink_part: r.sink_part.map(SinkPart::from),
+            duration_ms: r.duration_ms,
+            max_event_time_ms: r.max_event_time_ms,
+            late_rows: r.late_rows,
+            malformed_rows: r.malformed_rows,
+            state: r.state.map_or_else(Default::default, |s| StateMetrics {
+                rows: s.rows,
+                bytes: s.bytes,
+                rows_updated: s.rows_updated,
+                rows_removed: s.rows_removed,
+            }),
+        }
+    }
+}
+
+// -------------------------------------------------------------- operators --
+
+/// A schema as an Arrow IPC schema message.
+pub fn schema_bytes(schema: &Schema) -> Result<Vec<u8>> {
+    let mut writer = StreamWriter::try_new(Vec::new(), schema)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+pub fn schema_from_bytes(bytes: &[u8]) -> Result<Schema> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    Ok(Arc::unwrap_or_clone(reader.schema()))
+}
+
+impl TryFrom<&KafkaSourceSpec> for pb::KafkaSource {
+    type Error = EngineError;
+
+    fn try_from(s: &KafkaSourceSpec) -> Result<Self> {
+        use pb::starting_offsets::Start;
+        Ok(pb::KafkaSource {
+            table: s.table.clone(),
+            topic: s.topic.clone(),
+            bootstrap_servers: s.bootstrap_servers.clone(),
+            format: match s.format {
+                RecordFormat::Json => pb::RecordFormat::Json,
+                RecordFormat::Csv => pb::RecordFormat::Csv,
+                RecordFormat::Raw => pb::RecordFormat::Raw,
+            } as i32,
+            client_options: s.client_options.clone().into_iter().collect(),
+            arrow_schema: schema_bytes(&s.schema)?,
+            starting_offsets: Some(pb::StartingOffsets {
+                start: Some(match &s.starting_offsets {
+                    StartingOffsets::Earliest => Start::Earliest(true),
+                    StartingOffsets::Latest => Start::Latest(true),
+                    StartingOffsets::Specific(map) => Start::Specific(pb::PartitionOffsetMap {
+                        offsets: map.clone().into_iter().collect(),
+                    }),
+                }),
+            }),
+            max_offsets_per_trigger: s.max_offsets_per_trigger,
+            watermark: s.watermark.as_ref().map(|w| pb::Watermark {
+                column: w.column.clone(),
+                delay_ms: w.delay_ms,
+            }),
+            fail_on_data_loss: s.fail_on_data_loss,
+            on_error: match s.on_error {
+                OnError::Fail => pb::OnError::Fail,
+                OnError::Drop => pb::OnError::Drop,
+                OnError::Permissive => pb::OnError::Permissive,
+            } as i32,
+            dead_letter_topic: s.dead_letter_topic.clone(),
+        })
+    }
+}
+
+impl TryFrom<pb::KafkaSource> for KafkaSourceSpec {
+    type Error = EngineError;
+
+    fn try_from(s: pb::KafkaSource) -> Result<Self> {
+        use pb::starting_offsets::Start;
+        let starting_offsets = match s.starting_offsets.and_then(|o| o.start) {
+            Some(Start::Earliest(_)) | None => StartingOffsets::Earliest,
+            Some(Start::Latest(_)) => StartingOffsets::Latest,
+            Some(Start::Specific(map)) => {
+                StartingOffsets::Specific(map.offsets.into_iter().collect::<BTreeMap<_, _>>())
+            }
+        };
+        Ok(KafkaSourceSpec {
+            table: s.table,
+            topic: s.topic,
+            bootstrap_servers: s.bootstrap_servers,
+            format: match pb::RecordFormat::try_from(s.format) {
+                Ok(pb::RecordFormat::Json) => RecordFormat::Json,
+                Ok(pb::RecordFormat::Csv) => RecordFormat::Csv,
+                Ok(pb::RecordFormat::Raw) => RecordFormat::Raw,
+                _ => return Err(undecodable("record format")),
+            },
+            client_options: s.client_options.into_iter().collect(),
+            schema: schema_from_bytes(&s.arrow_schema)?,
+            starting_offsets,
+            max_offsets_per_trigger: s.max_offsets_per_trigger,
+            watermark: s.watermark.map(|w| WatermarkSpec {
+                column: w.column,
+                delay_ms: w.delay_ms,
+            }),
+            fail_on_data_loss: s.fail_on_data_loss,
+            on_error: match pb::OnError::try_from(s.on_error) {
+                Ok(pb::OnError::Fail) => OnError::Fail,
+                Ok(pb::OnError::Drop) => OnError::Drop,
+                Ok(pb::OnError::Permissive) => OnError::Permissive,
+                _ => return Err(undecodable("on_error")),
+            },
+            dead_letter_topic: s.dead_letter_topic,
+        })
+    }
+}
+
+impl TryFrom<&ShuffleReaderSpec> for pb::ShuffleReader {
+    type Error = EngineError;
+
+    fn try_from(spec: &ShuffleReaderSpec) -> Result<Self> {
+        Ok(pb::ShuffleReader {
+            stage: spec.stage,
+            arrow_schema: schema_bytes(&spec.schema)?,
+            partitions: spec.partitions as u32,
+            gather: spec.gather,
+        })
+    }
+}
+
+impl TryFrom<pb::ShuffleReader> for ShuffleReaderSpec {
+    type Error = EngineError;
+
+    fn try_from(reader: pb::ShuffleReader) -> Result<Self> {
+        Ok(ShuffleReaderSpec {
+            stage: reader.stage,
+            schema: schema_from_bytes(&reader.arrow_schema)?,
+            partitions: reader.partitions as usize,
+            gather: reader.gather,
+        })
+    }
+}
+
+impl From<OutputMode> for pb::OutputMode {
+    fn from(mode: OutputMode) -> Self {
+        match mode {
+            OutputMode::Append => pb::OutputMode::Append,
+            OutputMode::Update => pb::OutputMode::Update,
+            OutputMode::Complete => pb::OutputMode::Complete,
+        }
+    }
+}
+
+impl From<&StatefulSpec> for pb::StatefulAggregate {
+    fn from(spec: &StatefulSpec) -> Self {
+        use pb::event_window::Kind;
+        pb::StatefulAggregate {
+            operator: spec.operator,
+            mode: pb::OutputMode::from(spec.mode) as i32,
+            window: spec.window.as_ref().map(|w| match w {
+                EventWindow::Struct { column } => pb::EventWindow {
+                    column: *column as u32,
+                    kind: Some(Kind::StructWindow(true)),
+                },
+                EventWindow::Bin { column, width_ms } => pb::EventWindow {
+                    column: *column as u32,
+                    kind: Some(Kind::BinWidthMs(*width_ms)),
+                },
+                EventWindow::Session { column } => pb::EventWindow {
+                    column: *column as u32,
+                    kind: Some(Kind::Session(true)),
+                },
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::StatefulAggregate> for StatefulSpec {
+    type Error = EngineError;
+
+    fn try_from(s: pb::StatefulAggregate) -> Result<Self> {
+        use pb::event_window::Kind;
+        let mode = match pb::OutputMode::try_from(s.mode) {
+            Ok(pb::OutputMode::Append) => OutputMode::Append,
+            Ok(pb::OutputMode::Update) => OutputMode::Update,
+            Ok(pb::OutputMode::Complete) => OutputMode::Complete,
+            _ => return Err(undecodable("output mode")),
+        };
+        let window = match s.window {
+            None => None,
+            Some(w) => {
+                let column = w.column as usize;
+                Some(match w.kind.ok_or_else(|| undecodable("event window"))? {
+                    Kind::StructWindow(_) => EventWindow::Struct { column },
+                    Kind::BinWidthMs(width_ms) => EventWindow::Bin { column, width_ms },
+                    Kind::Session(_) => EventWindow::Session { column },
+                })
+            }
+        };
+        Ok(StatefulSpec {
+            operator: s.operator,
+            mode,
+            window,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::datatypes::{DataType, Field};
+
+    use super::*;
+
+    #[test]
+    fn sources_and_tasks_travel_whole() {
+        let source = KafkaSourceSpec {
+            table: "sales".into(),
+            topic: "sales".into(),
+            bootstrap_servers: "k:9092".into(),
+            format: RecordFormat::Csv,
+            client_options: BTreeMap::from([("security.protocol".into(), "ssl".into())]),
+            schema: Schema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("ts", DataType::Utf8, true)
+                    .with_metadata(std::collections::HashMap::from([("k".into(), "v".into())])),
+            ]),
+            starting_offsets: StartingOffsets::Specific(BTreeMap::from([(0, 42), (1, -2)])),
+            max_offsets_per_trigger: Some(10),
+            watermark: Some(WatermarkSpec {
+                column: "ts".into(),
+                delay_ms: 5000,
+            }),
+            fail_on_data_loss: false,
+            on_error: OnError::Permissive,
+            dead_letter_topic: Some("dead".into()),
+        };
+        let wire = pb::KafkaSource::try_from(&source).unwrap();
+        assert_eq!(KafkaSourceSpec::try_from(wire).unwrap(), source);
+
+        let task = TaskSpec {
+            job_id: "j".into(),
+            batch_id: 7,
+            attempt_id: "a1".into(),
+            stage_id: 2,
+            task_index: 3,
+            plan: vec![1, 2, 3],
+            ranges: vec![OffsetRange {
+                topic: "t".into(),
+                partition: 1,
+                start: 5,
+                end: 9,
+            }],
+            partition: 4,
+            shuffle_inputs: vec![(1, vec!["from-0-x".into()])],
+            watermark_ms: Some(99),
+            sink: SinkSpec::Files {
+                table: "out".into(),
+                dir: "output/x".into(),
+                format: FileFormatKind::Json,
+            },
+        };
+        let back = task_spec(launch_task("id", &task)).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{task:?}"));
+    }
+}
