@@ -219,12 +219,32 @@ impl Checkpoint {
 
     pub async fn latest_commit(&self) -> Result<Option<CommitEntry>> {
         match self.latest_in("commits").await? {
-            Some(batch) => {
-                self.ws
-                    .get_json(&format!("{}/commits/{batch}", self.dir))
-                    .await
-            }
+            Some(batch) => self.commit(batch).await,
             None => Ok(None),
+        }
+    }
+
+    pub async fn commit(&self, batch: u64) -> Result<Option<CommitEntry>> {
+        self.ws
+            .get_json(&format!("{}/commits/{batch}", self.dir))
+            .await
+    }
+
+    /// Refuses to re-run a logged batch that another writer committed in
+    /// the meantime: this controller is not the job's one writer any more.
+    pub async fn check_not_committed(&self, batch: u64) -> Result<()> {
+        match self.commit(batch).await? {
+            None => Ok(()),
+            Some(commit) => {
+                let who = commit.writer.map_or_else(
+                    || "an earlier version of Spate".to_string(),
+                    |w| w.to_string(),
+                );
+                Err(EngineError::AlreadyExists(format!(
+                    "commits/{batch} of {} was written by {who}: another controller runs this job, so this one stops",
+                    self.dir
+                )))
+            }
         }
     }
 

@@ -25,8 +25,9 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{Expr, SessionContext};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Writer;
 use crate::error::{EngineError, Result};
-use crate::sink::{Attempt, Sink, SinkPart};
+use crate::sink::{Attempt, Committing, Sink, SinkPart};
 use crate::stateful::OutputMode;
 use crate::workspace::Workspace;
 
@@ -113,6 +114,9 @@ pub struct SinkManifest {
     /// ignore the batches before it.
     #[serde(default)]
     pub replaces: bool,
+    /// The job's controller that committed it.
+    #[serde(default)]
+    pub writer: Option<Writer>,
 }
 
 pub fn manifests_dir(sink_dir: &str) -> String {
@@ -126,31 +130,29 @@ pub fn manifest_path(sink_dir: &str, batch: u64) -> String {
 /// Commits a batch to a file sink: one manifest names its files. Until it is
 /// written readers see none of them; once written, all. The manifest is
 /// created exclusively: a batch another writer committed is refused, unless
-/// it names the same files (this writer's own commit, repeated).
+/// it is this writer's own commit, repeated.
 pub async fn commit_batch(
     ws: &Workspace,
     sink_dir: &str,
-    batch: u64,
-    mut files: Vec<String>,
-    rows: u64,
-    replaces: bool,
+    mut manifest: SinkManifest,
 ) -> Result<()> {
-    files.sort();
+    manifest.files.sort();
+    let batch = manifest.batch;
     let path = manifest_path(sink_dir, batch);
-    let manifest = SinkManifest {
-        batch,
-        files,
-        rows,
-        replaces,
-    };
     if ws.create_json(&path, &manifest).await? {
         return Ok(());
     }
     match ws.get_json::<SinkManifest>(&path).await? {
         Some(existing) if existing.files == manifest.files => Ok(()),
-        _ => Err(EngineError::AlreadyExists(format!(
-            "batch {batch} of the sink in {sink_dir}/ was committed by another writer of this job"
-        ))),
+        existing => {
+            let who = existing.and_then(|m| m.writer).map_or_else(
+                || "an earlier version of Spate".to_string(),
+                |w| w.to_string(),
+            );
+            Err(EngineError::AlreadyExists(format!(
+                "batch {batch} of the sink in {sink_dir}/ was committed by {who}: another controller runs this job, so this one stops"
+            )))
+        }
     }
 }
 
@@ -455,11 +457,15 @@ impl Sink for FileSink {
             .map(|m| m.rows))
     }
 
-    async fn commit(&self, batch: u64, parts: Vec<SinkPart>, mode: OutputMode) -> Result<()> {
-        let rows = parts.iter().map(|p| p.rows).sum();
-        let files = parts.into_iter().flat_map(|p| p.files).collect();
-        let replaces = mode == OutputMode::Complete;
-        commit_batch(&self.ws, &self.dir, batch, files, rows, replaces).await
+    async fn commit(&self, batch: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()> {
+        let manifest = SinkManifest {
+            batch: batch.batch,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            files: parts.into_iter().flat_map(|p| p.files).collect(),
+            replaces: batch.mode == OutputMode::Complete,
+            writer: Some(batch.writer.clone()),
+        };
+        commit_batch(&self.ws, &self.dir, manifest).await
     }
 
     async fn clean_up(&self, batch: u64, kept: &[SinkPart]) -> Result<()> {

@@ -14,6 +14,7 @@ use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Writer;
 use crate::error::{EngineError, Result};
 use crate::files::{FileFormatKind, FileSink};
 use crate::kafka::{KafkaSink, KafkaSinkSpec};
@@ -89,6 +90,14 @@ impl SinkSpec {
     }
 }
 
+/// A batch being committed: which, in what output mode, by whom.
+#[derive(Debug, Clone, Copy)]
+pub struct Committing<'a> {
+    pub batch: u64,
+    pub mode: OutputMode,
+    pub writer: &'a Writer,
+}
+
 /// One task attempt of a batch: what names its part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
@@ -122,9 +131,9 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn committed(&self, batch: u64) -> Result<Option<u64>>;
 
     /// Makes a batch visible, all of it at once, from the parts of its
-    /// counted attempts. A batch another writer committed is
-    /// `EngineError::AlreadyExists`.
-    async fn commit(&self, batch: u64, parts: Vec<SinkPart>, mode: OutputMode) -> Result<()>;
+    /// counted attempts, as `writer`. A batch another writer committed is
+    /// `EngineError::AlreadyExists`, naming that writer.
+    async fn commit(&self, batch: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()>;
 
     /// Removes what attempts of `batch` wrote that `kept` does not name:
     /// failed, lost and cancelled attempts, or those of a crashed
@@ -223,7 +232,7 @@ impl Sink for ResultsSink {
         Ok(None)
     }
 
-    async fn commit(&self, _batch: u64, _parts: Vec<SinkPart>, _mode: OutputMode) -> Result<()> {
+    async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
         Ok(())
     }
 
@@ -284,7 +293,8 @@ impl Sink for ConsoleSink {
         Ok(None)
     }
 
-    async fn commit(&self, batch: u64, parts: Vec<SinkPart>, _mode: OutputMode) -> Result<()> {
+    async fn commit(&self, committing: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()> {
+        let batch = committing.batch;
         let mut rows = Vec::new();
         for file in parts.iter().flat_map(|p| &p.files) {
             rows.extend(read_ipc_file(&self.ws, file).await?);

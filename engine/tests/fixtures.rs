@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use spate_engine::job::{PlanEnv, SinkSpec, plan_job, session};
 use spate_engine::kafka::DevBroker;
+use spate_engine::sink::Committing;
 use spate_engine::stateful::OutputMode;
 use spate_engine::task::{TaskSpec, run_task};
 use spate_engine::{OffsetRange, Workspace};
@@ -66,7 +67,14 @@ async fn run_batch(
     planned
         .sink
         .open(ws, "fixture")
-        .commit(0, parts, OutputMode::Append)
+        .commit(
+            &Committing {
+                batch: 0,
+                mode: OutputMode::Append,
+                writer: &common::test_writer(),
+            },
+            parts,
+        )
         .await?;
     Ok(planned.sink)
 }

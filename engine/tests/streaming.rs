@@ -17,7 +17,8 @@ use spate_engine::task::{TaskOutcome, TaskSpec, run_task};
 use spate_engine::{OffsetRange, Workspace};
 
 mod common;
-use common::{append_lines, produce_lines};
+use common::{append_lines, produce_lines, test_writer};
+use spate_engine::sink::Committing;
 
 const PARTITIONS: usize = 2;
 /// 2023-11-14T22:13:20Z, a multiple of every window size used here.
@@ -108,7 +109,14 @@ impl LocalJob {
         self.planned
             .sink
             .open(&self.ws, "events")
-            .commit(self.batch, parts, self.planned.options.output_mode)
+            .commit(
+                &Committing {
+                    batch: self.batch,
+                    mode: self.planned.options.output_mode,
+                    writer: &test_writer(),
+                },
+                parts,
+            )
             .await
             .unwrap();
         self.read_to = produced.to_vec();

@@ -610,3 +610,86 @@ fn remember(
         error: error.to_string(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use spate_engine::sink::SinkSpec;
+
+    use super::*;
+
+    fn spec(task_index: u32) -> TaskSpec {
+        TaskSpec {
+            job_id: "j".into(),
+            batch_id: 0,
+            attempt_id: format!("a{task_index}"),
+            stage_id: 1,
+            task_index,
+            plan: Vec::new(),
+            ranges: Vec::new(),
+            partition: 0,
+            shuffle_inputs: Vec::new(),
+            watermark_ms: None,
+            sink: SinkSpec::Results { dir: "r".into() },
+        }
+    }
+
+    /// The next message the master pushed down the worker's stream.
+    async fn pushed(
+        stream: &mut mpsc::Receiver<Result<MasterMessage, Status>>,
+    ) -> master_message::Kind {
+        stream.recv().await.unwrap().unwrap().kind.unwrap()
+    }
+
+    #[tokio::test]
+    async fn heartbeats_reconcile_tasks_and_a_dropped_handle_cancels() {
+        let timeout = Duration::from_millis(100);
+        let cluster = Arc::new(Cluster::new(timeout));
+        let (sender, mut stream) = mpsc::channel(16);
+        cluster.register("w", "host", 2, 0, sender);
+
+        // A task the worker stops listing is lost once the timeout passes.
+        let forgotten = cluster.launch(spec(0));
+        let master_message::Kind::LaunchTask(launch) = pushed(&mut stream).await else {
+            panic!("expected a launch");
+        };
+        cluster.heartbeat("w", std::slice::from_ref(&launch.task_id));
+        cluster.heartbeat("w", &[]);
+        tokio::time::sleep(timeout + Duration::from_millis(50)).await;
+        cluster.heartbeat("w", &[]);
+        cluster.expire_silent();
+        match forgotten.await {
+            TaskEnd::Lost(why) => assert!(why.contains("not listed it in heartbeats"), "{why}"),
+            other => panic!("expected a lost task, got {other:?}"),
+        }
+        assert_eq!(cluster.workers()[0].slots_used, 0);
+        assert_eq!(cluster.workers()[0].state, WorkerState::Alive);
+
+        // A task the master does not know is cancelled at its second listing.
+        let ghost = vec!["ghost".to_string()];
+        cluster.heartbeat("w", &ghost);
+        assert!(
+            stream.try_recv().is_err(),
+            "one listing may cross an update"
+        );
+        cluster.heartbeat("w", &ghost);
+        let master_message::Kind::CancelTask(cancel) = pushed(&mut stream).await else {
+            panic!("expected a cancel");
+        };
+        assert_eq!(cancel.task_id, "ghost");
+
+        // Dropping a handle cancels its task; the slot frees once the worker says so.
+        let dropped = cluster.launch(spec(1));
+        let master_message::Kind::LaunchTask(launch) = pushed(&mut stream).await else {
+            panic!("expected a launch");
+        };
+        drop(dropped);
+        let master_message::Kind::CancelTask(cancel) = pushed(&mut stream).await else {
+            panic!("expected a cancel");
+        };
+        assert_eq!(cancel.task_id, launch.task_id);
+        assert_eq!(cluster.tasks_in_flight("j"), 1);
+        cluster.task_ended("w", &launch.task_id, TaskEnd::Cancelled);
+        assert_eq!(cluster.tasks_in_flight("j"), 0);
+        assert_eq!(cluster.workers()[0].slots_used, 0);
+    }
+}

@@ -1,4 +1,4 @@
-use spate_engine::EngineError;
+use spate_engine::{EngineError, ErrorKind};
 
 pub type Result<T, E = MasterError> = std::result::Result<T, E>;
 
@@ -17,20 +17,57 @@ pub enum MasterError {
     Io(#[from] std::io::Error),
 }
 
+impl MasterError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MasterError::Engine(e) => e.kind(),
+            MasterError::Bind { .. } | MasterError::Io(_) => ErrorKind::Execution,
+            MasterError::Transport(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// The gRPC code of each kind: what the user wrote is an invalid argument;
+/// Kafka or storage trouble is worth a retry (unavailable).
 impl From<MasterError> for tonic::Status {
     fn from(e: MasterError) -> Self {
-        match e {
-            MasterError::Engine(EngineError::Plan(m)) => tonic::Status::invalid_argument(m),
-            MasterError::Engine(e @ EngineError::PathEscape { .. }) => {
-                tonic::Status::invalid_argument(e.to_string())
-            }
-            MasterError::Engine(e @ EngineError::UnknownTopic { .. }) => {
-                tonic::Status::not_found(e.to_string())
-            }
-            MasterError::Engine(e @ EngineError::Kafka { .. }) => {
-                tonic::Status::failed_precondition(e.to_string())
-            }
-            other => tonic::Status::internal(other.to_string()),
+        let message = e.to_string();
+        match e.kind() {
+            ErrorKind::Plan => tonic::Status::invalid_argument(message),
+            ErrorKind::NotFound => tonic::Status::not_found(message),
+            ErrorKind::AlreadyExists => tonic::Status::already_exists(message),
+            ErrorKind::Execution => tonic::Status::unavailable(message),
+            ErrorKind::Internal => tonic::Status::internal(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_grpc_codes() {
+        let code = |e: EngineError| tonic::Status::from(MasterError::from(e)).code();
+        assert_eq!(code(EngineError::plan("bad")), tonic::Code::InvalidArgument);
+        assert_eq!(
+            code(EngineError::NotFound("no job".into())),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(EngineError::AlreadyExists("running".into())),
+            tonic::Code::AlreadyExists
+        );
+        let unknown_topic = EngineError::UnknownTopic {
+            bootstrap: "k:9092".into(),
+            topic: "t".into(),
+        };
+        assert_eq!(code(unknown_topic), tonic::Code::NotFound);
+        let kafka = EngineError::Kafka {
+            bootstrap: "k:9092".into(),
+            message: "down".into(),
+        };
+        assert_eq!(code(kafka), tonic::Code::Unavailable);
+        assert_eq!(code(EngineError::internal("bug")), tonic::Code::Internal);
     }
 }

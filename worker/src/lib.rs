@@ -33,6 +33,8 @@ pub enum WorkerError {
     Disconnected(String),
     #[error(transparent)]
     Engine(#[from] spate_engine::EngineError),
+    #[error("cannot start the task threads: {0}")]
+    Threads(#[from] std::io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -80,14 +82,33 @@ pub async fn run(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
+    // Tasks compute on threads of their own, so that heartbeats and
+    // cancels never wait behind a batch's work.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.slots.max(1) as usize)
+        .thread_name("spate-task")
+        .enable_all()
+        .build()?;
     let env = TaskEnv {
         ws: Workspace::open(&config.workspace)?,
         state: Arc::default(),
+        runtime: runtime.handle().clone(),
     };
+    let ended = serve(&config, &env, &mut shutdown).await;
+    runtime.shutdown_background();
+    ended
+}
+
+/// Sessions with the master, one after the other, until shut down.
+async fn serve(
+    config: &WorkerConfig,
+    env: &TaskEnv,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut connected = false;
-        let result = session(&config, &env, &mut shutdown, &mut connected).await;
+        let result = session(config, env, shutdown, &mut connected).await;
         if *shutdown.borrow() {
             return Ok(());
         }
@@ -105,7 +126,7 @@ pub async fn run(
         backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = spate_engine::stop_signalled(&mut shutdown) => return Ok(()),
+            _ = spate_engine::stop_signalled(shutdown) => return Ok(()),
         }
     }
 }
@@ -116,6 +137,8 @@ pub async fn run(
 struct TaskEnv {
     ws: Workspace,
     state: Arc<StateCache>,
+    /// Where tasks run: apart from the connection's runtime.
+    runtime: tokio::runtime::Handle,
 }
 
 /// One connection to the master, from registration until it ends.
@@ -185,7 +208,7 @@ async fn session(
                     }
                     Some(master_message::Kind::LaunchTask(launch)) => {
                         let task_id = launch.task_id.clone();
-                        let handle = tokio::spawn(execute(env.clone(), launch, outbound.clone()));
+                        let handle = env.runtime.spawn(execute(env.clone(), launch, outbound.clone()));
                         running.insert(task_id, handle);
                     }
                     Some(master_message::Kind::CancelTask(cancel)) => {

@@ -430,17 +430,19 @@ impl RangeReader {
                 )?;
                 self.records_read.add(1);
                 next = offset + 1;
-                if decoder.rows() >= self.batch_size {
-                    self.send(&mut decoder, tx).await?;
+                if decoder.rows() >= self.batch_size && !self.send(&mut decoder, tx).await? {
+                    // The task stopped reading (cancelled, or a LIMIT met).
+                    return Ok(());
                 }
             }
             drop(stream);
         }
         pooled.give_back();
-        self.send(&mut decoder, tx).await
+        self.send(&mut decoder, tx).await.map(|_| ())
     }
 
-    async fn send(&self, decoder: &mut RecordDecoder, tx: &BatchSender) -> Result<()> {
+    /// Sends what the decoder holds; false where nobody reads any more.
+    async fn send(&self, decoder: &mut RecordDecoder, tx: &BatchSender) -> Result<bool> {
         let flushed = decoder.flush()?;
         let bad = decoder.take_bad();
         if !bad.is_empty() {
@@ -456,9 +458,8 @@ impl RangeReader {
                 Some(filter) => filter.apply(batch)?,
                 None => batch,
             };
-            // A closed receiver means the query stopped early (a LIMIT, a cancel).
-            let _ = tx.send(Ok(batch)).await;
+            return Ok(tx.send(Ok(batch)).await.is_ok());
         }
-        Ok(())
+        Ok(!tx.is_closed())
     }
 }

@@ -10,8 +10,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use super::{KafkaSinkSpec, produce_batches};
 use crate::error::Result;
-use crate::sink::{Attempt, Sink, SinkPart};
-use crate::stateful::OutputMode;
+use crate::sink::{Attempt, Committing, Sink, SinkPart};
 
 #[derive(Debug)]
 pub struct KafkaSink {
@@ -37,7 +36,7 @@ impl Sink for KafkaSink {
         Ok(None)
     }
 
-    async fn commit(&self, _batch: u64, _parts: Vec<SinkPart>, _mode: OutputMode) -> Result<()> {
+    async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
         Ok(())
     }
 

@@ -50,3 +50,12 @@ pub async fn append_lines<S: AsRef<str>>(
     }
     counts
 }
+
+/// The writer a test's commits name.
+#[allow(dead_code)]
+pub fn test_writer() -> spate_engine::checkpoint::Writer {
+    spate_engine::checkpoint::Writer {
+        master: "test".into(),
+        controller: "test".into(),
+    }
+}

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use spate_engine::checkpoint::{CommitEntry, OffsetsEntry, totals_after};
+use spate_engine::sink::Committing;
 use spate_engine::{EngineError, ErrorKind, OffsetRange, now_ms};
 
 use super::batch::{self, BatchInFlight, BatchRun};
@@ -310,6 +311,9 @@ impl State for Idle {
         match ctx.checkpoint.offsets(self.batch).await {
             Err(e) => return Transition::to(self, failed(e)),
             Ok(Some(entry)) => {
+                if let Err(e) = ctx.checkpoint.check_not_committed(self.batch).await {
+                    return Transition::to(self, failed(e));
+                }
                 tracing::info!(
                     job = ctx.job_id,
                     batch = self.batch,
@@ -449,17 +453,6 @@ impl State for OffsetsLogged {
             }
             Ok(None) => {}
         }
-        if self.batch.re_run {
-            // What the attempts of the controller before left behind.
-            if let Err(e) = ctx.sink.clean_up(number, &[]).await {
-                tracing::warn!(
-                    job = ctx.job_id,
-                    batch = number,
-                    "cannot clean the sink: {e}"
-                );
-            }
-            let _ = spate_engine::shuffle::remove_batch(&ctx.ws, &ctx.job_id, number).await;
-        }
         let batch = self.batch.clone();
         Transition::to(self, RunningStage { batch, stage: 0 })
     }
@@ -511,7 +504,15 @@ impl State for RunningStage {
         };
         let done = match ran {
             Some(Ok(done)) => done,
-            Some(Err(why)) => return Transition::to(self, Failed { why, persist: true }),
+            Some(Err(why)) => {
+                // Tasks fail, too, when another controller of the job
+                // committed the batch and removed what they read.
+                let number = self.batch.entry.batch;
+                if let Err(lost) = ctx.checkpoint.check_not_committed(number).await {
+                    return Transition::to(self, failed(lost));
+                }
+                return Transition::to(self, Failed { why, persist: true });
+            }
             None => return Transition::to(self, Stopping { killed: true }),
         };
         let batch = &mut self.batch;
@@ -527,13 +528,16 @@ impl State for RunningStage {
         let committing = Instant::now();
         let parts = done.sink_parts();
         let number = batch.entry.batch;
-        if let Err(e) = ctx
-            .sink
-            .commit(number, parts.clone(), planned.options.output_mode)
-            .await
-        {
+        let commit = Committing {
+            batch: number,
+            mode: planned.options.output_mode,
+            writer: &ctx.writer,
+        };
+        if let Err(e) = ctx.sink.commit(&commit, parts.clone()).await {
             return Transition::to(self, failed(e));
         }
+        // The commit is final, so parts of this batch that it does not
+        // name (failed attempts, a crashed controller's) can go.
         if (batch.abandoned > 0 || batch.re_run)
             && let Err(e) = ctx.sink.clean_up(number, &parts).await
         {
