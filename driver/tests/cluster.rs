@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use rdkafka::mocking::MockCluster;
 
 const SALES_COLUMNS: &str =
     "id BIGINT, customer VARCHAR, revenue DOUBLE, country VARCHAR, \"timestamp\" TIMESTAMP";
@@ -35,9 +34,7 @@ const SINK_QUERY: &str = "SELECT id, customer, revenue_cents, country, ts FROM o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let mut master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();
@@ -157,9 +154,7 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_jobs_are_refused_with_one_clear_error_and_nothing_submitted() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();
@@ -228,9 +223,7 @@ async fn bad_jobs_are_refused_with_one_clear_error_and_nothing_submitted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();
@@ -293,9 +286,7 @@ async fn an_unreachable_kafka_makes_the_job_wait_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_does_not_decode_fails_the_job_at_once_with_its_error() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     produce_sales(&bootstrap, "sales", 0..40, 4).await;
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -357,9 +348,7 @@ async fn a_record_that_does_not_decode_fails_the_job_at_once_with_its_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_stream_has_its_tasks_rerun_and_nothing_lost() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();

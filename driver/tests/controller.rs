@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rdkafka::mocking::MockCluster;
 use spate_proto::{JobState, WorkerState};
 
 const SALES_COLUMNS: &str =
@@ -69,9 +68,7 @@ fn assert_same_rows(got: &str, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_answering_has_its_tasks_run_elsewhere() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();
@@ -115,14 +112,11 @@ const HEAVY_QUERY: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_a_long_batch_frees_the_slots_and_a_resubmit_resumes_with_every_row_once() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let url = master.url();
-    let _w1 = start_worker(&url, ws.path(), "w1");
-    let _w2 = start_worker(&url, ws.path(), "w2");
+    let _workers = start_workers(&url, ws.path(), &["w1", "w2"]);
     let records = 4 * HEAVY_PER_PARTITION;
     produce_sales(&bootstrap, "sales", 0..records, 4).await;
     let sql = format!(
@@ -196,13 +190,10 @@ async fn a_kill_during_a_long_batch_frees_the_slots_and_a_resubmit_resumes_with_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_on_one_workspace_leave_one_controller_and_every_row_once() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let first = start_master(ws.path(), "127.0.0.1:0", &[]);
-    let _w1 = start_worker(&first.url(), ws.path(), "w1");
-    let _w2 = start_worker(&first.url(), ws.path(), "w2");
+    let _workers = start_workers(&first.url(), ws.path(), &["w1", "w2"]);
     produce_sales(&bootstrap, "sales", 0..2000, 4).await;
     let id = submit(&first.url(), "filtered", &filter_job(&bootstrap))
         .await

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use rdkafka::ClientConfig;
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const RECORDS: u64 = 3000;
@@ -56,9 +55,7 @@ async fn produce_closing_sale(bootstrap: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windowed_state_survives_killed_workers_and_a_killed_master() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 4, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
+    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let mut master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let mut url = master.url();

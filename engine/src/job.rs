@@ -173,7 +173,7 @@ impl PlanEnv {
     }
 }
 
-/// A job, planned: ready for the coordinator to run batch after batch.
+/// A job, planned: ready for the controller to run batch after batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedJob {
     pub name: String,

@@ -8,7 +8,7 @@
 //! query's merge, see `stages`) reads `to-0` of every producing task, one
 //! task's file per partition. A task is named by its
 //! attempt; the reader takes one file per producing task (the attempt the
-//! coordinator committed), so a re-run never double-counts.
+//! controller committed), so a re-run never double-counts.
 
 use std::fmt;
 use std::sync::Arc;

@@ -128,20 +128,30 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// The rows of `batch` when the sink already holds it: its controller
     /// stopped after the sink's commit and before the checkpoint's. None
     /// where the sink cannot tell (it then commits the batch again).
-    async fn committed(&self, batch: u64) -> Result<Option<u64>>;
+    async fn committed(&self, batch: u64) -> Result<Option<u64>> {
+        let _ = batch;
+        Ok(None)
+    }
 
     /// Makes a batch visible, all of it at once, from the parts of its
     /// counted attempts, as `writer`. A batch another writer committed is
     /// `EngineError::AlreadyExists`, naming that writer.
     async fn commit(&self, batch: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()>;
 
-    /// Removes what attempts of `batch` wrote that `kept` does not name:
-    /// failed, lost and cancelled attempts, or those of a crashed
-    /// controller. Parts of committed batches are never touched.
-    async fn clean_up(&self, batch: u64, kept: &[SinkPart]) -> Result<()>;
+    /// Called once `batch` is committed: removes what its attempts wrote
+    /// that the commit does not name (`kept`): failed, lost and cancelled
+    /// attempts, or those of a crashed controller. Nothing, for a sink whose
+    /// parts leave nothing behind.
+    async fn clean_up(&self, batch: u64, kept: &[SinkPart]) -> Result<()> {
+        let _ = (batch, kept);
+        Ok(())
+    }
 
-    /// Forgets everything the sink committed (a job started afresh).
-    async fn reset(&self) -> Result<()>;
+    /// Forgets everything the sink committed (a job started afresh);
+    /// nothing, for a sink that keeps no record of its own.
+    async fn reset(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// For following a job (`\tail`): the newest committed batch.
     async fn latest_committed(&self) -> Result<Option<u64>> {
@@ -186,6 +196,35 @@ pub async fn read_ipc_file(ws: &Workspace, path: &str) -> Result<Vec<RecordBatch
     Ok(reader.collect::<std::result::Result<_, _>>()?)
 }
 
+/// One attempt's rows as an Arrow IPC file in `dir`, for sinks whose parts
+/// wait in the workspace until they are read back.
+async fn write_ipc_part(
+    ws: &Workspace,
+    dir: &str,
+    attempt: &Attempt,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<SinkPart> {
+    let path = format!(
+        "{dir}/part-{:04}-{}.arrow",
+        attempt.task_index, attempt.attempt_id
+    );
+    ws.put(&path, ipc_file(schema, batches)?).await?;
+    Ok(SinkPart {
+        files: vec![path],
+        rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+    })
+}
+
+/// The rows of IPC parts, in their order.
+async fn read_ipc_parts(ws: &Workspace, parts: &[SinkPart]) -> Result<Vec<RecordBatch>> {
+    let mut rows = Vec::new();
+    for file in parts.iter().flat_map(|p| &p.files) {
+        rows.extend(read_ipc_file(ws, file).await?);
+    }
+    Ok(rows)
+}
+
 /// An interactive query's result: each last-stage task's rows in one IPC
 /// file, streamed to the client by the master and then removed.
 #[derive(Debug)]
@@ -201,11 +240,7 @@ impl ResultsSink {
 
     /// The rows of `parts`, in their order.
     pub async fn rows(&self, parts: &[SinkPart]) -> Result<Vec<RecordBatch>> {
-        let mut rows = Vec::new();
-        for file in parts.iter().flat_map(|p| &p.files) {
-            rows.extend(read_ipc_file(&self.ws, file).await?);
-        }
-        Ok(rows)
+        read_ipc_parts(&self.ws, parts).await
     }
 }
 
@@ -217,26 +252,11 @@ impl Sink for ResultsSink {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> Result<SinkPart> {
-        let path = format!(
-            "{}/part-{:04}-{}.arrow",
-            self.dir, attempt.task_index, attempt.attempt_id
-        );
-        self.ws.put(&path, ipc_file(&schema, batches)?).await?;
-        Ok(SinkPart {
-            files: vec![path],
-            rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-        })
+        write_ipc_part(&self.ws, &self.dir, attempt, &schema, batches).await
     }
 
-    async fn committed(&self, _batch: u64) -> Result<Option<u64>> {
-        Ok(None)
-    }
-
+    /// The master streams the parts to the client itself.
     async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
-        Ok(())
-    }
-
-    async fn clean_up(&self, _batch: u64, _kept: &[SinkPart]) -> Result<()> {
         Ok(())
     }
 
@@ -275,30 +295,13 @@ impl Sink for ConsoleSink {
         schema: SchemaRef,
         batches: &[RecordBatch],
     ) -> Result<SinkPart> {
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let path = format!(
-            "{}/part-{:04}-{}.arrow",
-            self.batch_dir(attempt.batch),
-            attempt.task_index,
-            attempt.attempt_id
-        );
-        self.ws.put(&path, ipc_file(&schema, batches)?).await?;
-        Ok(SinkPart {
-            files: vec![path],
-            rows,
-        })
-    }
-
-    async fn committed(&self, _batch: u64) -> Result<Option<u64>> {
-        Ok(None)
+        let dir = self.batch_dir(attempt.batch);
+        write_ipc_part(&self.ws, &dir, attempt, &schema, batches).await
     }
 
     async fn commit(&self, committing: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()> {
         let batch = committing.batch;
-        let mut rows = Vec::new();
-        for file in parts.iter().flat_map(|p| &p.files) {
-            rows.extend(read_ipc_file(&self.ws, file).await?);
-        }
+        let rows = read_ipc_parts(&self.ws, &parts).await?;
         let total: usize = rows.iter().map(RecordBatch::num_rows).sum();
         let shown = (self.max_rows as usize).min(total);
         let mut kept = Vec::new();

@@ -34,7 +34,7 @@ pub struct Stage {
     /// Stages whose shuffle output this one reads.
     pub reads: Vec<u32>,
     /// Tasks the stage runs: its input's partitions (for a Kafka stage, the
-    /// planned scan partitions; the coordinator gives one range set each).
+    /// planned scan partitions; the controller gives one range set each).
     pub tasks: usize,
 }
 

@@ -1,6 +1,6 @@
 //! Stateful streaming in the engine, batch after batch, without a cluster:
 //! each batch runs the job's stages in order through plan bytes, as the
-//! coordinator and workers do, with the watermark advancing between
+//! controller and workers do, with the watermark advancing between
 //! batches. The sink must equal DataFusion's answer over the same records
 //! in one batch with the late ones removed, and a re-run of a batch must
 //! write byte-identical state.
@@ -44,7 +44,7 @@ fn event(ts_ms: i64, i: i64) -> String {
         .to_string()
 }
 
-/// Runs a job's batches as the coordinator would, in one process.
+/// Runs a job's batches as the controller would, in one process.
 struct LocalJob {
     ws: Workspace,
     planned: PlannedJob,

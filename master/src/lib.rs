@@ -1,4 +1,4 @@
-//! Spate's master: membership, the scheduler, one coordinator per job, the
+//! Spate's master: membership, the scheduler, one controller per job, the
 //! job registry and the web UI. A library with a thin `main.rs`, so the
 //! driver can embed it.
 
@@ -316,16 +316,9 @@ impl Master {
 /// This master process: where it runs, its pid, and a random part, so that
 /// two masters on one host are told apart.
 fn master_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| "localhost".to_string());
     format!(
-        "{host}/pid {}/{}",
+        "{}/pid {}/{}",
+        spate_engine::host_name(),
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     )

@@ -52,19 +52,11 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn new(master_url: impl Into<String>, workspace: impl Into<PathBuf>) -> Self {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_string())
-            })
-            .unwrap_or_else(|| "localhost".to_string());
         let settings = spate_config::settings();
         WorkerConfig {
             master_url: master_url.into(),
             worker_id: format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-            host,
+            host: spate_engine::host_name(),
             slots: settings.worker.slots_or_cores(),
             memory_bytes: settings.worker.memory_mb << 20,
             workspace: workspace.into(),

@@ -17,6 +17,18 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use spate_proto::client_service_client::ClientServiceClient;
 use spate_proto::{JobInfo, ListJobsRequest, ListWorkersRequest, SubmitJobRequest, WorkerInfo};
 
+/// librdkafka's mock cluster with a 4-partition topic `sales`, and its
+/// bootstrap servers.
+pub fn sales_kafka() -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 4, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    (kafka, bootstrap)
+}
+
 /// A binary of this workspace, built by `cargo test --workspace`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -134,6 +146,13 @@ pub fn start_worker(master_url: &str, workspace: &Path, id: &str) -> Proc {
     .map(|s| s.to_string())
     .collect();
     spawn_until("worker", &args, "connecting to").0
+}
+
+/// Workers with these ids, for the master at `url`.
+pub fn start_workers(url: &str, workspace: &Path, ids: &[&str]) -> Vec<Proc> {
+    ids.iter()
+        .map(|id| start_worker(url, workspace, id))
+        .collect()
 }
 
 pub async fn client(url: &str) -> ClientServiceClient<tonic::transport::Channel> {

@@ -1,4 +1,4 @@
-//! Kafka client work outside the scan: offsets for the coordinator, topic
+//! Kafka client work outside the scan: offsets for the controller, topic
 //! administration for the driver, and the Kafka sink's producer.
 
 use std::collections::BTreeMap;
@@ -40,7 +40,7 @@ pub struct PartitionOffsets {
 }
 
 /// Metadata and offsets requests against one cluster. One client serves
-/// every request, so a coordinator asking each trigger keeps its connection.
+/// every request, so a controller asking each trigger keeps its connection.
 pub struct KafkaAdmin {
     bootstrap: String,
     options: BTreeMap<String, String>,

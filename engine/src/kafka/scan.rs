@@ -57,7 +57,7 @@ pub struct KafkaScanExec {
     metrics: ExecutionPlanMetricsSet,
 }
 
-/// What a task's scan saw: event time (for the coordinator's next
+/// What a task's scan saw: event time (for the controller's next
 /// watermark), late rows and malformed records.
 #[derive(Debug)]
 pub struct ScanStats {

@@ -32,19 +32,8 @@ impl Sink for KafkaSink {
         })
     }
 
-    async fn committed(&self, _batch: u64) -> Result<Option<u64>> {
-        Ok(None)
-    }
-
+    /// Each task's records are in Kafka once it succeeded.
     async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
-        Ok(())
-    }
-
-    async fn clean_up(&self, _batch: u64, _kept: &[SinkPart]) -> Result<()> {
-        Ok(())
-    }
-
-    async fn reset(&self) -> Result<()> {
         Ok(())
     }
 

@@ -669,64 +669,54 @@ impl State for Stopping {
 
 // ------------------------------------------------------------------- final --
 
-pub struct Stopped;
+/// A final state without fields, reported as `$state` and persisted, so a
+/// restarted master leaves the job as it ended.
+macro_rules! final_state {
+    ($(#[$doc:meta])* $name:ident, $text:literal, $state:expr) => {
+        $(#[$doc])*
+        pub struct $name;
 
-#[async_trait]
-impl State for Stopped {
-    fn name(&self) -> &'static str {
-        "stopped"
-    }
+        #[async_trait]
+        impl State for $name {
+            fn name(&self) -> &'static str {
+                $text
+            }
 
-    fn status(&self, _ctx: &JobContext) -> Option<JobStatus> {
-        Some(JobStatus {
-            state: JobState::Stopped,
-            error: String::new(),
-            activity: String::new(),
-        })
-    }
+            fn status(&self, _ctx: &JobContext) -> Option<JobStatus> {
+                Some(JobStatus {
+                    state: $state,
+                    error: String::new(),
+                    activity: String::new(),
+                })
+            }
 
-    fn persists(&self) -> bool {
-        true
-    }
+            fn persists(&self) -> bool {
+                true
+            }
 
-    fn is_final(&self) -> bool {
-        true
-    }
+            fn is_final(&self) -> bool {
+                true
+            }
 
-    async fn next(self: Box<Self>, _ctx: &mut JobContext) -> Transition {
-        unreachable!("a final state has no next")
-    }
+            async fn next(self: Box<Self>, _ctx: &mut JobContext) -> Transition {
+                unreachable!("a final state has no next")
+            }
+        }
+    };
 }
 
-/// available_now: everything that was in Kafka at the start is committed.
-pub struct Finished;
-
-#[async_trait]
-impl State for Finished {
-    fn name(&self) -> &'static str {
-        "finished"
-    }
-
-    fn status(&self, _ctx: &JobContext) -> Option<JobStatus> {
-        Some(JobStatus {
-            state: JobState::Finished,
-            error: String::new(),
-            activity: String::new(),
-        })
-    }
-
-    fn persists(&self) -> bool {
-        true
-    }
-
-    fn is_final(&self) -> bool {
-        true
-    }
-
-    async fn next(self: Box<Self>, _ctx: &mut JobContext) -> Transition {
-        unreachable!("a final state has no next")
-    }
-}
+final_state!(
+    /// Stopped by a request; submitting the job again resumes it.
+    Stopped,
+    "stopped",
+    JobState::Stopped
+);
+final_state!(
+    /// available_now: everything that was in Kafka at the start is committed.
+    Finished,
+    "finished",
+    JobState::Finished
+);
 
 /// The job failed, or lost its logs to another controller: then `persist`
 /// is false and the job's record stays the other writer's.

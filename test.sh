@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Spate's tests on a fresh Debian or Ubuntu machine: installs what they
+# need, then runs them. The tests start every server they use themselves.
+#
+#   ./test.sh              every test of the workspace
+#   ./test.sh ARGS...      handed to `cargo test --workspace`, e.g.
+#                          ./test.sh --test controller
+#
+# Needs: cargo (https://rustup.rs); apt-get and pip install the rest.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+say() { echo "test.sh: $*"; }
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+command -v cargo >/dev/null || { echo "test.sh: error: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
+
+# Debian packages: a C toolchain and make for the bundled librdkafka, kcat
+# for the interoperability test, Chromium and its WebDriver for the web
+# UI's browser test; Python and pip for the notebook checks, unless a
+# Python with pip is on the PATH already.
+packages=(gcc g++ make pkg-config zlib1g-dev kcat chromium chromium-driver)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (apt-get)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# PyPI: nbformat validates the notebooks the REPL saves.
+if ! python3 -c "import nbformat" >/dev/null 2>&1; then
+    say "installing nbformat (pip)"
+    python3 -m pip install --quiet nbformat 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages nbformat
+fi
+
+say "cargo test --workspace $*"
+exec cargo test --workspace "$@"
