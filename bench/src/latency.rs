@@ -12,7 +12,9 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::Workspace;
 use spate_engine::checkpoint::{CommitEntry, job_dir};
-use spate_engine::files::{FileFormatKind, committed_batches, read_committed_batch};
+use spate_engine::files::{
+    FileFormatKind, FileFormatSpec, committed_batches, read_committed_batch,
+};
 use spate_engine::kafka::{DevBroker, enqueue};
 
 use datafusion::arrow::array::AsArray;
@@ -98,8 +100,13 @@ pub async fn run(args: LatencyArgs) -> Result<Figure, Error> {
         else {
             continue;
         };
-        let Some((_, rows)) =
-            read_committed_batch(&ws, "output/latency", FileFormatKind::Parquet, batch).await?
+        let Some((_, rows)) = read_committed_batch(
+            &ws,
+            "output/latency",
+            &FileFormatSpec::plain(FileFormatKind::Parquet),
+            batch,
+        )
+        .await?
         else {
             continue;
         };

@@ -79,13 +79,17 @@ pub struct CheckpointMetadata {
     pub shuffle_partitions: Option<usize>,
     /// The stateful operator's state columns as `name: type`.
     pub state_columns: Vec<String>,
+    /// The columns the sink was first written with; empty in checkpoints
+    /// older than this record.
+    #[serde(default)]
+    pub sink_columns: Vec<String>,
 }
 
 impl CheckpointMetadata {
     /// Why a job planned as `self` cannot resume from a checkpoint of `old`.
     pub fn incompatible_with(&self, old: &CheckpointMetadata, job: &str) -> Option<String> {
         let start_fresh = format!(
-            "stop the job and delete _spate/checkpoints/{job} to start it afresh (or give it another spate.job.name)"
+            "submit it with `driver submit --fresh` to start it afresh, forgetting its checkpoint and its sink's output (or give it another spate.job.name than '{job}')"
         );
         if self.topic != old.topic {
             return Some(format!(
@@ -105,6 +109,13 @@ impl CheckpointMetadata {
                 "job '{job}' has a checkpoint whose state holds [{}]; the changed query would keep [{}], so its state cannot be reused; {start_fresh}",
                 describe(&old.state_columns),
                 describe(&self.state_columns)
+            ));
+        }
+        if !old.sink_columns.is_empty() && self.sink_columns != old.sink_columns {
+            return Some(format!(
+                "job '{job}' has written its sink with columns [{}], and the query now writes [{}]; keep the query's columns, or {start_fresh}",
+                old.sink_columns.join(", "),
+                self.sink_columns.join(", ")
             ));
         }
         if self.shuffle_partitions != old.shuffle_partitions {

@@ -4,25 +4,33 @@
 //! under `_spate/manifests/`; where manifests exist, readers see only the
 //! files they name, never a half-finished batch.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::GetExt;
+use datafusion::common::config::{ConfigFileType, TableOptions};
+use datafusion::common::file_options::csv_writer::CsvWriterOptions;
+use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::error::DataFusionError;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::prelude::{Expr, SessionContext};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Writer;
@@ -49,7 +57,7 @@ impl FileFormatKind {
         }
     }
 
-    pub fn extension(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             FileFormatKind::Parquet => "parquet",
             FileFormatKind::Json => "json",
@@ -57,30 +65,138 @@ impl FileFormatKind {
         }
     }
 
-    fn datafusion_format(self) -> Arc<dyn FileFormat> {
+    fn config_type(self) -> ConfigFileType {
         match self {
-            FileFormatKind::Parquet => Arc::new(ParquetFormat::default()),
-            FileFormatKind::Json => Arc::new(JsonFormat::default()),
-            FileFormatKind::Csv => Arc::new(CsvFormat::default().with_has_header(true)),
+            FileFormatKind::Parquet => ConfigFileType::PARQUET,
+            FileFormatKind::Json => ConfigFileType::JSON,
+            FileFormatKind::Csv => ConfigFileType::CSV,
+        }
+    }
+}
+
+/// A file table's format with its OPTIONS, as DataFusion takes them:
+/// `'format.has_header' 'false'`, `'format.delimiter' ';'`,
+/// `'format.compression' 'zstd(3)'` (Parquet) or `'gzip'` (CSV, JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFormatSpec {
+    pub kind: FileFormatKind,
+    /// Keyed as DataFusion keys them (`format.delimiter`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+impl FileFormatSpec {
+    pub fn plain(kind: FileFormatKind) -> Self {
+        FileFormatSpec {
+            kind,
+            options: BTreeMap::new(),
         }
     }
 
-    /// Encodes rows in this format, as one file's bytes.
-    pub fn encode(self, schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-        let mut buffer = Vec::new();
-        match self {
+    /// A table's format and options, checked: an unknown option or a bad
+    /// value is an error naming it, with the options the format knows.
+    pub fn new(
+        table: &str,
+        kind: FileFormatKind,
+        options: &HashMap<String, String>,
+    ) -> Result<Self> {
+        let spec = FileFormatSpec {
+            kind,
+            options: options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        spec.table_options().map_err(|e| {
+            let known: Vec<String> = {
+                let mut defaults = TableOptions::default();
+                defaults.set_config_format(kind.config_type());
+                // With a format set, the entries are that format's, as
+                // `format.<key>`.
+                defaults
+                    .entries()
+                    .into_iter()
+                    .map(|entry| entry.key)
+                    .collect()
+            };
+            EngineError::plan(format!(
+                "table '{table}': {}; STORED AS {} takes {}",
+                crate::error::readable(&e)
+                    .trim_start_matches("Invalid or Unsupported Configuration: "),
+                kind.name().to_uppercase(),
+                known.join(", ")
+            ))
+        })?;
+        Ok(spec)
+    }
+
+    /// DataFusion's options for this table, from its defaults and OPTIONS.
+    fn table_options(&self) -> DfResult<TableOptions> {
+        let mut options = TableOptions::default();
+        options.set_config_format(self.kind.config_type());
+        let given: HashMap<String, String> = self.options.clone().into_iter().collect();
+        options.alter_with_string_hash_map(&given)?;
+        Ok(options)
+    }
+
+    /// The compression of CSV and JSON files (Parquet compresses inside).
+    fn file_compression(&self) -> DfResult<FileCompressionType> {
+        let options = self.table_options()?;
+        Ok(match self.kind {
+            FileFormatKind::Parquet => FileCompressionType::UNCOMPRESSED,
+            FileFormatKind::Json => options.json.compression.into(),
+            FileFormatKind::Csv => options.csv.compression.into(),
+        })
+    }
+
+    /// Files of this format end so: `.csv`, `.csv.gz`, `.parquet`.
+    pub fn extension(&self) -> String {
+        let plain = self.kind.name();
+        match self.file_compression() {
+            Ok(c) if c.is_compressed() => {
+                format!("{plain}{}", c.get_ext())
+            }
+            _ => plain.to_string(),
+        }
+    }
+
+    /// How DataFusion reads it.
+    pub fn datafusion_format(&self) -> DfResult<Arc<dyn FileFormat>> {
+        let options = self.table_options()?;
+        Ok(match self.kind {
             FileFormatKind::Parquet => {
-                let mut writer =
-                    datafusion::parquet::arrow::ArrowWriter::try_new(&mut buffer, schema, None)
-                        .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
+                Arc::new(ParquetFormat::default().with_options(options.parquet))
+            }
+            FileFormatKind::Json => Arc::new(JsonFormat::default().with_options(options.json)),
+            FileFormatKind::Csv => Arc::new(CsvFormat::default().with_options(options.csv)),
+        })
+    }
+
+    /// Encodes rows in this format, as one file's bytes.
+    pub async fn encode(&self, schema: SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+        let options = self.table_options()?;
+        let mut buffer = Vec::new();
+        match self.kind {
+            FileFormatKind::Parquet => {
+                let mut parquet_options = options.parquet;
+                // As DataFusion's own writer does: the Arrow schema travels
+                // in the file's metadata, so readers get its exact types.
+                parquet_options.arrow_schema(&schema);
+                let properties = ParquetWriterOptions::try_from(&parquet_options)?;
+                let parquet = |e: datafusion::parquet::errors::ParquetError| {
+                    EngineError::execution(format!("parquet: {e}"))
+                };
+                let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+                    &mut buffer,
+                    schema,
+                    Some(properties.writer_options().clone()),
+                )
+                .map_err(parquet)?;
                 for batch in batches {
-                    writer
-                        .write(batch)
-                        .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
+                    writer.write(batch).map_err(parquet)?;
                 }
-                writer
-                    .close()
-                    .map_err(|e| EngineError::plan(format!("parquet: {e}")))?;
+                writer.close().map_err(parquet)?;
+                return Ok(buffer);
             }
             FileFormatKind::Json => {
                 let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut buffer);
@@ -90,15 +206,27 @@ impl FileFormatKind {
                 writer.finish()?;
             }
             FileFormatKind::Csv => {
-                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut buffer);
+                let csv = CsvWriterOptions::try_from(&options.csv)?;
+                let mut writer = csv.writer_options.build(&mut buffer);
                 for batch in batches {
                     writer.write(batch)?;
                 }
             }
         }
-        Ok(buffer)
+        let compression = self.file_compression()?;
+        if !compression.is_compressed() {
+            return Ok(buffer);
+        }
+        let plain =
+            futures::stream::once(
+                async move { Ok::<_, DataFusionError>(bytes::Bytes::from(buffer)) },
+            );
+        let mut compressed = Vec::new();
+        let mut stream = compression.convert_to_compress_stream(Box::pin(plain))?;
+        while let Some(chunk) = stream.next().await {
+            compressed.extend_from_slice(&chunk?);
+        }
+        Ok(compressed)
     }
 }
 
@@ -197,7 +325,7 @@ pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Ve
 pub async fn read_committed_batch(
     ws: &Workspace,
     sink_dir: &str,
-    format: FileFormatKind,
+    format: &FileFormatSpec,
     batch: u64,
 ) -> Result<Option<(SinkManifest, Vec<RecordBatch>)>> {
     let Some(manifest) = ws
@@ -216,7 +344,7 @@ pub async fn read_committed_batch(
         .collect::<DfResult<Vec<_>>>()?;
     let ctx = SessionContext::new();
     let options =
-        ListingOptions::new(format.datafusion_format()).with_file_extension(format.extension());
+        ListingOptions::new(format.datafusion_format()?).with_file_extension(format.extension());
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .infer_schema(&ctx.state())
@@ -242,17 +370,16 @@ impl TableProviderFactory for WorkspaceTableFactory {
         cmd: &CreateExternalTable,
     ) -> DfResult<Arc<dyn TableProvider>> {
         let name = cmd.name.to_string();
-        let format = FileFormatKind::from_stored_as(&cmd.file_type).ok_or_else(|| {
+        let kind = FileFormatKind::from_stored_as(&cmd.file_type).ok_or_else(|| {
             EngineError::plan(format!(
                 "table '{name}': STORED AS {} is not supported; use KAFKA, PARQUET, JSON or CSV",
                 cmd.file_type
             ))
         })?;
-        if let Some(key) = cmd.options.keys().next() {
+        let format = FileFormatSpec::new(&name, kind, &cmd.options)?;
+        if !cmd.table_partition_cols.is_empty() {
             return Err(EngineError::plan(format!(
-                "table '{name}': unknown option '{}' for STORED AS {}; file tables take no options",
-                key.strip_prefix("format.").unwrap_or(key),
-                cmd.file_type
+                "table '{name}': PARTITIONED BY is not supported for workspace tables yet; leave it out, and filter by the column instead"
             ))
             .into());
         }
@@ -268,19 +395,12 @@ impl TableProviderFactory for WorkspaceTableFactory {
             format,
             schema: Arc::new(cmd.schema.as_arrow().clone()),
         };
-        if table.schema.fields().is_empty() {
-            let inferred = match table.listing_table(state, None).await? {
-                Some(listing) => listing.schema(),
-                None => Arc::new(Schema::empty()),
-            };
-            if inferred.fields().is_empty() {
-                return Err(EngineError::plan(format!(
-                    "table '{name}': declare its columns; LOCATION '{}' has no files to infer them from",
-                    location
-                ))
-                .into());
-            }
-            table.schema = inferred;
+        // Without columns, a table takes them from its files, or, as a
+        // job's sink, from the job's query (`job::adopt_query_schema`).
+        if table.schema.fields().is_empty()
+            && let Some(listing) = table.listing_table(state, None).await?
+        {
+            table.schema = listing.schema();
         }
         Ok(Arc::new(table))
     }
@@ -293,8 +413,24 @@ pub struct WorkspaceTable {
     pub workspace: Workspace,
     /// Relative to the workspace root.
     pub dir: String,
-    pub format: FileFormatKind,
+    pub format: FileFormatSpec,
     pub schema: SchemaRef,
+}
+
+impl crate::insert::SinkTable for WorkspaceTable {
+    fn declared_columns(&self) -> Vec<FieldRef> {
+        self.schema.fields().to_vec()
+    }
+
+    fn with_columns(&self, columns: Vec<Field>) -> Result<Arc<dyn TableProvider>> {
+        Ok(Arc::new(WorkspaceTable {
+            name: self.name.clone(),
+            workspace: self.workspace.clone(),
+            dir: self.dir.clone(),
+            format: self.format.clone(),
+            schema: Arc::new(Schema::new(columns)),
+        }))
+    }
 }
 
 impl WorkspaceTable {
@@ -324,7 +460,7 @@ impl WorkspaceTable {
                 vec![ListingTableUrl::parse(url)?]
             }
         };
-        let options = ListingOptions::new(self.format.datafusion_format())
+        let options = ListingOptions::new(self.format.datafusion_format()?)
             .with_file_extension(self.format.extension());
         let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
         let config = match schema {
@@ -352,6 +488,13 @@ impl TableProvider for WorkspaceTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.schema.fields().is_empty() {
+            return Err(EngineError::plan(format!(
+                "table '{}' has no columns: declare them, or let a job's INSERT give them (LOCATION '{}' has no files to take them from)",
+                self.name, self.dir
+            ))
+            .into());
+        }
         match self
             .listing_table(state, Some(Arc::clone(&self.schema)))
             .await?
@@ -375,7 +518,7 @@ pub async fn register_committed_output(
     ws: &Workspace,
     table: &str,
     sink_dir: &str,
-    format: FileFormatKind,
+    format: FileFormatSpec,
     schema: SchemaRef,
 ) -> Result<()> {
     let provider = WorkspaceTable {
@@ -424,7 +567,7 @@ pub struct FileSink {
     pub ws: Workspace,
     /// Relative to the workspace root.
     pub dir: String,
-    pub format: FileFormatKind,
+    pub format: FileFormatSpec,
 }
 
 #[async_trait]
@@ -439,10 +582,9 @@ impl Sink for FileSink {
         if rows == 0 {
             return Ok(SinkPart::default());
         }
-        let path = part_file_name(&self.dir, attempt, self.format.extension());
-        self.ws
-            .put(&path, self.format.encode(schema, batches)?)
-            .await?;
+        let path = part_file_name(&self.dir, attempt, &self.format.extension());
+        let bytes = self.format.encode(schema, batches).await?;
+        self.ws.put(&path, bytes).await?;
         Ok(SinkPart {
             files: vec![path],
             rows,
@@ -501,7 +643,7 @@ impl Sink for FileSink {
                 continue;
             }
             if let Some((_, rows)) =
-                read_committed_batch(&self.ws, &self.dir, self.format, batch).await?
+                read_committed_batch(&self.ws, &self.dir, &self.format, batch).await?
             {
                 out.push((batch, rows));
             }
@@ -510,6 +652,6 @@ impl Sink for FileSink {
     }
 
     fn describe(&self) -> String {
-        format!("{} files in {}/", self.format.extension(), self.dir)
+        format!("{} files in {}/", self.format.kind.name(), self.dir)
     }
 }

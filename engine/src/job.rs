@@ -188,6 +188,9 @@ pub struct PlannedJob {
     /// The stateful operator's state columns (`name: type`); empty when stateless.
     #[serde(default)]
     pub state_columns: Vec<String>,
+    /// The columns the sink is written with (`name: type`).
+    #[serde(default)]
+    pub sink_columns: Vec<String>,
 }
 
 /// One stage of a job: its plan and where its input comes from.
@@ -222,6 +225,7 @@ impl PlannedJob {
                 .then_some(self.options.shuffle_partitions)
                 .flatten(),
             state_columns: self.state_columns.clone(),
+            sink_columns: self.sink_columns.clone(),
         }
     }
 }
@@ -339,6 +343,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
                 e.unwrap_datafusion()
             ))
         };
+        let statement = crate::insert::prepare(&ctx, statement).await.map_err(at)?;
         let plan = ctx
             .state()
             .statement_to_plan(statement.clone())
@@ -391,6 +396,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         EngineError::plan("the job has no INSERT INTO ... SELECT, so it would write nothing")
     })?;
     let sink = sink_spec(&ctx, &insert).await?;
+    let sink_columns = crate::insert::describe_columns(insert.target.schema().as_ref());
     let aggregates = insert
         .input
         .exists(|node| Ok(matches!(node, LogicalPlan::Aggregate(_))))?;
@@ -445,6 +451,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         explain,
         options,
         state_columns,
+        sink_columns,
     })
 }
 
@@ -661,7 +668,7 @@ async fn sink_spec(ctx: &SessionContext, insert: &DmlStatement) -> Result<SinkSp
         return Ok(SinkSpec::Files {
             table: files.name.clone(),
             dir: files.dir.clone(),
-            format: files.format,
+            format: files.format.clone(),
         });
     }
     if let Some(console) = provider.downcast_ref::<ConsoleTable>() {

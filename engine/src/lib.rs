@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod error;
 pub mod files;
+pub mod insert;
 pub mod job;
 pub mod kafka;
 pub mod query;

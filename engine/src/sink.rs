@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Writer;
 use crate::error::{EngineError, Result};
-use crate::files::{FileFormatKind, FileSink};
+use crate::files::{FileFormatSpec, FileSink};
 use crate::kafka::{KafkaSink, KafkaSinkSpec};
 use crate::stateful::OutputMode;
 use crate::workspace::{SPATE_DIR, Workspace};
@@ -29,7 +29,7 @@ pub enum SinkSpec {
         table: String,
         /// Relative to the workspace root.
         dir: String,
-        format: FileFormatKind,
+        format: FileFormatSpec,
     },
     Kafka(KafkaSinkSpec),
     /// An interactive query's rows: Arrow IPC files under `dir`, which the
@@ -55,7 +55,7 @@ impl SinkSpec {
             SinkSpec::Files { dir, format, .. } => Arc::new(FileSink {
                 ws: ws.clone(),
                 dir: dir.clone(),
-                format: *format,
+                format: format.clone(),
             }),
             SinkSpec::Kafka(spec) => Arc::new(KafkaSink { spec: spec.clone() }),
             SinkSpec::Results { dir } => Arc::new(ResultsSink {
@@ -81,7 +81,7 @@ impl SinkSpec {
     pub fn describe(&self) -> String {
         match self {
             SinkSpec::Files { dir, format, .. } => {
-                format!("{} files in {dir}/", format.extension())
+                format!("{} files in {dir}/", format.kind.name())
             }
             SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
             SinkSpec::Results { .. } => "the client".to_string(),
@@ -387,6 +387,22 @@ impl datafusion::catalog::TableProviderFactory for ConsoleTableFactory {
 pub struct ConsoleTable {
     schema: SchemaRef,
     pub max_rows: u32,
+}
+
+impl crate::insert::SinkTable for ConsoleTable {
+    fn declared_columns(&self) -> Vec<datafusion::arrow::datatypes::FieldRef> {
+        self.schema.fields().to_vec()
+    }
+
+    fn with_columns(
+        &self,
+        columns: Vec<datafusion::arrow::datatypes::Field>,
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        Ok(Arc::new(ConsoleTable {
+            schema: Arc::new(datafusion::arrow::datatypes::Schema::new(columns)),
+            max_rows: self.max_rows,
+        }))
+    }
 }
 
 #[async_trait]

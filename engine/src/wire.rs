@@ -14,7 +14,7 @@ use spate_proto as pb;
 
 use crate::OffsetRange;
 use crate::error::{EngineError, ErrorKind, Result};
-use crate::files::FileFormatKind;
+use crate::files::{FileFormatKind, FileFormatSpec};
 use crate::kafka::{
     KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
 };
@@ -81,7 +81,8 @@ impl From<&SinkSpec> for pb::Sink {
             SinkSpec::Files { table, dir, format } => Kind::Files(pb::FileSink {
                 table: table.clone(),
                 dir: dir.clone(),
-                format: file_format(*format) as i32,
+                format: file_format(format.kind) as i32,
+                options: format.options.clone().into_iter().collect(),
             }),
             SinkSpec::Kafka(k) => Kind::Kafka(pb::KafkaSink {
                 topic: k.topic.clone(),
@@ -104,11 +105,14 @@ impl TryFrom<pb::Sink> for SinkSpec {
         use pb::sink::Kind;
         Ok(match sink.kind.ok_or_else(|| undecodable("sink"))? {
             Kind::Files(f) => SinkSpec::Files {
-                format: match pb::FileFormat::try_from(f.format) {
-                    Ok(pb::FileFormat::Parquet) => FileFormatKind::Parquet,
-                    Ok(pb::FileFormat::Json) => FileFormatKind::Json,
-                    Ok(pb::FileFormat::Csv) => FileFormatKind::Csv,
-                    _ => return Err(undecodable("file format")),
+                format: FileFormatSpec {
+                    kind: match pb::FileFormat::try_from(f.format) {
+                        Ok(pb::FileFormat::Parquet) => FileFormatKind::Parquet,
+                        Ok(pb::FileFormat::Json) => FileFormatKind::Json,
+                        Ok(pb::FileFormat::Csv) => FileFormatKind::Csv,
+                        _ => return Err(undecodable("file format")),
+                    },
+                    options: f.options.into_iter().collect(),
                 },
                 table: f.table,
                 dir: f.dir,
@@ -493,7 +497,10 @@ mod tests {
             sink: SinkSpec::Files {
                 table: "out".into(),
                 dir: "output/x".into(),
-                format: FileFormatKind::Json,
+                format: FileFormatSpec {
+                    kind: FileFormatKind::Csv,
+                    options: BTreeMap::from([("format.delimiter".into(), ";".into())]),
+                },
             },
         };
         let back = task_spec(launch_task("id", &task)).unwrap();

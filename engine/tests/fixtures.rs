@@ -8,75 +8,15 @@
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
-use spate_engine::job::{PlanEnv, SinkSpec, plan_job, session};
+use spate_engine::Workspace;
+use spate_engine::job::{PlanEnv, SinkSpec, session};
 use spate_engine::kafka::DevBroker;
-use spate_engine::sink::Committing;
-use spate_engine::stateful::OutputMode;
-use spate_engine::task::{TaskSpec, run_task};
-use spate_engine::{OffsetRange, Workspace};
 
 mod common;
-use common::produce_lines;
+use common::{produce_lines, run_batch};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// Plans `sql` and runs batch 0 over `[0, count)` of each partition.
-async fn run_batch(
-    ws: &Workspace,
-    broker: &DevBroker,
-    topic: &str,
-    sql: &str,
-    counts: Vec<i64>,
-) -> spate_engine::Result<SinkSpec> {
-    let env = PlanEnv::new(ws.clone(), broker.bootstrap_servers().to_string());
-    let sql = sql.replace("{bootstrap}", broker.bootstrap_servers());
-    let planned = plan_job(&env, &sql, "fixture").await?;
-    let [stage] = planned.stages.as_slice() else {
-        panic!("fixtures are single-stage jobs");
-    };
-    let state = Default::default();
-    let mut parts = Vec::new();
-    for (partition, count) in counts.iter().enumerate() {
-        let task = TaskSpec {
-            job_id: "fixture".into(),
-            batch_id: 0,
-            attempt_id: "a1".into(),
-            stage_id: stage.id,
-            task_index: partition as u32,
-            plan: stage.plan.clone(),
-            partition: 0,
-            shuffle_inputs: Vec::new(),
-            watermark_ms: None,
-            ranges: vec![OffsetRange {
-                topic: topic.to_string(),
-                partition: partition as i32,
-                start: 0,
-                end: *count,
-            }],
-            sink: planned.sink.clone(),
-        };
-        let outcome = run_task(ws, &task, &state).await?;
-        assert_eq!(
-            outcome.input_rows, *count as u64,
-            "every record of the range is read once"
-        );
-        parts.extend(outcome.sink_part);
-    }
-    planned
-        .sink
-        .open(ws, "fixture")
-        .commit(
-            &Committing {
-                batch: 0,
-                mode: OutputMode::Append,
-                writer: &common::test_writer(),
-            },
-            parts,
-        )
-        .await?;
-    Ok(planned.sink)
 }
 
 /// The committed sink, every column sorted, as a table.
@@ -85,7 +25,7 @@ async fn read_sink(ws: &Workspace, sink: &SinkSpec) -> String {
         panic!("fixtures write files")
     };
     let ctx = session(&PlanEnv::new(ws.clone(), String::new()));
-    let stored_as = format!("{format:?}").to_uppercase();
+    let stored_as = format.kind.name().to_uppercase();
     ctx.sql(&format!(
         "CREATE EXTERNAL TABLE result STORED AS {stored_as} LOCATION '{dir}'"
     ))

@@ -557,7 +557,7 @@ async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
     wait_for_input(&cluster, &id, 300).await;
     cluster.stop_job(&id).await;
 
-    let changed = sql.replace("count(DISTINCT customer)", "max(amount)");
+    let changed = sql.replace("count(DISTINCT customer)", "CAST(max(amount) AS BIGINT)");
     let mut client = spate_proto::client_service_client::ClientServiceClient::connect(format!(
         "http://{}",
         cluster.master.grpc_addr
@@ -576,7 +576,7 @@ async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
     let message = refused.message();
     assert!(
         message.contains("job 'tumbling' has a checkpoint whose state holds")
-            && message.contains("delete _spate/checkpoints/tumbling to start it afresh"),
+            && message.contains("driver submit --fresh` to start it afresh"),
         "{message}"
     );
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
@@ -357,14 +357,10 @@ fn table_schema(table: &str, declared: &Schema, format: RecordFormat) -> Result<
         }
         fields.push(f.as_ref().clone().with_nullable(true));
     }
-    if fields.is_empty() {
-        if format == RecordFormat::Raw {
-            fields.push(Field::new("value", DataType::Utf8, true));
-        } else {
-            return Err(EngineError::plan(format!(
-                "table '{table}': declare the record's columns, e.g. CREATE EXTERNAL TABLE {table} (id BIGINT, name VARCHAR) STORED AS KAFKA ..."
-            )));
-        }
+    // Declared without columns, a table is a sink that takes its columns
+    // from the query writing it; reading it needs them (see `scan`).
+    if fields.is_empty() && format == RecordFormat::Raw {
+        fields.push(Field::new("value", DataType::Utf8, true));
     }
     if format == RecordFormat::Raw
         && (fields.len() != 1
@@ -374,23 +370,50 @@ fn table_schema(table: &str, declared: &Schema, format: RecordFormat) -> Result<
             "table '{table}': format 'raw' has one VARCHAR column (the record value)"
         )));
     }
-    fields.push(Field::new(KEY_COLUMN, DataType::Utf8, true));
-    // Nullable, so that a Kafka sink can be written with a column list
-    // (`INSERT INTO t (a, b, _key) SELECT ...`), the rest left NULL.
-    fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, true));
-    fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, true));
-    fields.push(Field::new(
-        TIMESTAMP_COLUMN,
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        true,
-    ));
+    fields.extend(metadata_fields());
     Ok(Schema::new(fields))
+}
+
+/// The metadata columns every Kafka table has after its declared ones.
+/// Nullable, so that a Kafka sink can be written with a column list
+/// (`INSERT INTO t (a, b, _key) SELECT ...`), the rest left NULL.
+fn metadata_fields() -> [Field; 4] {
+    [
+        Field::new(KEY_COLUMN, DataType::Utf8, true),
+        Field::new(PARTITION_COLUMN, DataType::Int32, true),
+        Field::new(OFFSET_COLUMN, DataType::Int64, true),
+        Field::new(
+            TIMESTAMP_COLUMN,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]
 }
 
 /// A Kafka topic as a table.
 #[derive(Debug)]
 pub struct KafkaTable {
     pub spec: KafkaSourceSpec,
+}
+
+impl crate::insert::SinkTable for KafkaTable {
+    fn declared_columns(&self) -> Vec<FieldRef> {
+        let count = self.spec.value_column_count();
+        if count == 1 && self.spec.format == RecordFormat::Raw {
+            return vec![Arc::clone(&self.spec.schema.fields()[0])];
+        }
+        self.spec.schema.fields()[..count].to_vec()
+    }
+
+    fn extra_columns(&self) -> Vec<FieldRef> {
+        metadata_fields().into_iter().map(Arc::new).collect()
+    }
+
+    fn with_columns(&self, columns: Vec<Field>) -> Result<Arc<dyn TableProvider>> {
+        let mut spec = self.spec.clone();
+        spec.schema = table_schema(&spec.table, &Schema::new(columns), spec.format)?;
+        Ok(Arc::new(KafkaTable { spec }))
+    }
 }
 
 impl KafkaTable {
@@ -420,6 +443,13 @@ impl TableProvider for KafkaTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.spec.value_column_count() == 0 {
+            let table = &self.spec.table;
+            return Err(EngineError::plan(format!(
+                "table '{table}' declares no columns, so its records cannot be decoded: declare them, e.g. CREATE EXTERNAL TABLE {table} (id BIGINT, name VARCHAR) STORED AS KAFKA ... (without columns, a Kafka table is a sink that takes its columns from the query writing it)"
+            ))
+            .into());
+        }
         // The ranges are filled in per task, when the worker decodes the plan.
         Ok(Arc::new(KafkaScanExec::new(
             Arc::new(self.spec.clone()),
