@@ -19,9 +19,10 @@ command -v cargo >/dev/null || { echo "test.sh: error: cargo is not installed (h
 
 # Debian packages: a C toolchain and make for the bundled librdkafka, kcat
 # for the interoperability test, Chromium and its WebDriver for the web
-# UI's browser test; Python and pip for the notebook checks, unless a
-# Python with pip is on the PATH already.
-packages=(gcc g++ make pkg-config zlib1g-dev kcat chromium chromium-driver)
+# UI's browser test, Redis and PostgreSQL servers for the sink tests (the
+# tests start their own, on free loopback ports); Python and pip for the
+# notebook checks, unless a Python with pip is on the PATH already.
+packages=(gcc g++ make pkg-config zlib1g-dev kcat chromium chromium-driver redis-server postgresql)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

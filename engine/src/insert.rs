@@ -44,6 +44,12 @@ fn as_sink_table(provider: &dyn TableProvider) -> Option<&dyn SinkTable> {
     if let Some(t) = provider.downcast_ref::<crate::sink::ConsoleTable>() {
         return Some(t);
     }
+    if let Some(t) = provider.downcast_ref::<crate::redis::RedisTable>() {
+        return Some(t);
+    }
+    if let Some(t) = provider.downcast_ref::<crate::postgres::PostgresTable>() {
+        return Some(t);
+    }
     None
 }
 

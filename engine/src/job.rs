@@ -31,6 +31,8 @@ use crate::error::readable;
 use crate::error::{EngineError, Result};
 use crate::files::{WorkspaceTable, WorkspaceTableFactory};
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
+use crate::postgres::{PostgresTable, PostgresTableFactory};
+use crate::redis::{RedisTable, RedisTableFactory};
 use crate::sink::{ConsoleTable, ConsoleTableFactory};
 use crate::stages::{CutMerges, split_into_stages};
 use crate::stateful::{EventWindow, OutputMode, StatefulAggregateExec, StatefulSpec};
@@ -231,7 +233,17 @@ impl PlannedJob {
 }
 
 /// `STORED AS` types Spate's sessions know.
-const TABLE_TYPES: &[&str] = &["KAFKA", "PARQUET", "JSON", "NDJSON", "CSV", "CONSOLE"];
+const TABLE_TYPES: &[&str] = &[
+    "KAFKA",
+    "PARQUET",
+    "JSON",
+    "NDJSON",
+    "CSV",
+    "CONSOLE",
+    "REDIS",
+    "POSTGRES",
+    "POSTGRESQL",
+];
 
 /// A session with Spate's table factories, as the planner and the workers use.
 pub fn session(env: &PlanEnv) -> SessionContext {
@@ -285,6 +297,9 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
         .with_table_factory("NDJSON".to_string(), files.clone())
         .with_table_factory("CSV".to_string(), files)
         .with_table_factory("CONSOLE".to_string(), Arc::new(ConsoleTableFactory))
+        .with_table_factory("REDIS".to_string(), Arc::new(RedisTableFactory))
+        .with_table_factory("POSTGRES".to_string(), Arc::new(PostgresTableFactory))
+        .with_table_factory("POSTGRESQL".to_string(), Arc::new(PostgresTableFactory))
         .with_optimizer_rules(optimizer_rules)
         .with_analyzer_rule(Arc::new(ExpandSlidingWindows))
         .build();
@@ -376,7 +391,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
                 if !TABLE_TYPES.contains(&create.file_type.to_uppercase().as_str()) =>
             {
                 return Err(at(EngineError::plan(format!(
-                    "table '{}': STORED AS {} is not supported; use KAFKA, PARQUET, JSON, CSV or CONSOLE",
+                    "table '{}': STORED AS {} is not supported; use KAFKA, PARQUET, JSON, CSV, CONSOLE, REDIS or POSTGRES",
                     create.name, create.file_type
                 ))));
             }
@@ -676,8 +691,14 @@ async fn sink_spec(ctx: &SessionContext, insert: &DmlStatement) -> Result<SinkSp
             max_rows: console.max_rows,
         });
     }
+    if let Some(redis) = provider.downcast_ref::<RedisTable>() {
+        return Ok(SinkSpec::Redis(redis.spec.clone()));
+    }
+    if let Some(postgres) = provider.downcast_ref::<PostgresTable>() {
+        return Ok(SinkSpec::Postgres(postgres.spec.clone()));
+    }
     Err(EngineError::plan(format!(
-        "INSERT INTO {}: a job writes to a table STORED AS KAFKA, PARQUET, JSON, CSV or CONSOLE",
+        "INSERT INTO {}: a job writes to a table STORED AS KAFKA, PARQUET, JSON, CSV, CONSOLE, REDIS or POSTGRES",
         insert.table_name
     )))
 }

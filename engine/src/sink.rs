@@ -18,6 +18,8 @@ use crate::checkpoint::Writer;
 use crate::error::{EngineError, Result};
 use crate::files::{FileFormatSpec, FileSink};
 use crate::kafka::{KafkaSink, KafkaSinkSpec};
+use crate::postgres::{PostgresSink, PostgresSinkSpec};
+use crate::redis::{RedisSink, RedisSinkSpec};
 use crate::stateful::OutputMode;
 use crate::workspace::{SPATE_DIR, Workspace};
 
@@ -42,6 +44,10 @@ pub enum SinkSpec {
         /// Rows shown per batch; the rest are counted.
         max_rows: u32,
     },
+    /// A hash per row in Redis.
+    Redis(RedisSinkSpec),
+    /// A row per row in a PostgreSQL table, upserted by its primary key.
+    Postgres(PostgresSinkSpec),
 }
 
 /// Rows a console sink shows per batch unless its table says otherwise
@@ -68,13 +74,25 @@ impl SinkSpec {
                 job: job.to_string(),
                 max_rows: *max_rows,
             }),
+            SinkSpec::Redis(spec) => Arc::new(RedisSink {
+                spec: spec.clone(),
+                job: job.to_string(),
+            }),
+            SinkSpec::Postgres(spec) => Arc::new(PostgresSink {
+                spec: spec.clone(),
+                job: job.to_string(),
+            }),
         }
     }
 
     /// Whether the sink can hold a group's newest row in place of its
     /// older one (update output mode).
     pub fn upserts(&self) -> bool {
-        matches!(self, SinkSpec::Kafka(_) | SinkSpec::Console { .. })
+        match self {
+            SinkSpec::Kafka(_) | SinkSpec::Console { .. } | SinkSpec::Redis(_) => true,
+            SinkSpec::Postgres(p) => !p.primary_key.is_empty(),
+            SinkSpec::Files { .. } | SinkSpec::Results { .. } => false,
+        }
     }
 
     /// For humans: the UI, progress records.
@@ -86,6 +104,14 @@ impl SinkSpec {
             SinkSpec::Kafka(k) => format!("kafka topic {}", k.topic),
             SinkSpec::Results { .. } => "the client".to_string(),
             SinkSpec::Console { .. } => "the master's console".to_string(),
+            SinkSpec::Redis(r) => format!(
+                "redis hashes {}* at {}",
+                r.key_prefix,
+                without_password(&r.url)
+            ),
+            SinkSpec::Postgres(p) => {
+                format!("postgres table {} at {}", p.table, without_password(&p.url))
+            }
         }
     }
 }
@@ -174,6 +200,20 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     }
 
     fn describe(&self) -> String;
+}
+
+/// The URL with its password, if any, as `*****`, for humans.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:*****@{host}"),
+        None => url.to_string(),
+    }
 }
 
 /// Arrow IPC file bytes of `batches`.

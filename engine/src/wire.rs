@@ -18,6 +18,8 @@ use crate::files::{FileFormatKind, FileFormatSpec};
 use crate::kafka::{
     KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
 };
+use crate::postgres::PostgresSinkSpec;
+use crate::redis::RedisSinkSpec;
 use crate::shuffle::ShuffleReaderSpec;
 use crate::sink::{SinkPart, SinkSpec};
 use crate::stateful::{EventWindow, OutputMode, StatefulSpec};
@@ -93,6 +95,18 @@ impl From<&SinkSpec> for pb::Sink {
             SinkSpec::Console { max_rows } => Kind::Console(pb::ConsoleSink {
                 max_rows: *max_rows,
             }),
+            SinkSpec::Redis(r) => Kind::Redis(pb::RedisSink {
+                url: r.url.clone(),
+                table: r.table.clone(),
+                key_columns: r.key_columns.clone(),
+                key_prefix: r.key_prefix.clone(),
+            }),
+            SinkSpec::Postgres(p) => Kind::Postgres(pb::PostgresSink {
+                url: p.url.clone(),
+                sink: p.sink.clone(),
+                table: p.table.clone(),
+                primary_key: p.primary_key.clone(),
+            }),
         };
         pb::Sink { kind: Some(kind) }
     }
@@ -126,6 +140,18 @@ impl TryFrom<pb::Sink> for SinkSpec {
             Kind::Console(c) => SinkSpec::Console {
                 max_rows: c.max_rows,
             },
+            Kind::Redis(r) => SinkSpec::Redis(RedisSinkSpec {
+                url: r.url,
+                table: r.table,
+                key_columns: r.key_columns,
+                key_prefix: r.key_prefix,
+            }),
+            Kind::Postgres(p) => SinkSpec::Postgres(PostgresSinkSpec {
+                url: p.url,
+                sink: p.sink,
+                table: p.table,
+                primary_key: p.primary_key,
+            }),
         })
     }
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod servers;
+
 use spate_proto::JobState;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
