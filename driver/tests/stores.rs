@@ -331,3 +331,82 @@ async fn appended_rows_into_postgres_are_exactly_once_through_faults() {
     assert_eq!(got.len(), want.len(), "every row once");
     assert_eq!(got, want);
 }
+
+/// The sample jobs `workspace/jobs/running_revenue_{redis,postgres}.sql`,
+/// pointed at this test's servers, give DataFusion's running totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_store_jobs_keep_running_totals_per_id() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let redis = RedisServer::start();
+    let postgres = PostgresServer::start();
+    let (_kafka, bootstrap) = sales_kafka();
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &["--kafka-bootstrap", &bootstrap]);
+    let _workers = start_workers(&master.url(), ws.path(), &["w1"]);
+    let record = |i: u64| {
+        serde_json::json!({"id": i % 40, "customer": format!("c{}", i % 40), "revenue": (i % 9) as f64 * 0.5})
+            .to_string()
+    };
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..800u64 {
+        let payload = record(i);
+        producer
+            .send(
+                FutureRecord::<(), String>::to("sales")
+                    .payload(&payload)
+                    .partition((i % 4) as i32),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let sample = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../workspace/jobs/{name}.sql")),
+        )
+        .unwrap()
+        .replace("redis://redis:6379/0", &redis.url())
+        .replace(
+            "postgresql://spate:spate@postgres:5432/spate",
+            &postgres.url(),
+        ) + "\nSET spate.trigger.interval = '100ms';\n"
+    };
+    for name in ["running_revenue_redis", "running_revenue_postgres"] {
+        let id = submit(&master.url(), name, &sample(name)).await.unwrap();
+        wait_for_input_rows(&master.url(), &id, 800).await;
+    }
+    let mut want = std::collections::BTreeMap::new();
+    for i in 0..800u64 {
+        let entry = want.entry(i % 40).or_insert((0.0f64, 0i64));
+        entry.0 += (i % 9) as f64 * 0.5;
+        entry.1 += 1;
+    }
+    let mut connection = redis.connection();
+    for (id, (total, sales)) in &want {
+        let hash: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("revenue:{id}"))
+            .query(&mut connection)
+            .unwrap();
+        assert_eq!(
+            hash["total_revenue"].parse::<f64>().unwrap(),
+            *total,
+            "{id}: {hash:?}"
+        );
+        assert_eq!(hash["sales"], sales.to_string(), "{id}: {hash:?}");
+        assert_eq!(hash["customer"], format!("c{id}"));
+    }
+    let rows = postgres
+        .query("SELECT id, customer, total_revenue, sales FROM revenue_by_id ORDER BY id")
+        .await;
+    let expected: Vec<String> = want
+        .iter()
+        .map(|(id, (total, sales))| format!("{id}|c{id}|{total}|{sales}"))
+        .collect();
+    assert_eq!(rows, expected);
+}

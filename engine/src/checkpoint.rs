@@ -83,6 +83,10 @@ pub struct CheckpointMetadata {
     /// older than this record.
     #[serde(default)]
     pub sink_columns: Vec<String>,
+    /// Drawn when the checkpoint is made; names what sinks keep of the
+    /// job's progress outside the workspace (Kafka's transactional ids).
+    #[serde(default)]
+    pub run: String,
 }
 
 impl CheckpointMetadata {

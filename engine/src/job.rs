@@ -228,6 +228,7 @@ impl PlannedJob {
                 .flatten(),
             state_columns: self.state_columns.clone(),
             sink_columns: self.sink_columns.clone(),
+            run: String::new(),
         }
     }
 }

@@ -63,7 +63,10 @@ impl SinkSpec {
                 dir: dir.clone(),
                 format: format.clone(),
             }),
-            SinkSpec::Kafka(spec) => Arc::new(KafkaSink { spec: spec.clone() }),
+            SinkSpec::Kafka(spec) => Arc::new(KafkaSink {
+                spec: spec.clone(),
+                job: job.to_string(),
+            }),
             SinkSpec::Results { dir } => Arc::new(ResultsSink {
                 ws: ws.clone(),
                 dir: dir.clone(),

@@ -90,6 +90,8 @@ impl From<&SinkSpec> for pb::Sink {
                 topic: k.topic.clone(),
                 bootstrap_servers: k.bootstrap_servers.clone(),
                 client_options: k.client_options.clone().into_iter().collect(),
+                at_least_once: !k.exactly_once,
+                run: k.run.clone(),
             }),
             SinkSpec::Results { dir } => Kind::Results(pb::ResultsSink { dir: dir.clone() }),
             SinkSpec::Console { max_rows } => Kind::Console(pb::ConsoleSink {
@@ -135,6 +137,8 @@ impl TryFrom<pb::Sink> for SinkSpec {
                 topic: k.topic,
                 bootstrap_servers: k.bootstrap_servers,
                 client_options: k.client_options.into_iter().collect(),
+                exactly_once: !k.at_least_once,
+                run: k.run,
             }),
             Kind::Results(r) => SinkSpec::Results { dir: r.dir },
             Kind::Console(c) => SinkSpec::Console {
@@ -334,6 +338,7 @@ impl TryFrom<&KafkaSourceSpec> for pb::KafkaSource {
                 OnError::Permissive => pb::OnError::Permissive,
             } as i32,
             dead_letter_topic: s.dead_letter_topic.clone(),
+            at_least_once: !s.exactly_once,
         })
     }
 }
@@ -376,6 +381,7 @@ impl TryFrom<pb::KafkaSource> for KafkaSourceSpec {
                 _ => return Err(undecodable("on_error")),
             },
             dead_letter_topic: s.dead_letter_topic,
+            exactly_once: !s.at_least_once,
         })
     }
 }
@@ -500,6 +506,7 @@ mod tests {
             fail_on_data_loss: false,
             on_error: OnError::Permissive,
             dead_letter_topic: Some("dead".into()),
+            exactly_once: false,
         };
         let wire = pb::KafkaSource::try_from(&source).unwrap();
         assert_eq!(KafkaSourceSpec::try_from(wire).unwrap(), source);

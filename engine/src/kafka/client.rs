@@ -5,9 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -16,7 +13,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{KEY_COLUMN, KafkaSinkSpec, OFFSET_COLUMN, PARTITION_COLUMN, TIMESTAMP_COLUMN};
 use crate::error::{EngineError, Result};
 
 /// How long one metadata or offsets request may take.
@@ -196,87 +192,4 @@ pub async fn enqueue<K: rdkafka::message::ToBytes + ?Sized>(
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// Writes rows to a Kafka topic as JSON objects, one record per row, and
-/// waits until the broker acknowledged every one. A `_key` column becomes the
-/// record key and is left out of the value.
-pub async fn produce_batches(sink: &KafkaSinkSpec, batches: &[RecordBatch]) -> Result<u64> {
-    let error = |e: KafkaError| EngineError::Kafka {
-        bootstrap: sink.bootstrap_servers.clone(),
-        message: format!("cannot write to topic '{}': {e}", sink.topic),
-    };
-    let producer: FutureProducer = client_config(&sink.bootstrap_servers, &sink.client_options)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .map_err(error)?;
-    let mut deliveries = Vec::new();
-    let mut rows = 0u64;
-    for batch in batches {
-        let (keys, values) = split_key(batch)?;
-        let mut buffer = Vec::with_capacity(values.get_array_memory_size());
-        {
-            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut buffer);
-            writer.write(&values)?;
-            writer.finish()?;
-        }
-        for (row, line) in buffer
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
-            let key = keys
-                .as_ref()
-                .and_then(|k| (!k.is_null(row)).then(|| k.value(row).to_string()));
-            let mut record = FutureRecord::<String, [u8]>::to(&sink.topic).payload(line);
-            if let Some(key) = key.as_ref() {
-                record = record.key(key);
-            }
-            deliveries.push(enqueue(&producer, record).await.map_err(error)?);
-            rows += 1;
-        }
-    }
-    for delivery in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => return Err(error(e)),
-            Err(_) => return Err(error(KafkaError::Canceled)),
-        }
-    }
-    Ok(rows)
-}
-
-/// Splits the record key off a batch and drops the other metadata columns,
-/// which Kafka sets itself.
-fn split_key(batch: &RecordBatch) -> Result<(Option<StringArray>, RecordBatch)> {
-    let schema = batch.schema();
-    let keys = match schema.index_of(KEY_COLUMN) {
-        Ok(index) => {
-            let keys = cast(batch.column(index), &DataType::Utf8)?;
-            Some(
-                keys.as_any()
-                    .downcast_ref::<StringArray>()
-                    .expect("cast to Utf8 gives a StringArray")
-                    .clone(),
-            )
-        }
-        Err(_) => None,
-    };
-    let value_columns: Vec<usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| {
-            ![
-                KEY_COLUMN,
-                PARTITION_COLUMN,
-                OFFSET_COLUMN,
-                TIMESTAMP_COLUMN,
-            ]
-            .contains(&f.name().as_str())
-        })
-        .map(|(i, _)| i)
-        .collect();
-    Ok((keys, batch.project(&value_columns)?))
 }

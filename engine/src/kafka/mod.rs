@@ -23,7 +23,7 @@ use datafusion::prelude::Expr;
 use serde::{Deserialize, Serialize};
 
 pub use broker::DevBroker;
-pub use client::{KafkaAdmin, PartitionOffsets, enqueue, produce_batches};
+pub use client::{KafkaAdmin, PartitionOffsets, enqueue};
 pub use scan::KafkaScanExec;
 pub use sink::KafkaSink;
 
@@ -85,6 +85,9 @@ pub struct KafkaSourceSpec {
     /// Where bad records are copied, as they were (key and value).
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// As a sink: transactions, or plain idempotent produce requests.
+    #[serde(default = "yes")]
+    pub exactly_once: bool,
 }
 
 /// `on_error`: what a record whose value does not decode does.
@@ -166,12 +169,19 @@ pub struct KafkaSinkSpec {
     pub topic: String,
     pub bootstrap_servers: String,
     pub client_options: BTreeMap<String, String>,
+    /// Each task writes in a transaction with its progress (see `sink`).
+    #[serde(default = "yes")]
+    pub exactly_once: bool,
+    /// The checkpoint's run, which names the transactional ids and progress
+    /// groups, so that a job started afresh does not find its old progress.
+    #[serde(default)]
+    pub run: String,
 }
 
 const KNOWN_OPTIONS: &str = "bootstrap.servers, format (json, csv, raw), starting_offsets \
 (earliest, latest, or {\"<topic>\":{\"<partition>\":<offset>}}), max_offsets_per_trigger, \
 watermark ('<timestamp column> - INTERVAL <n> SECONDS'), fail_on_data_loss (true, false), \
-on_error (fail, drop, permissive), dead_letter_topic, kafka.<librdkafka option>";
+on_error (fail, drop, permissive), dead_letter_topic, delivery_guarantee (exactly_once, at_least_once; as a sink), kafka.<librdkafka option>";
 
 /// Builds Kafka tables from `CREATE EXTERNAL TABLE ... STORED AS KAFKA`.
 #[derive(Debug)]
@@ -212,6 +222,7 @@ impl KafkaTableFactory {
         let mut fail_on_data_loss = true;
         let mut on_error = OnError::Fail;
         let mut dead_letter_topic = None;
+        let mut exactly_once = true;
         let mut client_options = BTreeMap::new();
         for (key, value) in &options {
             match key.as_str() {
@@ -260,6 +271,17 @@ impl KafkaTableFactory {
                     }
                 }
                 "dead_letter_topic" => dead_letter_topic = Some(value.clone()),
+                "delivery_guarantee" => {
+                    exactly_once = match value.to_lowercase().replace('-', "_").as_str() {
+                        "exactly_once" => true,
+                        "at_least_once" => false,
+                        other => {
+                            return Err(EngineError::plan(format!(
+                                "table '{table}': option 'delivery_guarantee' is '{other}'; use exactly_once (Kafka transactions) or at_least_once"
+                            )));
+                        }
+                    }
+                }
                 k if k.starts_with("kafka.") => {
                     client_options.insert(k["kafka.".len()..].to_string(), value.clone());
                 }
@@ -290,6 +312,7 @@ impl KafkaTableFactory {
             fail_on_data_loss,
             on_error,
             dead_letter_topic,
+            exactly_once,
             table,
             topic,
             bootstrap_servers: bootstrap,
@@ -422,6 +445,8 @@ impl KafkaTable {
             topic: self.spec.topic.clone(),
             bootstrap_servers: self.spec.bootstrap_servers.clone(),
             client_options: self.spec.client_options.clone(),
+            exactly_once: self.spec.exactly_once,
+            run: String::new(),
         }
     }
 }

@@ -1,3 +1,6 @@
+//! Kafka clients kept between tasks of one process: consumers for reading
+//! ranges, producers for sinks.
+//!
 //! Consumers kept between tasks of one process. A new librdkafka consumer
 //! starts threads, connects, and learns partition leaders before its first
 //! fetch, which costs ~100 ms: more than a small batch's whole work. A task
@@ -6,10 +9,11 @@
 //! dropped, so a broken connection is never reused.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
 
 use super::client::client_config;
 
@@ -55,6 +59,9 @@ pub fn take(
             // delays a re-assigned consumer's first fetch behind the
             // previous assignment's outstanding one.
             .set("fetch.wait.max.ms", "5")
+            // The end of a partition says when a range's last offsets are
+            // transaction markers, which no consumer is ever given.
+            .set("enable.partition.eof", "true")
             .create()?,
     };
     Ok(PooledConsumer { key, consumer })
@@ -77,4 +84,113 @@ impl PooledConsumer {
             kept.push(self.consumer);
         }
     }
+}
+
+/// One plain producer per cluster and options, shared by every task of the
+/// process: a producer is thread-safe, and a new one costs threads,
+/// connections and metadata before its first record (~0.5 s a batch).
+static PRODUCERS: LazyLock<Mutex<HashMap<String, FutureProducer>>> = LazyLock::new(Mutex::default);
+
+pub fn producer(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<FutureProducer, KafkaError> {
+    let key = key(bootstrap, options);
+    let mut producers = PRODUCERS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(producer) = producers.get(&key) {
+        return Ok(producer.clone());
+    }
+    let producer: FutureProducer = client_config(bootstrap, options)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    producers.insert(key, producer.clone());
+    Ok(producer)
+}
+
+/// Transactional producers by `transactional.id`, each lent to one task at
+/// a time: a transaction belongs to its producer.
+static TRANSACTIONAL: LazyLock<Mutex<HashMap<String, FutureProducer>>> =
+    LazyLock::new(Mutex::default);
+
+/// A transactional producer for `id`, ready for `begin_transaction`. A new
+/// one registers with the broker (`init_transactions`), which fences any
+/// other producer of the same id: a zombie of an earlier attempt can no
+/// longer commit.
+pub async fn take_transactional(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+    id: &str,
+) -> Result<FutureProducer, KafkaError> {
+    let idle = TRANSACTIONAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&transactional_key(bootstrap, options, id));
+    if let Some(producer) = idle {
+        return Ok(producer);
+    }
+    let producer: FutureProducer = client_config(bootstrap, options)
+        .set("transactional.id", id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let initializing = producer.clone();
+    tokio::task::spawn_blocking(move || initializing.init_transactions(TRANSACTION_TIMEOUT))
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+    Ok(producer)
+}
+
+/// Keeps a producer whose transaction ended cleanly for the next task of
+/// its id; one that failed is dropped instead.
+pub fn give_back_transactional(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+    id: &str,
+    producer: FutureProducer,
+) {
+    TRANSACTIONAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(transactional_key(bootstrap, options, id), producer);
+}
+
+fn transactional_key(bootstrap: &str, options: &BTreeMap<String, String>, id: &str) -> String {
+    format!("{}\u{2}{id}", key(bootstrap, options))
+}
+
+/// How long one transactional call (init, commit, offsets) may take.
+pub const TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Consumers by consumer group, kept per process, for reading and
+/// committing an exactly-once sink's progress (the group's offsets).
+static GROUPS: LazyLock<Mutex<HashMap<String, Arc<BaseConsumer>>>> = LazyLock::new(Mutex::default);
+
+/// Consumers kept at the most; the oldest go first.
+const GROUPS_KEPT: usize = 256;
+
+pub fn group_consumer(
+    bootstrap: &str,
+    options: &BTreeMap<String, String>,
+    group: &str,
+) -> Result<Arc<BaseConsumer>, KafkaError> {
+    let key = format!("{}\u{3}{group}", key(bootstrap, options));
+    let mut groups = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(consumer) = groups.get(&key) {
+        return Ok(Arc::clone(consumer));
+    }
+    if groups.len() >= GROUPS_KEPT
+        && let Some(any) = groups.keys().next().cloned()
+    {
+        groups.remove(&any);
+    }
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        client_config(bootstrap, options)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?,
+    );
+    groups.insert(key, Arc::clone(&consumer));
+    Ok(consumer)
 }

@@ -27,12 +27,11 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::KafkaSourceSpec;
-use super::client::client_config;
 use super::client::enqueue;
 use super::decode::{BadRecord, RecordDecoder, RecordPosition};
 use super::pool;
@@ -338,9 +337,8 @@ async fn dead_letters(source: &KafkaSourceSpec, topic: &str, bad: &[BadRecord]) 
         bootstrap: source.bootstrap_servers.clone(),
         message: format!("cannot write to dead-letter topic '{topic}': {e}"),
     };
-    let producer: FutureProducer = client_config(&source.bootstrap_servers, &source.client_options)
-        .create()
-        .map_err(error)?;
+    let producer =
+        pool::producer(&source.bootstrap_servers, &source.client_options).map_err(error)?;
     let mut deliveries = Vec::with_capacity(bad.len());
     for record in bad {
         let mut message = FutureRecord::<[u8], [u8]>::to(topic)
@@ -358,6 +356,16 @@ async fn dead_letters(source: &KafkaSourceSpec, topic: &str, bad: &[BadRecord]) 
         }
     }
     Ok(())
+}
+
+/// Whether the consumer's position in the range's partition is at or past
+/// its end.
+fn read_past(consumer: &impl Consumer, range: &OffsetRange) -> bool {
+    consumer.position().ok().is_some_and(|positions| {
+        positions
+            .find_partition(&range.topic, range.partition)
+            .is_some_and(|p| matches!(p.offset(), Offset::Offset(o) if o >= range.end))
+    })
 }
 
 type BatchSender = mpsc::Sender<DfResult<datafusion::arrow::record_batch::RecordBatch>>;
@@ -403,6 +411,14 @@ impl RangeReader {
                         });
                     }
                     Ok(None) => break,
+                    // What is left of the range is transaction markers or
+                    // aborted records, which a read_committed consumer
+                    // skips: the range is read.
+                    Ok(Some(Err(KafkaError::PartitionEOF(p))))
+                        if p == range.partition && read_past(consumer, range) =>
+                    {
+                        break;
+                    }
                     Ok(Some(Err(KafkaError::PartitionEOF(_)))) => continue,
                     Ok(Some(Err(e))) => return Err(kafka_error(e)),
                     Ok(Some(Ok(m))) => m,

@@ -164,10 +164,24 @@ impl Submitting {
         }
         let last_commit = ctx.checkpoint.latest_commit().await?;
         let resumed = ctx.checkpoint.latest_offsets().await?.is_some();
-        if metadata.is_none() {
-            ctx.checkpoint
-                .write_metadata(&ctx.planned.checkpoint_metadata())
-                .await?;
+        let run = match &metadata {
+            Some(old) => old.run.clone(),
+            None => {
+                let mut new = ctx.planned.checkpoint_metadata();
+                new.run = crate::stages::attempt_id();
+                ctx.checkpoint.write_metadata(&new).await?;
+                // Another submission may have made it first: its run counts.
+                ctx.checkpoint
+                    .metadata()
+                    .await?
+                    .map(|m| m.run)
+                    .unwrap_or(new.run)
+            }
+        };
+        // Sinks that keep progress outside the workspace name it by run.
+        if let spate_engine::sink::SinkSpec::Kafka(kafka) = &mut ctx.planned.sink {
+            kafka.run = run;
+            ctx.sink = ctx.planned.sink.open(&ctx.ws, &id);
         }
         let (next_batch, input_rows, output_rows) = totals_after(last_commit.as_ref());
         ctx.totals = (input_rows, output_rows);
