@@ -131,7 +131,7 @@ fi
 # there is nothing to do (the legacy builder would resend the ~750 MB context).
 fingerprint=$(
     {
-        cat docker/Dockerfile docker/healthcheck.sh
+        cat docker/Dockerfile docker/healthcheck.sh docker/postgres.sh
         docker image inspect --format '{{.Id}}' "$base"
         stat --format '%n %s %Y' docker/bin/master docker/bin/worker docker/bin/driver
     } | sha256sum | cut -c1-16

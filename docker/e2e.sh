@@ -131,12 +131,13 @@ else
     export SPATE_UID SPATE_GID
 fi
 # Free host ports, so that parallel runs (and a cluster on 8080) do not clash.
-read -r ui_port master_port < <(python3 -c '
+read -r ui_port master_port redis_port postgres_port < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(2)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
-export SPATE_WORKSPACE_DIR=$workspace SPATE_UI_PORT=$ui_port SPATE_MASTER_PORT=$master_port
+export SPATE_WORKSPACE_DIR=$workspace SPATE_UI_PORT=$ui_port SPATE_MASTER_PORT=$master_port \
+    SPATE_REDIS_PORT=$redis_port SPATE_POSTGRES_PORT=$postgres_port
 # A dead worker is noticed sooner than the default 10 s.
 export SPATE_WORKER_TIMEOUT=4
 
@@ -169,8 +170,8 @@ healthy() {
         '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' \
         $ids | awk '{ print } $2 != "running" || $3 != "healthy" { bad = 1 } END { exit bad }'
 }
-wait_for "kafka (offline broker), master, 2 workers and producer healthy" healthy 5
-ok "up: offline broker, master, 2 workers and producer running and healthy (UI on :$ui_port)"
+wait_for "kafka (offline broker), master, 2 workers, producer, redis and postgres healthy" healthy 7
+ok "up: offline broker, master, 2 workers, producer, redis and postgres running and healthy (UI on :$ui_port)"
 wait_for "2 workers ALIVE in /api/v1/workers" check alive 2
 ok "2 workers ALIVE in /api/v1/workers"
 
@@ -185,6 +186,29 @@ ok "the sink has rows: $batches committed batches, $rows rows in $sink/_spate/ma
 owner_uid=$(find "$workspace/$sink" -name '*.parquet' -printf '%U' -quit)
 [ "$owner_uid" = "$SPATE_UID" ] || fail "sink files belong to uid $owner_uid, not $SPATE_UID"
 ok "sink files belong to uid $SPATE_UID on the host, not root"
+
+# The store sample jobs: running totals per id in Redis and PostgreSQL.
+for store in redis postgres; do
+    out=$("${compose[@]}" exec -T master driver submit "/workspace/jobs/running_revenue_$store.sql" 2>&1) ||
+        fail "driver submit running_revenue_$store.sql: $out"
+done
+redis_keys() {
+    local n
+    n=$("${compose[@]}" exec -T redis redis-cli --scan --pattern 'revenue:*' | wc -l)
+    echo "$n keys"
+    [ "$n" -gt 0 ]
+}
+wait_for "running totals in redis" redis_keys
+ok "running_revenue_redis.sql keeps totals in the redis service: $last revenue:*"
+postgres_rows() {
+    local n
+    n=$("${compose[@]}" exec -T postgres psql -h /tmp -U spate -tAc \
+        'SELECT count(*) FROM revenue_by_id' 2>/dev/null) || return 1
+    echo "$n rows"
+    [ "$n" -gt 0 ]
+}
+wait_for "running totals in postgres" postgres_rows
+ok "running_revenue_postgres.sql keeps totals in the postgres service: $last in revenue_by_id"
 
 # 5. Scale out.
 "${compose[@]}" up --detach --scale worker=3 2>&1 | sed 's/^/  /'

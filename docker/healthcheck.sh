@@ -17,8 +17,14 @@ worker)
 broker)
     exec driver topics list --bootstrap 127.0.0.1:9092 >/dev/null
     ;;
+redis)
+    [ "$(redis-cli -h 127.0.0.1 ping)" = PONG ]
+    ;;
+postgres)
+    exec pg_isready -q -h 127.0.0.1 -U "${POSTGRES_USER:-spate}"
+    ;;
 *)
-    echo "usage: spate-healthcheck master|worker|broker" >&2
+    echo "usage: spate-healthcheck master|worker|broker|redis|postgres" >&2
     exit 2
     ;;
 esac
