@@ -13,7 +13,9 @@
 //!   through the REPL's path (RunStatement, stages on the workers) vs
 //!   DataFusion alone in one process over the same files;
 //! - B6 Spark: B2's tumbling window in PySpark local[2] over the same events
-//!   as JSON files (Spark's file source, available-now).
+//!   as JSON files (Spark's file source, available-now);
+//! - B8 sinks: running totals per id into Kafka, Redis and PostgreSQL beside
+//!   Parquet, and each sink's per-batch floor.
 //!
 //! Kafka is the development broker (librdkafka's mock cluster, the Kafka
 //! protocol on loopback); Spate runs a master and workers in this process.
@@ -23,6 +25,7 @@
 mod distribution;
 mod floor;
 mod latency;
+mod sinks;
 mod spark;
 mod throughput;
 
@@ -100,6 +103,13 @@ enum Bench {
         distribution: DistributionArgs,
         #[command(flatten)]
         latency: latency::LatencyArgs,
+        #[command(flatten)]
+        sinks: sinks::SinkArgs,
+    },
+    /// B8: running totals into Kafka, Redis and PostgreSQL beside Parquet, and their floors.
+    Sinks {
+        #[command(flatten)]
+        args: sinks::SinkArgs,
     },
     /// B4: end-to-end latency of a 1-second tumbling window.
     Latency {
@@ -154,6 +164,7 @@ async fn main() -> Result<(), Error> {
             floor,
             distribution,
             latency,
+            sinks,
         } => {
             let workloads = [Workload::Stateless, Workload::Tumbling, Workload::Sliding];
             figures.extend(throughput::run(&workloads, throughput).await?);
@@ -161,7 +172,9 @@ async fn main() -> Result<(), Error> {
             figures.push(latency::run(latency).await?);
             figures.push(distribution::run(distribution, throughput.runs).await?);
             figures.push(spark::run(throughput).await?);
+            figures.extend(sinks::run(sinks).await?);
         }
+        Bench::Sinks { args } => figures.extend(sinks::run(args).await?),
         Bench::Throughput { workload, args } => {
             figures.extend(throughput::run(&[workload], args).await?)
         }

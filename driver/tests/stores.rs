@@ -7,11 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::servers::{PostgresServer, RedisServer};
 use common::*;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::prelude::SessionContext;
+use spate_testkit::{PostgresServer, RedisServer};
 
 const RECORDS: u64 = 3000;
 const SALES_COLUMNS: &str =
@@ -76,15 +76,16 @@ async fn reference() -> Vec<(String, String, f64, i64)> {
     rows
 }
 
-/// Runs the job on two workers over all records, SIGKILLing a worker and
-/// killing and restarting the master while batches commit.
-async fn run_with_faults(name: &str, sink: &str) {
+/// Runs a job (`job` makes its SQL for a bootstrap) on two workers over all
+/// records, SIGKILLing a worker and killing and restarting the master while
+/// batches commit.
+async fn run_with_faults(name: &str, job_sql: impl Fn(&str) -> String) {
     let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
     let mut master = start_master(ws.path(), "127.0.0.1:0", &[]);
     let mut workers = start_workers(&master.url(), ws.path(), &["w1", "w2"]);
     produce_sales(&bootstrap, "sales", 0..RECORDS, 4).await;
-    let id = submit(&master.url(), name, &totals_job(&bootstrap, sink))
+    let id = submit(&master.url(), name, &job_sql(&bootstrap))
         .await
         .unwrap();
     for (batches, fault) in [(2u64, "worker"), (4, "master")] {
@@ -116,7 +117,7 @@ async fn running_totals_into_redis_are_exactly_once_through_faults() {
            OPTIONS ('key' 'customer,country', 'key_prefix' 'revenue:');",
         redis.url()
     );
-    run_with_faults("redis_totals", &sink).await;
+    run_with_faults("redis_totals", |b| totals_job(b, &sink)).await;
     let want = reference().await;
     let mut connection = redis.connection();
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -153,7 +154,7 @@ async fn running_totals_into_postgres_are_exactly_once_through_faults() {
            OPTIONS ('table' 'revenue_totals', 'primary_key' 'customer,country');",
         postgres.url()
     );
-    run_with_faults("postgres_totals", &sink).await;
+    run_with_faults("postgres_totals", |b| totals_job(b, &sink)).await;
     let want: Vec<String> = reference()
         .await
         .into_iter()
@@ -282,37 +283,16 @@ async fn appended_rows_into_postgres_are_exactly_once_through_faults() {
         "CREATE EXTERNAL TABLE totals STORED AS POSTGRES LOCATION '{}' OPTIONS ('table' 'big_sales');",
         postgres.url()
     );
-    // The same job shape with a filter in append mode instead of totals.
-    let (_kafka, bootstrap) = sales_kafka();
-    let ws = tempfile::tempdir().unwrap();
-    let mut master = start_master(ws.path(), "127.0.0.1:0", &[]);
-    let mut workers = start_workers(&master.url(), ws.path(), &["w1", "w2"]);
-    produce_sales(&bootstrap, "sales", 0..RECORDS, 4).await;
-    let sql = format!(
-        "CREATE EXTERNAL TABLE sales ({SALES_COLUMNS}) STORED AS KAFKA LOCATION 'sales'
-           OPTIONS ('bootstrap.servers' '{bootstrap}', 'max_offsets_per_trigger' '250');
-         {sink}
-         SET spate.trigger.interval = '100ms';
-         INSERT INTO totals SELECT id, customer, revenue FROM sales WHERE revenue > 100;"
-    );
-    let id = submit(&master.url(), "appended", &sql).await.unwrap();
-    for (batches, fault) in [(2u64, "worker"), (4, "master")] {
-        let url = master.url();
-        wait_until(
-            &format!("{batches} committed batches"),
-            Duration::from_secs(120),
-            || async { job(&url, &id).await.is_some_and(|j| j.batches >= batches) },
+    run_with_faults("appended", |bootstrap| {
+        format!(
+            "CREATE EXTERNAL TABLE sales ({SALES_COLUMNS}) STORED AS KAFKA LOCATION 'sales'
+               OPTIONS ('bootstrap.servers' '{bootstrap}', 'max_offsets_per_trigger' '250');
+             {sink}
+             SET spate.trigger.interval = '100ms';
+             INSERT INTO totals SELECT id, customer, revenue FROM sales WHERE revenue > 100;"
         )
-        .await;
-        if fault == "worker" {
-            workers.remove(0).kill();
-            workers.push(start_worker(&url, ws.path(), "w3"));
-        } else {
-            master.proc.kill();
-            master = start_master(ws.path(), &master.grpc, &[]);
-        }
-    }
-    wait_for_input_rows(&master.url(), &id, RECORDS).await;
+    })
+    .await;
     let want: Vec<String> = (0..RECORDS)
         .map(sale)
         .filter(|s| s["revenue"].as_f64().unwrap() > 100.0)

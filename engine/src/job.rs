@@ -689,7 +689,7 @@ async fn sink_spec(ctx: &SessionContext, insert: &DmlStatement) -> Result<SinkSp
     }
     if let Some(console) = provider.downcast_ref::<ConsoleTable>() {
         return Ok(SinkSpec::Console {
-            max_rows: console.max_rows,
+            max_rows: console.spec.max_rows,
         });
     }
     if let Some(redis) = provider.downcast_ref::<RedisTable>() {

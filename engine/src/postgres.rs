@@ -20,23 +20,22 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Field, FieldRef, Float32Type, Float64Type, Int16Type, Int32Type,
-    Int64Type, Schema, SchemaRef, TimeUnit,
+    DataType, Date32Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Schema,
+    SchemaRef, TimeUnit,
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::Expr;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::error::{EngineError, Result};
-use crate::sink::{Attempt, Committing, Sink, SinkPart, without_password};
+use crate::sink::{
+    Attempt, Sink, SinkOnly, SinkOnlyTable, SinkPart, check_columns_exist, without_password,
+};
 
 /// A PostgreSQL sink as planned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,83 +92,34 @@ impl TableProviderFactory for PostgresTableFactory {
                 }
             }
         }
-        let provider = PostgresTable {
-            spec: PostgresSinkSpec {
-                url,
-                sink,
-                table,
-                primary_key,
-            },
-            schema: Arc::new(cmd.schema.as_arrow().clone()),
+        let spec = PostgresSinkSpec {
+            url,
+            sink,
+            table,
+            primary_key,
         };
-        provider.check_primary_key()?;
-        Ok(Arc::new(provider))
+        Ok(Arc::new(PostgresTable::new(
+            spec,
+            Arc::new(cmd.schema.as_arrow().clone()),
+        )?))
+    }
+}
+
+impl SinkOnly for PostgresSinkSpec {
+    fn cannot_read(&self) -> String {
+        format!(
+            "table '{}' is a PostgreSQL sink: read it with psql (SELECT * FROM {}), not with Spate",
+            self.sink, self.table
+        )
+    }
+
+    fn check(&self, columns: &Schema) -> Result<()> {
+        check_columns_exist(&self.sink, "primary key", &self.primary_key, columns)
     }
 }
 
 /// A PostgreSQL table as a job's sink; read it with psql.
-#[derive(Debug)]
-pub struct PostgresTable {
-    pub spec: PostgresSinkSpec,
-    schema: SchemaRef,
-}
-
-impl PostgresTable {
-    fn check_primary_key(&self) -> Result<()> {
-        if self.schema.fields().is_empty() {
-            return Ok(());
-        }
-        for key in &self.spec.primary_key {
-            if self.schema.field_with_name(key).is_err() {
-                return Err(EngineError::plan(format!(
-                    "table '{}': primary key column '{key}' is not one of its columns",
-                    self.spec.sink
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl crate::insert::SinkTable for PostgresTable {
-    fn declared_columns(&self) -> Vec<FieldRef> {
-        self.schema.fields().to_vec()
-    }
-
-    fn with_columns(&self, columns: Vec<Field>) -> Result<Arc<dyn TableProvider>> {
-        let table = PostgresTable {
-            spec: self.spec.clone(),
-            schema: Arc::new(Schema::new(columns)),
-        };
-        table.check_primary_key()?;
-        Ok(Arc::new(table))
-    }
-}
-
-#[async_trait]
-impl TableProvider for PostgresTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        _projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Err(EngineError::plan(format!(
-            "table '{}' is a PostgreSQL sink: read it with psql (SELECT * FROM {}), not with Spate",
-            self.spec.sink, self.spec.table
-        ))
-        .into())
-    }
-}
+pub type PostgresTable = SinkOnlyTable<PostgresSinkSpec>;
 
 /// Idle connections per server, kept between tasks of one process.
 static IDLE: LazyLock<Mutex<HashMap<String, Vec<Client>>>> = LazyLock::new(Mutex::default);
@@ -628,11 +578,6 @@ impl Sink for PostgresSink {
             files: Vec::new(),
             rows,
         })
-    }
-
-    /// Each task's rows are in PostgreSQL once it succeeded.
-    async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
-        Ok(())
     }
 
     /// A fresh start applies batch 0 again, so the progress rows go.

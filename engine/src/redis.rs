@@ -14,19 +14,18 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
-use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::Expr;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::sink::{Attempt, Committing, Sink, SinkPart, SinkSpec};
+use crate::sink::{
+    Attempt, Sink, SinkOnly, SinkOnlyTable, SinkPart, SinkSpec, check_columns_exist,
+};
 
 /// A Redis sink as planned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,89 +87,34 @@ impl TableProviderFactory for RedisTableFactory {
             ))
             .into());
         }
-        let sink = RedisTable {
-            spec: RedisSinkSpec {
-                url,
-                table,
-                key_columns,
-                key_prefix,
-            },
-            schema: Arc::new(cmd.schema.as_arrow().clone()),
+        let spec = RedisSinkSpec {
+            url,
+            table,
+            key_columns,
+            key_prefix,
         };
-        sink.check_key_columns()?;
-        Ok(Arc::new(sink))
+        Ok(Arc::new(RedisTable::new(
+            spec,
+            Arc::new(cmd.schema.as_arrow().clone()),
+        )?))
+    }
+}
+
+impl SinkOnly for RedisSinkSpec {
+    fn cannot_read(&self) -> String {
+        format!(
+            "table '{}' is a Redis sink: read it with redis-cli (HGETALL {}<key>), not with SQL",
+            self.table, self.key_prefix
+        )
+    }
+
+    fn check(&self, columns: &Schema) -> Result<()> {
+        check_columns_exist(&self.table, "key", &self.key_columns, columns)
     }
 }
 
 /// A Redis database as a job's sink; it cannot be read with SQL.
-#[derive(Debug)]
-pub struct RedisTable {
-    pub spec: RedisSinkSpec,
-    schema: SchemaRef,
-}
-
-impl RedisTable {
-    fn check_key_columns(&self) -> Result<()> {
-        if self.schema.fields().is_empty() {
-            return Ok(());
-        }
-        for key in &self.spec.key_columns {
-            if self.schema.field_with_name(key).is_err() {
-                return Err(EngineError::plan(format!(
-                    "table '{}': key column '{key}' is not one of its columns ({})",
-                    self.spec.table,
-                    self.schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl crate::insert::SinkTable for RedisTable {
-    fn declared_columns(&self) -> Vec<FieldRef> {
-        self.schema.fields().to_vec()
-    }
-
-    fn with_columns(&self, columns: Vec<Field>) -> Result<Arc<dyn TableProvider>> {
-        let table = RedisTable {
-            spec: self.spec.clone(),
-            schema: Arc::new(Schema::new(columns)),
-        };
-        table.check_key_columns()?;
-        Ok(Arc::new(table))
-    }
-}
-
-#[async_trait]
-impl TableProvider for RedisTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        _projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Err(EngineError::plan(format!(
-            "table '{}' is a Redis sink: read it with redis-cli (HGETALL {}<key>), not with SQL",
-            self.spec.table, self.spec.key_prefix
-        ))
-        .into())
-    }
-}
+pub type RedisTable = SinkOnlyTable<RedisSinkSpec>;
 
 /// Writes one partition's rows of a batch, unless the partition applied
 /// that batch already. KEYS[1]: the job's progress hash. ARGV: partition,
@@ -319,11 +263,6 @@ impl Sink for RedisSink {
             files: Vec::new(),
             rows,
         })
-    }
-
-    /// Each task's rows are in Redis once it succeeded.
-    async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
-        Ok(())
     }
 
     /// A fresh start applies batch 0 again, so the progress goes.

@@ -164,8 +164,13 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 
     /// Makes a batch visible, all of it at once, from the parts of its
     /// counted attempts, as `writer`. A batch another writer committed is
-    /// `EngineError::AlreadyExists`, naming that writer.
-    async fn commit(&self, batch: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()>;
+    /// `EngineError::AlreadyExists`, naming that writer. Nothing, for a
+    /// sink whose tasks commit what they write themselves (with their
+    /// partition's progress).
+    async fn commit(&self, batch: &Committing<'_>, parts: Vec<SinkPart>) -> Result<()> {
+        let _ = (batch, parts);
+        Ok(())
+    }
 
     /// Called once `batch` is committed: removes what its attempts wrote
     /// that the commit does not name (`kept`): failed, lost and cancelled
@@ -298,11 +303,6 @@ impl Sink for ResultsSink {
         write_ipc_part(&self.ws, &self.dir, attempt, &schema, batches).await
     }
 
-    /// The master streams the parts to the client itself.
-    async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
-        Ok(())
-    }
-
     async fn reset(&self) -> Result<()> {
         self.ws.delete_dir(&self.dir).await
     }
@@ -418,21 +418,61 @@ impl datafusion::catalog::TableProviderFactory for ConsoleTableFactory {
                 }
             }
         }
-        Ok(Arc::new(ConsoleTable {
-            schema: Arc::new(cmd.schema.as_arrow().clone()),
-            max_rows,
-        }))
+        Ok(Arc::new(ConsoleTable::new(
+            ConsoleSpec { max_rows },
+            Arc::new(cmd.schema.as_arrow().clone()),
+        )?))
+    }
+}
+
+/// A console table's options.
+#[derive(Debug, Clone)]
+pub struct ConsoleSpec {
+    pub max_rows: u32,
+}
+
+impl SinkOnly for ConsoleSpec {
+    fn cannot_read(&self) -> String {
+        "a console table is a sink: its rows are printed by the master, not kept to be read"
+            .to_string()
     }
 }
 
 /// A table a job writes to the master's console; it cannot be read.
-#[derive(Debug)]
-pub struct ConsoleTable {
-    schema: SchemaRef,
-    pub max_rows: u32,
+pub type ConsoleTable = SinkOnlyTable<ConsoleSpec>;
+
+/// What a table that is only a sink (Redis, PostgreSQL, the console) says
+/// of itself.
+pub trait SinkOnly: std::fmt::Debug + Clone + Send + Sync + 'static {
+    /// Why reading the table with SQL does not work, and what to do instead.
+    fn cannot_read(&self) -> String;
+
+    /// Checks the table's options against its columns (a key column must
+    /// be one of them); called once the columns are known.
+    fn check(&self, columns: &datafusion::arrow::datatypes::Schema) -> Result<()> {
+        let _ = columns;
+        Ok(())
+    }
 }
 
-impl crate::insert::SinkTable for ConsoleTable {
+/// A table a job writes and SQL does not read.
+#[derive(Debug)]
+pub struct SinkOnlyTable<S> {
+    pub spec: S,
+    schema: SchemaRef,
+}
+
+impl<S: SinkOnly> SinkOnlyTable<S> {
+    /// The table, its options checked against `schema` where it declares columns.
+    pub fn new(spec: S, schema: SchemaRef) -> Result<Self> {
+        if !schema.fields().is_empty() {
+            spec.check(&schema)?;
+        }
+        Ok(SinkOnlyTable { spec, schema })
+    }
+}
+
+impl<S: SinkOnly> crate::insert::SinkTable for SinkOnlyTable<S> {
     fn declared_columns(&self) -> Vec<datafusion::arrow::datatypes::FieldRef> {
         self.schema.fields().to_vec()
     }
@@ -441,15 +481,13 @@ impl crate::insert::SinkTable for ConsoleTable {
         &self,
         columns: Vec<datafusion::arrow::datatypes::Field>,
     ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-        Ok(Arc::new(ConsoleTable {
-            schema: Arc::new(datafusion::arrow::datatypes::Schema::new(columns)),
-            max_rows: self.max_rows,
-        }))
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(columns));
+        Ok(Arc::new(SinkOnlyTable::new(self.spec.clone(), schema)?))
     }
 }
 
 #[async_trait]
-impl datafusion::catalog::TableProvider for ConsoleTable {
+impl<S: SinkOnly> datafusion::catalog::TableProvider for SinkOnlyTable<S> {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -465,9 +503,25 @@ impl datafusion::catalog::TableProvider for ConsoleTable {
         _filters: &[datafusion::prelude::Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        Err(EngineError::plan(
-            "a console table is a sink: its rows are printed by the master, not kept to be read",
-        )
-        .into())
+        Err(EngineError::plan(self.spec.cannot_read()).into())
     }
+}
+
+/// A column named in a sink's options that the table lacks, as an error.
+pub fn check_columns_exist(
+    table: &str,
+    what: &str,
+    names: &[String],
+    columns: &datafusion::arrow::datatypes::Schema,
+) -> Result<()> {
+    for name in names {
+        if columns.field_with_name(name).is_err() {
+            let have: Vec<&str> = columns.fields().iter().map(|f| f.name().as_str()).collect();
+            return Err(EngineError::plan(format!(
+                "table '{table}': {what} column '{name}' is not one of its columns ({})",
+                have.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }

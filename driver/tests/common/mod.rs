@@ -4,8 +4,6 @@
 
 #![allow(dead_code)]
 
-pub mod servers;
-
 use spate_proto::JobState;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

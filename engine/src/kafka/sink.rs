@@ -33,7 +33,7 @@ use super::{
     KEY_COLUMN, KafkaSinkSpec, OFFSET_COLUMN, PARTITION_COLUMN, TIMESTAMP_COLUMN, enqueue,
 };
 use crate::error::{EngineError, Result};
-use crate::sink::{Attempt, Committing, Sink, SinkPart};
+use crate::sink::{Attempt, Sink, SinkPart};
 
 #[derive(Debug)]
 pub struct KafkaSink {
@@ -273,12 +273,6 @@ impl Sink for KafkaSink {
             files: Vec::new(),
             rows: records.len(),
         })
-    }
-
-    /// Each task's records are in Kafka (and, exactly once, committed) once
-    /// it succeeded.
-    async fn commit(&self, _batch: &Committing<'_>, _parts: Vec<SinkPart>) -> Result<()> {
-        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -1,10 +1,20 @@
-//! Real Redis and PostgreSQL servers for the sink tests, from Debian's
-//! packages (`./test.sh` installs them), on free loopback ports, stopped
-//! when dropped.
+//! Real Redis and PostgreSQL servers for Spate's sink tests and
+//! benchmarks, from Debian's packages (`./test.sh` installs them), on free
+//! loopback ports, stopped when dropped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+/// Whether this machine has the servers' programs (benchmarks skip a
+/// store that is missing; tests insist).
+pub fn available() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+        && std::path::Path::new("/usr/lib/postgresql").is_dir()
+}
 use std::time::{Duration, Instant};
 
 /// A free loopback port (a race with other programs is possible, and rare).
