@@ -374,6 +374,22 @@ impl BenchCluster {
         }
     }
 
+    /// A job's state and error, as the master lists it.
+    async fn job_state(&self, job_id: &str) -> Result<String, Error> {
+        let jobs = self
+            .client
+            .clone()
+            .list_jobs(spate_proto::ListJobsRequest {})
+            .await?
+            .into_inner()
+            .jobs;
+        let job = jobs
+            .iter()
+            .find(|j| j.job_id == job_id)
+            .ok_or("the job vanished")?;
+        Ok(format!("{} {}", job.state().as_str_name(), job.error))
+    }
+
     async fn shutdown(self) {
         let _ = self.stop_workers.send(true);
         self.master.shutdown().await;

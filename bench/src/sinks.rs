@@ -233,11 +233,15 @@ pub async fn run(args: SinkArgs) -> Result<Vec<Figure>, Error> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let walls = batch_walls(&cluster, &id)?;
-        cluster.shutdown().await;
+        let walls = batch_walls(&cluster, &id).unwrap_or_default();
         if walls.is_empty() {
-            return Err(format!("B8 floor into {}: no batch committed", store.name).into());
+            let state = cluster.job_state(&id).await?;
+            cluster.shutdown().await;
+            return Err(
+                format!("B8 floor into {}: no batch committed ({state})", store.name).into(),
+            );
         }
+        cluster.shutdown().await;
         let (p50, p99) = (percentile(&walls, 50.0), percentile(&walls, 99.0));
         let target = (store.name == "kafka").then_some(20);
         figures.push(Figure {

@@ -104,13 +104,28 @@ pub fn watermark_after(
     previous.max(max_event_time_ms.map(|m| m - delay))
 }
 
+/// Where a job without a logged batch starts reading, per partition: the
+/// table's starting offsets, resolved once, at the job's first look at
+/// Kafka (Spark's `latest` is the latest offsets when the query starts,
+/// not at each trigger, which would never leave an empty first batch).
+pub fn starting_offsets(planned: &PlannedJob, latest: &[PartitionOffsets]) -> BTreeMap<i32, i64> {
+    latest
+        .iter()
+        .map(|p| {
+            let start = starting_offset(&planned.source, p.partition, p.low, p.high);
+            (p.partition, start)
+        })
+        .collect()
+}
+
 /// The ranges of the next batch: from where the previous batch ended
-/// (or the table's starting offsets) to the latest offsets, capped; and
+/// (or the job's starting offsets) to the latest offsets, capped; and
 /// the ranges Kafka deleted before they were read, which the batch skips.
 pub fn next_ranges(
     planned: &PlannedJob,
     latest: &[PartitionOffsets],
     previous: Option<&OffsetsEntry>,
+    starting: &BTreeMap<i32, i64>,
     end_of_input: Option<&BTreeMap<i32, i64>>,
 ) -> (Vec<OffsetRange>, Vec<OffsetRange>) {
     let source = &planned.source;
@@ -121,10 +136,10 @@ pub fn next_ranges(
             let resume_at = previous
                 .and_then(|e| e.ranges.iter().find(|r| r.partition == p.partition))
                 .map(|r| r.end)
-                .unwrap_or_else(|| match previous {
+                .unwrap_or_else(|| match (previous, starting.get(&p.partition)) {
+                    (None, Some(start)) => *start,
                     // A partition added while the job runs is read from its start.
-                    Some(_) => p.low,
-                    None => starting_offset(source, p.partition, p.low, p.high),
+                    _ => p.low,
                 });
             let start = resume_at.max(p.low);
             if resume_at < p.low {

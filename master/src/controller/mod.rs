@@ -102,6 +102,9 @@ pub struct JobContext {
     pub last_watermark_ms: Option<i64>,
     /// available_now: the offsets at the first look are where the job ends.
     pub end_of_input: Option<BTreeMap<i32, i64>>,
+    /// Where the job starts reading, resolved at its first look at Kafka
+    /// while no batch is logged.
+    pub starting: Option<BTreeMap<i32, i64>>,
     pub kafka_backoff: Duration,
     /// The states the job went through, newest last.
     pub visited: VecDeque<&'static str>,
@@ -147,6 +150,7 @@ impl JobContext {
             max_event_time_ms: None,
             last_watermark_ms: None,
             end_of_input: None,
+            starting: None,
             visited: VecDeque::new(),
         }
     }

@@ -18,6 +18,7 @@
 //! A state's fields are its batch's progress; a state's `next` does its
 //! work and names the state that follows.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -379,10 +380,15 @@ impl State for Idle {
         if ctx.planned.options.available_now && ctx.end_of_input.is_none() {
             ctx.end_of_input = Some(latest.iter().map(|p| (p.partition, p.high)).collect());
         }
+        if previous.is_none() && ctx.starting.is_none() {
+            ctx.starting = Some(batch::starting_offsets(&ctx.planned, &latest));
+        }
+        let resumed = BTreeMap::new();
         let (ranges, lost) = batch::next_ranges(
             &ctx.planned,
             &latest,
             previous.as_ref(),
+            ctx.starting.as_ref().unwrap_or(&resumed),
             ctx.end_of_input.as_ref(),
         );
         let skipped_records = match batch::data_loss(&ctx.planned, &lost) {

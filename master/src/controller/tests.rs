@@ -663,3 +663,34 @@ async fn a_second_controller_of_a_job_stops_at_its_first_write_naming_the_first(
     second_controller.await.unwrap();
     assert_eq!(committed_ids(&ws).await, (0..9).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_job_starting_at_the_latest_offsets_reads_what_comes_after_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path()).unwrap();
+    let tasks = ScriptedTasks::new(&ws, |_, _| Script::Succeed);
+    let harness = Harness::new(&ws, Arc::clone(&tasks));
+    let sql = job_sql("").replace(
+        "OPTIONS ('bootstrap.servers' 'scripted:9092')",
+        "OPTIONS ('bootstrap.servers' 'scripted:9092', 'starting_offsets' 'latest')",
+    );
+    // Five records before the job starts, eight a moment later.
+    let offsets = ScriptedOffsets::new(vec![Ok(5), Ok(5), Ok(5), Ok(8)]);
+    let (_, controller) = harness.submit(&sql, offsets, "m1").await;
+    let checkpoint = Checkpoint::new(&ws, "j");
+    for _ in 0..500 {
+        if checkpoint.latest_commit().await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    harness.jobs.request_stop("j", StopRequest::AfterBatch);
+    controller.await.unwrap();
+    let ranges: Vec<(i64, i64)> = tasks
+        .launched()
+        .iter()
+        .map(|t| (t.ranges[0].start, t.ranges[0].end))
+        .collect();
+    assert_eq!(ranges, [(5, 8)]);
+    assert_eq!(committed_ids(&ws).await, (5..8).collect::<Vec<_>>());
+}
