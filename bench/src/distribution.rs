@@ -108,7 +108,6 @@ async fn through_cluster(cluster: &BenchCluster) -> Result<(Duration, usize), Er
             ],
             statement: QUERY.into(),
             explain: false,
-            secret: String::new(),
         })
         .await?
         .into_inner();

@@ -37,7 +37,6 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use spate_engine::kafka::{DevBroker, enqueue};
 use spate_proto::SubmitJobRequest;
-use spate_proto::client_service_client::ClientServiceClient;
 use tokio::sync::watch;
 
 use throughput::Workload;
@@ -291,7 +290,7 @@ async fn broker_with_events(events: u64, partitions: i32) -> Result<DevBroker, E
 struct BenchCluster {
     workspace: tempfile::TempDir,
     master: spate_master::MasterHandle,
-    client: ClientServiceClient<tonic::transport::Channel>,
+    client: spate_proto::dial::Client,
     stop_workers: watch::Sender<bool>,
 }
 
@@ -313,8 +312,12 @@ impl BenchCluster {
             config.slots = slots;
             tokio::spawn(spate_worker::run(config, stopped.clone()));
         }
-        let mut client =
-            ClientServiceClient::connect(format!("http://{}", master.grpc_addr)).await?;
+        let mut client = spate_proto::dial::client(
+            &format!("http://{}", master.grpc_addr),
+            None,
+            &spate_config::settings().secret,
+        )
+        .await?;
         // Workers register within a heartbeat; shuffle partitions follow their slots.
         while client
             .list_workers(spate_proto::ListWorkersRequest {})
@@ -341,7 +344,6 @@ impl BenchCluster {
             .submit_job(SubmitJobRequest {
                 sql,
                 name: name.into(),
-                secret: String::new(),
                 ..Default::default()
             })
             .await?

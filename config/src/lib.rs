@@ -33,18 +33,26 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct Client {
     pub master: String,
+    pub tls_ca: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Master {
     pub bind: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub max_request_mb: usize,
+    pub max_sql_kb: usize,
+    pub max_queries: usize,
+    pub max_jobs: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ui {
     pub bind: String,
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -58,7 +58,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
     let master_url = cluster.master_url.clone();
     cluster.generate_sales("sales", args.rate);
 
-    let mut client = crate::connect(&master_url).await?;
+    let mut client = crate::connect(&master_url, None, &spate_config::settings().secret).await?;
     // The demo's Kafka is new on every run, so offsets in an earlier run's
     // checkpoint mean nothing to it: the job starts afresh.
     let submitted = client

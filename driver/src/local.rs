@@ -66,6 +66,9 @@ impl LocalCluster {
         config.grpc_addr = options.grpc;
         config.http_addr = options.http;
         config.default_bootstrap_servers = bootstrap.clone();
+        // On loopback, in one process: plain gRPC, whatever the settings
+        // say of TLS (the secret, when set, still guards the UI).
+        config.tls = None;
         let master = spate_master::start(config).await?;
         let master_url = format!("http://{}", master.grpc_addr);
         let (stop, stopped) = watch::channel(false);
@@ -74,6 +77,7 @@ impl LocalCluster {
                 let mut config = spate_worker::WorkerConfig::new(&master_url, options.workspace);
                 config.worker_id = format!("worker-{i}");
                 config.slots = 2;
+                config.tls_ca = None;
                 let stopped = stopped.clone();
                 tokio::spawn(async move {
                     if let Err(e) = spate_worker::run(config, stopped).await {

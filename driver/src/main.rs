@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use spate_config::settings;
 use spate_engine::kafka::KafkaAdmin;
-use spate_proto::client_service_client::ClientServiceClient;
+use spate_proto::dial::{self, Client};
 use spate_proto::{
     JobInfo, JobState, ListJobsRequest, ListWorkersRequest, StopJobRequest, SubmitJobRequest,
 };
-use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -37,6 +37,12 @@ pub enum DriverError {
 
 impl From<tonic::Status> for DriverError {
     fn from(status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+            return DriverError::Master(format!(
+                "the request is larger than the master takes (its master.max_request_mb): {}",
+                status.message()
+            ));
+        }
         DriverError::Master(status.message().to_string())
     }
 }
@@ -51,12 +57,29 @@ struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 struct MasterArgs {
-    /// The master's gRPC URL.
-    #[arg(long, env = "SPATE_MASTER", default_value = "http://localhost:7077")]
+    /// The master's gRPC URL (https:// when it serves TLS).
+    #[arg(long, env = "SPATE_MASTER", default_value_t = settings().client.master.clone())]
     master: String,
     /// Shared secret, when the master has one.
-    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, default_value = "")]
+    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, hide_default_value = true,
+          default_value_t = settings().secret.clone())]
     secret: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How a client trusts a master that serves TLS.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// The CA certificate (PEM) that signed the master's, for https:// masters.
+    #[arg(long = "tls-ca", env = "SPATE_CLIENT_TLS_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl MasterArgs {
+    async fn connect(&self) -> Result<Client, DriverError> {
+        connect(&self.master, self.tls.ca.as_deref(), &self.secret).await
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -219,7 +242,8 @@ async fn run(command: Command) -> Result<(), DriverError> {
             master,
         } => submit(&file, name, follow, fresh, &master).await,
         Command::Jobs { master } => {
-            let jobs = connect(&master.master)
+            let jobs = master
+                .connect()
                 .await?
                 .list_jobs(ListJobsRequest {})
                 .await?
@@ -229,11 +253,11 @@ async fn run(command: Command) -> Result<(), DriverError> {
             Ok(())
         }
         Command::Stop { job, kill, master } => {
-            connect(&master.master)
+            master
+                .connect()
                 .await?
                 .stop_job(StopJobRequest {
                     job_id: job.clone(),
-                    secret: master.secret.clone(),
                     kill,
                 })
                 .await?;
@@ -249,7 +273,8 @@ async fn run(command: Command) -> Result<(), DriverError> {
             Ok(())
         }
         Command::Workers { master } => {
-            let workers = connect(&master.master)
+            let workers = master
+                .connect()
                 .await?
                 .list_workers(ListWorkersRequest {})
                 .await?
@@ -374,15 +399,19 @@ producing anyway; the broker may create the topic on first write"
     }
 }
 
-pub(crate) async fn connect(url: &str) -> Result<ClientServiceClient<Channel>, DriverError> {
-    let endpoint = Channel::from_shared(url.to_string())
-        .map_err(|e| DriverError::Usage(format!("--master '{url}': {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|e| DriverError::Connect {
-        url: url.to_string(),
-        message: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
-    })?;
-    Ok(ClientServiceClient::new(channel))
+/// A client of the master at `url`, with `secret` on every call.
+pub(crate) async fn connect(
+    url: &str,
+    ca: Option<&Path>,
+    secret: &str,
+) -> Result<Client, DriverError> {
+    dial::client(url, ca, secret).await.map_err(|e| match e {
+        dial::DialError::Config(message) => DriverError::Usage(message),
+        dial::DialError::Unreachable { url, cause } => DriverError::Connect {
+            url,
+            message: cause,
+        },
+    })
 }
 
 async fn submit(
@@ -399,14 +428,9 @@ async fn submit(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "job".to_string())
     });
-    let mut client = connect(&master.master).await?;
+    let mut client = master.connect().await?;
     let response = client
-        .submit_job(SubmitJobRequest {
-            sql,
-            name,
-            secret: master.secret.clone(),
-            fresh,
-        })
+        .submit_job(SubmitJobRequest { sql, name, fresh })
         .await
         .map_err(|s| DriverError::Master(format!("{}: {}", file.display(), s.message())))?
         .into_inner();
@@ -425,10 +449,7 @@ async fn submit(
     Ok(())
 }
 
-async fn follow_job(
-    client: &mut ClientServiceClient<Channel>,
-    job: &str,
-) -> Result<(), DriverError> {
+async fn follow_job(client: &mut Client, job: &str) -> Result<(), DriverError> {
     let mut last = None;
     loop {
         let jobs = client

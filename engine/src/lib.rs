@@ -12,6 +12,7 @@ pub mod job;
 pub mod kafka;
 pub mod postgres;
 pub mod query;
+pub mod redact;
 pub mod redis;
 pub mod shuffle;
 pub mod sink;

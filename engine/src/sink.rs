@@ -210,18 +210,9 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
-/// The URL with its password, if any, as `*****`, for humans.
+/// A URL with its password, if any, as `*****`, for humans.
 pub fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:*****@{host}"),
-        None => url.to_string(),
-    }
+    crate::redact::url_passwords(url).into_owned()
 }
 
 /// Arrow IPC file bytes of `batches`.

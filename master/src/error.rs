@@ -15,13 +15,22 @@ pub enum MasterError {
     Transport(#[from] tonic::transport::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A setting the master cannot start with (a TLS file, say).
+    #[error("{0}")]
+    Config(String),
+    /// A client asked for more than the cluster's limits allow.
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl MasterError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             MasterError::Engine(e) => e.kind(),
-            MasterError::Bind { .. } | MasterError::Io(_) => ErrorKind::Execution,
+            MasterError::Bind { .. } | MasterError::Io(_) | MasterError::Limit(_) => {
+                ErrorKind::Execution
+            }
+            MasterError::Config(_) => ErrorKind::Plan,
             MasterError::Transport(_) => ErrorKind::Internal,
         }
     }
@@ -32,6 +41,9 @@ impl MasterError {
 impl From<MasterError> for tonic::Status {
     fn from(e: MasterError) -> Self {
         let message = e.to_string();
+        if let MasterError::Limit(_) = e {
+            return tonic::Status::resource_exhausted(message);
+        }
         match e.kind() {
             ErrorKind::Plan => tonic::Status::invalid_argument(message),
             ErrorKind::NotFound => tonic::Status::not_found(message),

@@ -23,6 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::Master;
 use crate::cluster::{TaskEnd, TaskFailure};
 
+/// How long a new session may stay silent before its registration.
+const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Messages a worker's stream may hold before the master stops pushing.
 const WORKER_QUEUE: usize = 1024;
 
@@ -44,9 +47,14 @@ impl WorkerService for WorkerApi {
         request: Request<Streaming<WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "a worker must register within {} s of opening its session",
+                    REGISTER_TIMEOUT.as_secs()
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("the stream closed before registering"))?;
         let Some(worker_message::Kind::Register(register)) = first.kind else {
             return Err(Status::invalid_argument(
@@ -60,7 +68,6 @@ impl WorkerService for WorkerApi {
                 spate_proto::PROTOCOL_VERSION
             )));
         }
-        self.0.check_secret(&register.secret)?;
         let (sender, outbound) = mpsc::channel(WORKER_QUEUE);
         sender
             .send(Ok(MasterMessage {
@@ -158,9 +165,22 @@ impl ClientService for ClientApi {
         request: Request<RunStatementRequest>,
     ) -> Result<Response<ReplyStream>, Status> {
         let request = request.into_inner();
-        self.0.check_secret(&request.secret)?;
+        self.0
+            .config
+            .limits
+            .check_sql("statement", &request.statement)?;
+        let permit = Arc::clone(&self.0.queries)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} interactive queries already run on this cluster, its limit \
+                     (master.max_queries); try again when one ends",
+                    self.0.config.limits.max_queries
+                ))
+            })?;
         Ok(self.replies(|master, replies| async move {
-            crate::query::run_statement(&master, request, replies).await
+            crate::query::run_statement(&master, request, replies).await;
+            drop(permit);
         }))
     }
 
@@ -169,7 +189,6 @@ impl ClientService for ClientApi {
         request: Request<TailJobRequest>,
     ) -> Result<Response<ReplyStream>, Status> {
         let request = request.into_inner();
-        self.0.check_secret(&request.secret)?;
         Ok(self.replies(|master, replies| async move {
             crate::query::tail_job(&master, request, replies).await
         }))
@@ -180,7 +199,7 @@ impl ClientService for ClientApi {
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
         let request = request.into_inner();
-        self.0.check_secret(&request.secret)?;
+        self.0.config.limits.check_sql("job's SQL", &request.sql)?;
         let (job_id, resumed) = self
             .0
             .submit(&request.sql, &request.name, request.fresh)
@@ -219,7 +238,6 @@ impl ClientService for ClientApi {
         request: Request<StopJobRequest>,
     ) -> Result<Response<StopJobResponse>, Status> {
         let request = request.into_inner();
-        self.0.check_secret(&request.secret)?;
         let how = if request.kill {
             StopRequest::Now
         } else {

@@ -14,7 +14,7 @@ use spate_engine::workspace::SPATE_DIR;
 use spate_engine::{Workspace, now_ms};
 use tokio::sync::watch;
 
-use crate::error::Result;
+use crate::error::{MasterError, Result};
 use crate::progress::{self, BatchProgress};
 
 /// A job's lifecycle as the UI, the API and clients see it. The
@@ -223,7 +223,8 @@ impl JobEntry {
             latest_batch: self.progress.back().map(|p| p.batch_id),
             source: format!("kafka topic {}", record.planned.source.topic),
             sink: record.planned.sink.describe(),
-            sql: record.planned.sql.clone(),
+            // Shown on pages, in the API and CLIs: credentials stay out.
+            sql: spate_engine::redact::sql(&record.planned.sql),
         }
     }
 }
@@ -297,7 +298,12 @@ impl Jobs {
     /// Holds a job's name for a submission, refusing it while a controller
     /// runs the job. Made under the registry's lock with no await, so two
     /// submissions of one job cannot both pass.
-    pub fn reserve(self: &Arc<Self>, id: &str, planned: &PlannedJob) -> Result<Reservation> {
+    pub fn reserve(
+        self: &Arc<Self>,
+        id: &str,
+        planned: &PlannedJob,
+        max_active: Option<usize>,
+    ) -> Result<Reservation> {
         let mut jobs = self.lock();
         if let Some(existing) = jobs.get(id)
             && existing.record.state.is_active()
@@ -307,6 +313,15 @@ impl Jobs {
                 existing.record.state.name().to_lowercase()
             ))
             .into());
+        }
+        if let Some(max) = max_active {
+            let active = jobs.values().filter(|j| j.record.state.is_active()).count();
+            if active >= max {
+                return Err(MasterError::Limit(format!(
+                    "{active} jobs already run on this cluster, its limit (master.max_jobs); \
+                     stop one first (driver stop JOB)"
+                )));
+            }
         }
         let entry = JobEntry {
             record: JobRecord {

@@ -10,6 +10,7 @@ mod jobs;
 pub mod progress;
 mod query;
 mod stages;
+mod tls;
 mod ui;
 
 use std::net::SocketAddr;
@@ -20,12 +21,14 @@ use std::time::Duration;
 use spate_engine::job::{PlanEnv, PlannedJob, plan_job};
 use spate_engine::kafka::KafkaAdmin;
 use spate_engine::{EngineError, Workspace};
+use spate_proto::auth::RequireSecret;
 use spate_proto::client_service_server::ClientServiceServer;
 use spate_proto::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use cluster::{WorkerState, WorkerView};
 pub use error::{MasterError, Result};
@@ -48,8 +51,49 @@ pub struct MasterConfig {
     pub heartbeat_interval: Duration,
     /// For Kafka tables that name no `bootstrap.servers`.
     pub default_bootstrap_servers: String,
-    /// When set, workers and mutating clients must present it.
+    /// When set, every gRPC call and UI page but `/healthz` needs it.
     pub secret: Option<String>,
+    /// TLS for gRPC and the UI; none: plain text.
+    pub tls: Option<TlsFiles>,
+    /// When set, `/metrics` needs it (`Authorization: Bearer`).
+    pub metrics_token: Option<String>,
+    /// What one client may ask of the cluster.
+    pub limits: Limits,
+}
+
+/// A PEM certificate (chain) and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Bounds against hostile or mistaken clients, each refused with a
+/// sentence that names the setting.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest gRPC message the master decodes.
+    pub max_request_bytes: usize,
+    /// The largest job or statement text.
+    pub max_sql_bytes: usize,
+    /// Interactive queries running at once.
+    pub max_queries: usize,
+    /// Jobs with a controller at once.
+    pub max_jobs: usize,
+}
+
+impl Limits {
+    /// Refuses a job or statement text over `max_sql_bytes`.
+    pub fn check_sql(&self, what: &str, sql: &str) -> std::result::Result<(), tonic::Status> {
+        if sql.len() > self.max_sql_bytes {
+            return Err(tonic::Status::invalid_argument(format!(
+                "the {what} is {} KiB, over this cluster's limit of {} KiB (master.max_sql_kb)",
+                sql.len().div_ceil(1024),
+                self.max_sql_bytes / 1024
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl MasterConfig {
@@ -66,7 +110,26 @@ impl MasterConfig {
             heartbeat_interval: settings.worker.heartbeat_interval,
             default_bootstrap_servers: settings.kafka.bootstrap.clone(),
             secret: Some(settings.secret.clone()).filter(|s| !s.is_empty()),
+            tls: TlsFiles::from_settings(&settings.master.tls_cert, &settings.master.tls_key),
+            metrics_token: Some(settings.ui.metrics_token.clone()).filter(|s| !s.is_empty()),
+            limits: Limits {
+                max_request_bytes: settings.master.max_request_mb.max(1) << 20,
+                max_sql_bytes: settings.master.max_sql_kb.max(1) << 10,
+                max_queries: settings.master.max_queries.max(1),
+                max_jobs: settings.master.max_jobs.max(1),
+            },
         }
+    }
+}
+
+impl TlsFiles {
+    /// Both paths set: TLS; otherwise none (the master refuses to start
+    /// with only one of them, see `start`).
+    pub fn from_settings(cert: &str, key: &str) -> Option<TlsFiles> {
+        (!cert.is_empty() || !key.is_empty()).then(|| TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        })
     }
 }
 
@@ -79,6 +142,8 @@ pub struct Master {
     started_ms: i64,
     /// This master process, as the checkpoints it writes name it.
     id: String,
+    /// Permits for interactive queries (`master.max_queries`).
+    queries: Arc<tokio::sync::Semaphore>,
     /// One task per job with a controller, aborted at shutdown.
     controllers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -91,6 +156,10 @@ pub struct MasterHandle {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How often the master pings a quiet gRPC peer, and how long it waits
+/// for the answer before dropping the connection.
+const IDLE_PROBE: Duration = Duration::from_secs(20);
 
 /// How long shutdown waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -134,6 +203,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// records as running, and serves until shut down.
 pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
     let ws = Workspace::open(&config.workspace)?;
+    let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let http_listener = bind(config.http_addr).await?;
     let grpc_addr = grpc_listener.local_addr()?;
@@ -144,6 +214,7 @@ pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
     let master = Arc::new(Master {
         cluster: Arc::new(Cluster::new(config.heartbeat_timeout)),
         jobs: Arc::new(Jobs::new(ws.clone())),
+        queries: Arc::new(tokio::sync::Semaphore::new(config.limits.max_queries)),
         ws,
         config,
         started_ms: spate_engine::now_ms(),
@@ -154,13 +225,22 @@ pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
     let (shutdown, mut stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(WorkerServiceServer::new(grpc::WorkerApi(Arc::clone(
-            &master,
-        ))))
-        .add_service(ClientServiceServer::new(grpc::ClientApi(Arc::clone(
-            &master,
-        ))));
+    let guard = RequireSecret::new(master.config.secret.as_deref());
+    let max_request = master.config.limits.max_request_bytes;
+    let workers = WorkerServiceServer::new(grpc::WorkerApi(Arc::clone(&master)))
+        .max_decoding_message_size(max_request);
+    let clients = ClientServiceServer::new(grpc::ClientApi(Arc::clone(&master)))
+        .max_decoding_message_size(max_request);
+    let mut builder = tonic::transport::Server::builder()
+        // A peer that stops answering pings is gone: its streams end.
+        .http2_keepalive_interval(Some(IDLE_PROBE))
+        .http2_keepalive_timeout(Some(IDLE_PROBE));
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.grpc())?;
+    }
+    let grpc = builder
+        .add_service(InterceptedService::new(workers, guard.clone()))
+        .add_service(InterceptedService::new(clients, guard));
     let mut grpc_stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = TcpListenerStream::new(grpc_listener);
@@ -173,18 +253,13 @@ pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
     }));
 
     let app = ui::router(Arc::clone(&master));
-    let mut http_stop = stopped.clone();
-    tasks.push(tokio::spawn(async move {
-        let stop = async move {
-            let _ = spate_engine::stop_signalled(&mut http_stop).await;
-        };
-        if let Err(e) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("web UI stopped: {e}");
-        }
-    }));
+    let acceptor = tls.map(|t| t.ui());
+    tasks.push(tokio::spawn(ui::serve(
+        http_listener,
+        app,
+        acceptor,
+        stopped.clone(),
+    )));
 
     let reaper = Arc::clone(&master);
     tasks.push(tokio::spawn(async move {
@@ -206,15 +281,6 @@ pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
 }
 
 impl Master {
-    fn check_secret(&self, given: &str) -> std::result::Result<(), tonic::Status> {
-        match &self.config.secret {
-            Some(secret) if secret != given => Err(tonic::Status::unauthenticated(
-                "wrong or missing cluster secret (set SPATE_SECRET to the master's)",
-            )),
-            _ => Ok(()),
-        }
-    }
-
     fn plan_env(&self) -> PlanEnv {
         PlanEnv {
             workspace: self.ws.clone(),
@@ -241,7 +307,9 @@ impl Master {
             ))
             .into());
         }
-        let reservation = self.jobs.reserve(&id, &planned)?;
+        let reservation = self
+            .jobs
+            .reserve(&id, &planned, Some(self.config.limits.max_jobs))?;
         let (admission, admitted) = oneshot::channel();
         let submitting = Submitting {
             fresh,
@@ -296,7 +364,8 @@ impl Master {
         for record in self.jobs.load().await? {
             if record.state.is_active() {
                 tracing::info!(job = record.id, "resuming job from its checkpoint");
-                let reservation = self.jobs.reserve(&record.id, &record.planned)?;
+                // Jobs that ran before a restart resume whatever the limit.
+                let reservation = self.jobs.reserve(&record.id, &record.planned, None)?;
                 let submitting = Submitting {
                     fresh: false,
                     admission: None,

@@ -25,9 +25,19 @@ struct Args {
     /// Kafka for tables that name no bootstrap.servers.
     #[arg(long, env = "SPATE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
     kafka_bootstrap: String,
-    /// Shared secret workers and clients must present.
+    /// Shared secret every worker, client and UI visitor must present
+    /// (all but /healthz and /metrics).
     #[arg(long, env = "SPATE_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// TLS certificate (PEM, chain first) for gRPC and the UI.
+    #[arg(long, env = "SPATE_MASTER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SPATE_MASTER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Token /metrics asks for (Authorization: Bearer); none: open.
+    #[arg(long, env = "SPATE_UI_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 #[tokio::main]
@@ -45,6 +55,17 @@ async fn main() {
     config.heartbeat_timeout = Duration::from_secs_f64(args.worker_timeout.max(0.5));
     config.default_bootstrap_servers = args.kafka_bootstrap;
     config.secret = args.secret.filter(|s| !s.is_empty());
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(spate_master::TlsFiles { cert, key });
+    }
+    if let Some(token) = args.metrics_token {
+        config.metrics_token = Some(token).filter(|t| !t.is_empty());
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let master = match spate_master::start(config).await {
         Ok(m) => m,
         Err(e) => {
@@ -53,7 +74,7 @@ async fn main() {
         }
     };
     println!(
-        "spate master: gRPC on {}, web UI on http://{}",
+        "spate master: gRPC on {scheme}://{}, web UI on {scheme}://{}",
         master.grpc_addr, master.http_addr
     );
     let _ = tokio::signal::ctrl_c().await;

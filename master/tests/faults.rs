@@ -112,7 +112,6 @@ async fn a_killed_job_resumes_from_its_checkpoint_with_every_row_once() {
     client
         .stop_job(spate_proto::StopJobRequest {
             job_id: id.clone(),
-            secret: String::new(),
             kill: true,
         })
         .await

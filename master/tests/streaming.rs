@@ -568,7 +568,6 @@ async fn a_changed_aggregation_cannot_resume_from_the_old_state() {
         .submit_job(spate_proto::SubmitJobRequest {
             sql: changed,
             name: "tumbling".into(),
-            secret: String::new(),
             ..Default::default()
         })
         .await

@@ -1,9 +1,13 @@
 //! Spate's wire: the gRPC services and messages of `spate.proto`.
 //!
-//! This crate holds only generated code and the protocol version.
+//! This crate holds the generated code, the protocol version, and how a
+//! peer dials the master and carries the cluster secret (`auth`, `dial`).
+
+pub mod auth;
+pub mod dial;
 
 /// Bumped on any wire change an older peer would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[allow(clippy::all, missing_docs)]
 mod generated {

@@ -1,6 +1,11 @@
 //! Real Redis and PostgreSQL servers for Spate's sink tests and
 //! benchmarks, from Debian's packages (`./test.sh` installs them), on free
-//! loopback ports, stopped when dropped.
+//! loopback ports, stopped when dropped; and TLS certificates for tests of
+//! a master that serves TLS.
+
+mod tls;
+
+pub use tls::TestCertificates;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

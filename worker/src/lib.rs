@@ -14,6 +14,8 @@ use rand::Rng;
 use spate_engine::state::StateCache;
 use spate_engine::task::run_task;
 use spate_engine::{EngineError, Workspace, wire};
+use spate_proto::auth::WithSecret;
+use spate_proto::dial;
 use spate_proto::worker_service_client::WorkerServiceClient;
 use spate_proto::{
     Heartbeat, LaunchTask, RegisterWorker, TaskResult, TaskState, TaskUpdate, WorkerMessage,
@@ -29,12 +31,27 @@ pub enum WorkerError {
     Connect { url: String, message: String },
     #[error("the master refused this worker: {0}")]
     Refused(String),
+    /// A master URL, CA file or secret this worker cannot use.
+    #[error("{0}")]
+    Config(String),
     #[error("the connection to the master ended: {0}")]
     Disconnected(String),
     #[error(transparent)]
     Engine(#[from] spate_engine::EngineError),
     #[error("cannot start the task threads: {0}")]
     Threads(#[from] std::io::Error),
+}
+
+impl From<dial::DialError> for WorkerError {
+    fn from(e: dial::DialError) -> Self {
+        match e {
+            dial::DialError::Config(message) => WorkerError::Config(message),
+            dial::DialError::Unreachable { url, cause } => WorkerError::Connect {
+                url,
+                message: cause,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +65,8 @@ pub struct WorkerConfig {
     pub memory_bytes: u64,
     pub workspace: PathBuf,
     pub secret: String,
+    /// The CA that signed the master's certificate, for https:// masters.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -61,6 +80,8 @@ impl WorkerConfig {
             memory_bytes: settings.worker.memory_mb << 20,
             workspace: workspace.into(),
             secret: settings.secret.clone(),
+            tls_ca: Some(PathBuf::from(&settings.client.tls_ca))
+                .filter(|p| !p.as_os_str().is_empty()),
         }
     }
 }
@@ -105,7 +126,7 @@ async fn serve(
             return Ok(());
         }
         match result {
-            Err(e @ WorkerError::Refused(_)) => return Err(e),
+            Err(e @ (WorkerError::Refused(_) | WorkerError::Config(_))) => return Err(e),
             Err(e) => tracing::warn!(worker = config.worker_id, "{e}"),
             Ok(()) => {}
         }
@@ -140,12 +161,11 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), WorkerError> {
-    let mut client = WorkerServiceClient::connect(config.master_url.clone())
-        .await
-        .map_err(|e| WorkerError::Connect {
-            url: config.master_url.clone(),
-            message: e.to_string(),
-        })?;
+    // A URL, CA file or secret that cannot work will not start to work.
+    let endpoint = dial::endpoint(&config.master_url, config.tls_ca.as_deref())?;
+    let secret = WithSecret::new(&config.secret).map_err(WorkerError::Config)?;
+    let channel = dial::connect(&endpoint).await?;
+    let mut client = WorkerServiceClient::with_interceptor(channel, secret);
     let (outbound, outbound_rx) = mpsc::channel::<WorkerMessage>(256);
     outbound
         .send(WorkerMessage {
@@ -155,7 +175,6 @@ async fn session(
                 slots: config.slots,
                 memory_bytes: config.memory_bytes,
                 protocol_version: spate_proto::PROTOCOL_VERSION,
-                secret: config.secret.clone(),
             })),
         })
         .await

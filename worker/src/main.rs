@@ -31,6 +31,9 @@ struct Args {
     #[arg(long, env = "SPATE_SECRET", hide_env_values = true, hide_default_value = true,
           default_value_t = settings().secret.clone())]
     secret: String,
+    /// The CA certificate (PEM) that signed the master's, for https:// masters.
+    #[arg(long, env = "SPATE_CLIENT_TLS_CA", default_value_t = settings().client.tls_ca.clone())]
+    tls_ca: String,
 }
 
 #[tokio::main]
@@ -51,6 +54,7 @@ async fn main() {
     }
     config.memory_bytes = args.memory_mb << 20;
     config.secret = args.secret;
+    config.tls_ca = Some(PathBuf::from(args.tls_ca)).filter(|p| !p.as_os_str().is_empty());
     println!(
         "spate worker {}: connecting to {}",
         config.worker_id, config.master_url

@@ -24,12 +24,11 @@ use rustyline::error::ReadlineError;
 use rustyline::hint::HistoryHinter;
 use rustyline::history::FileHistory;
 use rustyline::{CompletionType, Config, Editor};
-use spate_proto::client_service_client::ClientServiceClient;
+use spate_proto::dial::Client;
 use spate_proto::{
     ListJobsRequest, ListWorkersRequest, ResultEnd, RunStatementRequest, StopJobRequest,
     SubmitJobRequest, TailJobRequest, statement_reply,
 };
-use tonic::transport::Channel;
 
 use crate::DriverError;
 use crate::local::{LocalCluster, LocalKafka, LocalOptions};
@@ -44,8 +43,11 @@ pub struct ReplArgs {
     #[arg(long, env = "SPATE_MASTER")]
     master: Option<String>,
     /// Shared secret, when the master has one.
-    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, default_value = "")]
+    #[arg(long, env = "SPATE_SECRET", hide_env_values = true, hide_default_value = true,
+          default_value_t = spate_config::settings().secret.clone())]
     secret: String,
+    #[command(flatten)]
+    tls: crate::TlsArgs,
     /// Run the statements and commands of this file, print their results and exit.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
@@ -100,10 +102,11 @@ pub async fn run(args: ReplArgs) -> Result<(), DriverError> {
             url
         }
     };
-    let client = crate::connect(&master_url).await?;
+    // The REPL's own cluster serves plain gRPC on loopback.
+    let ca = args.master.as_ref().and(args.tls.ca.as_deref());
+    let client = crate::connect(&master_url, ca, &args.secret).await?;
     let mut repl = Repl {
         client,
-        secret: args.secret.clone(),
         session: Vec::new(),
         cells: Vec::new(),
         next: 1,
@@ -219,8 +222,7 @@ enum Flow {
 }
 
 struct Repl {
-    client: ClientServiceClient<Channel>,
-    secret: String,
+    client: Client,
     /// The DDL and SET statements run so far, sent with every statement.
     session: Vec<String>,
     /// What `\save` writes.
@@ -430,7 +432,6 @@ impl Repl {
             session: self.session.clone(),
             statement: statement.to_string(),
             explain,
-            secret: self.secret.clone(),
         };
         let mut client = self.client.clone();
         let collect = async move {
@@ -523,7 +524,7 @@ impl Repl {
         self.client
             .stop_job(StopJobRequest {
                 job_id: job.to_string(),
-                secret: self.secret.clone(),
+
                 kill,
             })
             .await
@@ -555,7 +556,7 @@ impl Repl {
             .submit_job(SubmitJobRequest {
                 sql,
                 name,
-                secret: self.secret.clone(),
+
                 ..Default::default()
             })
             .await
@@ -753,7 +754,6 @@ impl Repl {
         let request = TailJobRequest {
             job_id: job.to_string(),
             from_batch: -1,
-            secret: self.secret.clone(),
         };
         let mut stream = client
             .tail_job(request)

@@ -101,7 +101,8 @@ pub fn save(path: &Path, cells: &[Cell]) -> Result<(), DriverError> {
                 cell_type: "code".to_string(),
                 id: Some(format!("cell-{}", index + 1)),
                 metadata: Value::Object(Map::new()),
-                source: Source::Lines(lines(&cell.source)),
+                // A notebook is shared: credentials in OPTIONS stay out of it.
+                source: Source::Lines(lines(&spate_engine::redact::sql(&cell.source))),
                 outputs: vec![output_json(cell)],
                 execution_count: Some(cell.execution_count),
             })

@@ -172,7 +172,6 @@ pub async fn submit(url: &str, name: &str, sql: &str) -> Result<String, tonic::S
         .submit_job(SubmitJobRequest {
             sql: sql.to_string(),
             name: name.to_string(),
-            secret: String::new(),
             ..Default::default()
         })
         .await?;

@@ -245,7 +245,7 @@ impl Harness {
     ) {
         let env = PlanEnv::new(self.ws.clone(), "scripted:9092");
         let planned = plan_job(&env, sql, "j").await.unwrap();
-        let reservation = self.jobs.reserve("j", &planned).unwrap();
+        let reservation = self.jobs.reserve("j", &planned, None).unwrap();
         let sink = planned.sink.open(&self.ws, "j");
         let tasks: Arc<dyn TaskRunner> = Arc::new(Arc::clone(&self.tasks));
         let ctx = JobContext::new(
@@ -556,12 +556,20 @@ async fn a_submission_for_a_missing_topic_is_refused_and_leaves_no_job() {
     }
     let env = PlanEnv::new(ws.clone(), "scripted:9092");
     let planned = plan_job(&env, &job_sql(""), "j").await.unwrap();
-    let reservation = harness.jobs.reserve("j", &planned).unwrap();
+    let reservation = harness.jobs.reserve("j", &planned, None).unwrap();
     // While the submission is checked, a second one of the same job is refused.
-    let again = harness.jobs.reserve("j", &planned).err().unwrap();
+    let again = harness.jobs.reserve("j", &planned, None).err().unwrap();
     assert!(
         again.to_string().contains("job 'j' is already submitting"),
         "{again}"
+    );
+    // Past the cluster's limit of jobs, another is refused, and says which setting.
+    let over = harness.jobs.reserve("k", &planned, Some(1)).err().unwrap();
+    assert!(matches!(over, crate::MasterError::Limit(_)), "{over}");
+    assert!(over.to_string().contains("master.max_jobs"), "{over}");
+    assert_eq!(
+        tonic::Status::from(over).code(),
+        tonic::Code::ResourceExhausted
     );
     let tasks: Arc<dyn TaskRunner> = Arc::new(Arc::clone(&harness.tasks));
     let ctx = JobContext::new(

@@ -2,14 +2,18 @@
 //! `/api/v1`; Prometheus text at `/metrics`. No JavaScript build step: pages
 //! refresh themselves, and the only script is the kill button's confirm().
 
+mod auth;
 mod charts;
 mod pages;
+mod serve;
+
+pub use serve::serve;
 
 use std::fmt::Write;
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -36,6 +40,12 @@ pub fn router(master: Arc<Master>) -> Router {
         .route("/api/v1/jobs/{id}/stop", post(stop_json))
         .route("/api/v1/progress", get(all_progress_json))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(auth::healthz))
+        .route("/login", get(auth::login_form).post(auth::login))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&master),
+            auth::require,
+        ))
         .with_state(master)
 }
 
@@ -104,25 +114,8 @@ async fn all_progress_json(State(master): State<Arc<Master>>) -> Json<Vec<BatchP
     Json(master.jobs.latest_progress())
 }
 
-#[derive(Deserialize)]
-struct KillForm {
-    #[serde(default)]
-    secret: String,
-}
-
 /// The kill button: stops the job now, cancelling its running batch.
-async fn kill_from_page(
-    State(master): State<Arc<Master>>,
-    Path(id): Path<String>,
-    Form(form): Form<KillForm>,
-) -> Response {
-    if master.check_secret(&form.secret).is_err() {
-        return (
-            StatusCode::FORBIDDEN,
-            "wrong or missing cluster secret; the job keeps running\n",
-        )
-            .into_response();
-    }
+async fn kill_from_page(State(master): State<Arc<Master>>, Path(id): Path<String>) -> Response {
     if !master.jobs.request_stop(&id, StopRequest::Now) {
         return not_found(&format!("job {id}"));
     }
@@ -136,25 +129,12 @@ struct StopQuery {
     kill: bool,
 }
 
-/// `POST /api/v1/jobs/{id}/stop[?kill=true]` with the secret, when set, in
-/// `X-Spate-Secret`.
+/// `POST /api/v1/jobs/{id}/stop[?kill=true]`.
 async fn stop_json(
     State(master): State<Arc<Master>>,
     Path(id): Path<String>,
     Query(query): Query<StopQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let secret = headers
-        .get("x-spate-secret")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if master.check_secret(secret).is_err() {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": "wrong or missing cluster secret"})),
-        )
-            .into_response();
-    }
     let how = if query.kill {
         StopRequest::Now
     } else {

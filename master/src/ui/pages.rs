@@ -14,7 +14,7 @@ use crate::cluster::{WorkerState, WorkerView};
 use crate::jobs::JobView;
 use crate::progress::BatchProgress;
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem 2rem;color:#222}
+pub(super) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5rem 2rem;color:#222}
 header{display:flex;gap:1.5rem;align-items:baseline;border-bottom:2px solid #e36209;margin-bottom:1rem}
 header a.brand{font-weight:700;font-size:1.3rem;color:#e36209;text-decoration:none}
 h1{font-size:1.3rem}h2{font-size:1.05rem;margin-top:1.8rem}
@@ -81,17 +81,14 @@ fn format_memory(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-/// The kill button; asks for confirmation, and for the secret when the cluster has one.
-fn kill_button(master: &Master, job: &str) -> Markup {
+/// The kill button; asks for confirmation (the secret, when the cluster
+/// has one, came with the login).
+fn kill_button(job: &str) -> Markup {
     let confirm = format!(
         "return confirm('Kill job {job}? Its running batch is cancelled; submitting the job again re-runs it from the checkpoint.')"
     );
     html! {
         form.kill method="post" action=(format!("/jobs/{job}/kill")) onsubmit=(confirm) {
-            @if master.config.secret.is_some() {
-                input type="password" name="secret" placeholder="cluster secret" required;
-                " "
-            }
             button type="submit" data-kill=(job) { "Kill" }
         }
     }
@@ -121,7 +118,7 @@ fn workers_table(workers: &[WorkerView]) -> Markup {
     }
 }
 
-fn jobs_table(master: &Master, id: &str, jobs: &[&JobView]) -> Markup {
+fn jobs_table(id: &str, jobs: &[&JobView]) -> Markup {
     html! {
         table id=(id) {
             tr {
@@ -139,7 +136,7 @@ fn jobs_table(master: &Master, id: &str, jobs: &[&JobView]) -> Markup {
                     td.num { (format_rate(j.avg_processed_rows_per_second)) }
                     td.num { (j.latest_batch.map(|b| b.to_string()).unwrap_or_default()) }
                     td.muted { (j.error) }
-                    td { @if j.state.is_active() { (kill_button(master, &j.id)) } }
+                    td { @if j.state.is_active() { (kill_button(&j.id)) } }
                 }
             }
         }
@@ -172,9 +169,9 @@ pub async fn overview(State(master): State<Arc<Master>>) -> Markup {
             h2 { "Workers (" (workers.len()) ")" }
             (workers_table(&workers))
             h2 { "Running jobs (" (running.len()) ")" }
-            (jobs_table(&master, "running-jobs", &running))
+            (jobs_table("running-jobs", &running))
             h2 { "Finished jobs (" (finished.len()) ")" }
-            (jobs_table(&master, "finished-jobs", &finished))
+            (jobs_table("finished-jobs", &finished))
         },
     )
 }
@@ -273,7 +270,7 @@ pub async fn job(State(master): State<Arc<Master>>, Path(id): Path<String>) -> R
     let last_tasks = batches.last().map_or(0, |p| p.num_tasks);
     let active = j.state.is_active();
     layout(&master, &id, active, html! {
-        h1 { "Job " (id) " " span class=(j.state.name()) { (j.state.name()) } " " @if active { (kill_button(&master, &id)) } }
+        h1 { "Job " (id) " " span class=(j.state.name()) { (j.state.name()) } " " @if active { (kill_button(&id)) } }
         @if !j.error.is_empty() { p.FAILED { (j.error) } }
         div.summary {
             div { "Submitted" b { (format_time(j.submitted_ms)) } }

@@ -50,23 +50,7 @@ impl Cluster {
     }
 
     pub async fn produce(&self, records: std::ops::Range<u64>) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", self.broker.bootstrap_servers())
-            .create()
-            .unwrap();
-        for i in records {
-            let payload = serde_json::json!({"id": i, "customer": format!("c{}", i % 5), "revenue": (i % 300) as f64}).to_string();
-            producer
-                .send(
-                    FutureRecord::<(), String>::to("sales")
-                        .payload(&payload)
-                        .partition((i % 4) as i32),
-                    Duration::from_secs(5),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
+        produce_sales(self.broker.bootstrap_servers(), records).await
     }
 
     pub async fn submit(&self, name: &str) -> String {
@@ -115,7 +99,6 @@ impl Cluster {
             .submit_job(SubmitJobRequest {
                 sql,
                 name: name.to_string(),
-                secret: String::new(),
                 ..Default::default()
             })
             .await
@@ -125,11 +108,42 @@ impl Cluster {
     }
 }
 
+/// Sales records `records` into the 4-partition topic 'sales'.
+pub async fn produce_sales(bootstrap: &str, records: std::ops::Range<u64>) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for i in records {
+        let payload = serde_json::json!({"id": i, "customer": format!("c{}", i % 5), "revenue": (i % 300) as f64}).to_string();
+        producer
+            .send(
+                FutureRecord::<(), String>::to("sales")
+                    .payload(&payload)
+                    .partition((i % 4) as i32),
+                Duration::from_secs(5),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
 pub async fn start_master(workspace: &Path, bootstrap: &str) -> MasterHandle {
+    start_master_with(workspace, bootstrap, |_| {}).await
+}
+
+/// A master on ephemeral loopback ports, with the settings `adjust` makes.
+pub async fn start_master_with(
+    workspace: &Path,
+    bootstrap: &str,
+    adjust: impl FnOnce(&mut MasterConfig),
+) -> MasterHandle {
     let mut config = MasterConfig::new(workspace);
     config.grpc_addr = "127.0.0.1:0".parse().unwrap();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.default_bootstrap_servers = bootstrap.to_string();
+    adjust(&mut config);
     spate_master::start(config).await.unwrap()
 }
 
