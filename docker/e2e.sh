@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of the Docker packaging on this machine's Docker engine,
 # offline: builds the image (../build.sh, debug binaries), starts the compose
-# cluster with Spate's development broker as Kafka, submits the sample job,
+# cluster with Spate's development broker as Kafka, over TLS with
+# docker/tls.sh's certificates and a cluster secret, submits the sample job,
 # scales the workers to 3, kills one, and checks that the job commits on.
 # Prints one `ok:` line per check, with the seconds it took. Run by .ci/run.
 #
@@ -42,14 +43,32 @@ ok() {
 # Checks against the master's API (UI) and the workspace's sink manifests.
 # Exit 0: satisfied; 1: not yet; 3: never will be (the wait stops at once).
 read -r -d '' checks <<'PYTHON' || true
-import json, os, sys, urllib.request
+import json, os, ssl, sys, urllib.error, urllib.request
 
-def api(path):
-    with urllib.request.urlopen(os.environ["UI"] + path, timeout=5) as answer:
+tls = ssl.create_default_context(cafile=os.environ["CA"])
+
+def api(path, secret=os.environ["SECRET"]):
+    request = urllib.request.Request(os.environ["UI"] + path, headers={"X-Spate-Secret": secret})
+    with urllib.request.urlopen(request, timeout=5, context=tls) as answer:
         return json.load(answer)
 
 cmd, args = sys.argv[1], sys.argv[2:]
-if cmd == "alive":  # alive N [DEAD_HOST]
+if cmd == "guarded":  # the API refuses a wrong secret, plain HTTP gets nothing
+    try:
+        api("/api/v1/jobs", secret="guess")
+        sys.exit("the API answered a wrong secret")
+    except urllib.error.HTTPError as refused:
+        if refused.code != 401:
+            sys.exit(f"a wrong secret got {refused.code}, not 401")
+    try:
+        urllib.request.urlopen(os.environ["UI"].replace("https:", "http:") + "/healthz", timeout=5)
+        answered = True
+    except Exception:  # refused, reset or garbled: anything but an answer
+        answered = False
+    if answered:
+        sys.exit("the UI answered plain HTTP")
+    print("401 without the secret; plain HTTP refused")
+elif cmd == "alive":  # alive N [DEAD_HOST]
     workers = api("/api/v1/workers")
     print(" ".join(f"{w['host']}:{w['state']}" for w in workers))
     alive = sum(w["state"] == "ALIVE" for w in workers)
@@ -82,7 +101,10 @@ elif cmd == "sink":  # sink WORKSPACE DIR MIN_BATCHES: committed batches and row
     print(batches, rows)
     sys.exit(0 if batches >= min_batches and rows > 0 else 1)
 PYTHON
-check() { UI="http://127.0.0.1:$ui_port" python3 -c "$checks" "$@"; }
+check() {
+    UI="https://127.0.0.1:$ui_port" CA="$tmp/tls/ca.pem" SECRET="$SPATE_SECRET" \
+        python3 -c "$checks" "$@"
+}
 
 # wait_for WHAT COMMAND...: runs COMMAND every second until it succeeds, for
 # at most $timeout_s seconds. Its last output is kept in $last.
@@ -123,9 +145,12 @@ tmp=$(mktemp -d)
 workspace=$tmp/workspace
 mkdir "$workspace"
 cp -r workspace/jobs workspace/data "$workspace"/
+# TLS as a team would deploy it: docker/tls.sh's certificates, and a secret.
+sh docker/tls.sh "$tmp/tls" >/dev/null
+export SPATE_TLS_DIR=$tmp/tls SPATE_SECRET=e2e-secret-$$
 if [ "$(id -u)" -eq 0 ]; then
     export SPATE_UID=1000 SPATE_GID=1000
-    chown -R "$SPATE_UID:$SPATE_GID" "$workspace"
+    chown -R "$SPATE_UID:$SPATE_GID" "$workspace" "$tmp/tls"
 else
     SPATE_UID=$(id -u) SPATE_GID=$(id -g)
     export SPATE_UID SPATE_GID
@@ -143,7 +168,7 @@ export SPATE_WORKER_TIMEOUT=4
 
 project=spate-e2e-$$
 compose=("${compose_bin[@]}" --project-name "$project"
-    --file docker-compose.yml --file docker/compose.offline.yml)
+    --file docker-compose.yml --file docker/compose.offline.yml --file docker/compose.tls.yml)
 
 passed=no
 cleanup() {
@@ -174,6 +199,8 @@ wait_for "kafka (offline broker), master, 2 workers, producer, redis and postgre
 ok "up: offline broker, master, 2 workers, producer, redis and postgres running and healthy (UI on :$ui_port)"
 wait_for "2 workers ALIVE in /api/v1/workers" check alive 2
 ok "2 workers ALIVE in /api/v1/workers"
+wait_for "the UI to refuse outsiders" check guarded
+ok "over TLS with a secret: $last"
 
 # 4. The sample job, submitted from inside the master's container.
 out=$("${compose[@]}" exec -T master driver submit /workspace/jobs/$job.sql 2>&1) ||

@@ -5,9 +5,12 @@
 set -eu
 case "${1:-}" in
 master)
-    # The master answers on its gRPC port.
+    # The master answers on its gRPC port (TLS when it has a certificate,
+    # whose names include 127.0.0.1).
     bind=${SPATE_MASTER_BIND:-0.0.0.0:7077}
-    exec driver workers --master "http://127.0.0.1:${bind##*:}" >/dev/null
+    scheme=http
+    [ -n "${SPATE_MASTER_TLS_CERT:-}" ] && scheme=https
+    exec driver workers --master "$scheme://127.0.0.1:${bind##*:}" >/dev/null
     ;;
 worker)
     # A running process is not enough: the master must list this worker as

@@ -66,7 +66,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
             sql,
             name,
             fresh: true,
-            ..Default::default()
         })
         .await
         .map_err(|s| DriverError::Master(format!("{}: {}", args.job.display(), s.message())))?
@@ -93,7 +92,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DriverError> {
         .tail_job(TailJobRequest {
             job_id: submitted.job_id.clone(),
             from_batch: 0,
-            ..Default::default()
         })
         .await?
         .into_inner();

@@ -7,6 +7,8 @@ pub mod checkpoint;
 pub mod codec;
 pub mod error;
 pub mod files;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod insert;
 pub mod job;
 pub mod kafka;

@@ -79,9 +79,16 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Channel, DialError> {
         while let Some(inner) = cause.source() {
             cause = inner;
         }
+        let mut cause = cause.to_string();
+        if cause.contains("UnknownIssuer") {
+            cause.push_str(
+                " (pass the CA certificate that signed the master's with --tls-ca, \
+                 or SPATE_CLIENT_TLS_CA)",
+            );
+        }
         DialError::Unreachable {
             url: endpoint.uri().to_string(),
-            cause: cause.to_string(),
+            cause,
         }
     })
 }

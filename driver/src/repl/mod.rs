@@ -371,7 +371,8 @@ impl Repl {
         let n = self.next;
         self.next += 1;
         if !self.interactive {
-            println!("[{n}]> {source}");
+            // A script's echo may end up in a CI log: credentials stay out.
+            println!("[{n}]> {}", spate_engine::redact::sql(source));
         }
         let ok = match &output {
             Output::Result { text, .. } => {
@@ -697,7 +698,7 @@ impl Repl {
         for (source, output) in cells {
             let n = self.next;
             self.next += 1;
-            println!("[{n}]> {source}");
+            println!("[{n}]> {}", spate_engine::redact::sql(&source));
             if let Some(text) = &output {
                 println!("Out[{n}] (saved):\n{text}");
             }
@@ -733,7 +734,7 @@ impl Repl {
         };
         for (source, _) in cells {
             if self.interactive {
-                println!("[{}]> {source}", self.next);
+                println!("[{}]> {}", self.next, spate_engine::redact::sql(&source));
             }
             let (flow, ok) = Box::pin(self.input(&source)).await;
             if flow == Flow::Quit || !ok {

@@ -63,25 +63,52 @@ impl Drop for Proc {
 
 /// Starts a binary and returns it with the first stdout line that contains `ready`.
 fn spawn_until(name: &str, args: &[String], ready: &str) -> (Proc, String) {
-    let mut child = Command::new(bin(name))
+    spawn_logged(name, args, ready, None)
+}
+
+/// As `spawn_until`; with `log`, everything the process prints (stdout and
+/// stderr, at RUST_LOG=info) goes to that file too.
+fn spawn_logged(name: &str, args: &[String], ready: &str, log: Option<&Path>) -> (Proc, String) {
+    let mut command = Command::new(bin(name));
+    command
         .args(args)
         .env("RUST_LOG", "warn,spate_master=info,spate_worker=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let mut tee = None;
+    if let Some(log) = log {
+        let file = std::fs::File::create(log).unwrap();
+        command
+            .env("RUST_LOG", "info")
+            .stderr(file.try_clone().unwrap());
+        tee = Some(file);
+    }
+    let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
+    let mut keep = move |line: &str| {
+        if let Some(file) = &mut tee {
+            use std::io::Write;
+            let _ = writeln!(file, "{line}");
+        }
+    };
     let line = loop {
         match lines.next() {
             Some(Ok(line)) if line.contains(ready) => break line,
-            Some(Ok(_)) => continue,
+            Some(Ok(line)) => keep(&line),
             _ => panic!("{name} exited before printing '{ready}'"),
         }
     };
+    keep(&line);
     // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            keep(&line);
+        }
+    });
     (
         Proc {
             child,
@@ -93,19 +120,32 @@ fn spawn_until(name: &str, args: &[String], ready: &str) -> (Proc, String) {
 
 pub struct MasterProc {
     pub proc: Proc,
+    /// host:port of its gRPC.
     pub grpc: String,
-    /// The web UI's URL, http://...
+    /// The web UI's URL, http(s)://...
     pub http: String,
+    /// http or https.
+    pub scheme: String,
 }
 
 impl MasterProc {
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme, self.grpc)
     }
 }
 
 /// Starts `master` on `grpc` (use "127.0.0.1:0" for any port).
 pub fn start_master(workspace: &Path, grpc: &str, extra: &[&str]) -> MasterProc {
+    start_master_logged(workspace, grpc, extra, None)
+}
+
+/// As `start_master`, its output kept in `log`.
+pub fn start_master_logged(
+    workspace: &Path,
+    grpc: &str,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> MasterProc {
     let mut args = vec![
         "--bind".to_string(),
         grpc.to_string(),
@@ -117,22 +157,38 @@ pub fn start_master(workspace: &Path, grpc: &str, extra: &[&str]) -> MasterProc 
         "3".to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (proc, line) = spawn_until("master", &args, "spate master:");
-    // "spate master: gRPC on 127.0.0.1:PORT, web UI on http://127.0.0.1:PORT"
-    let grpc = line
+    let (proc, line) = spawn_logged("master", &args, "spate master:", log);
+    // "spate master: gRPC on http://127.0.0.1:PORT, web UI on http://127.0.0.1:PORT"
+    let url = line
         .split("gRPC on ")
         .nth(1)
         .unwrap()
         .split(',')
         .next()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    let (scheme, grpc) = url.split_once("://").unwrap();
     let http = line.split("web UI on ").nth(1).unwrap().trim().to_string();
-    MasterProc { proc, grpc, http }
+    MasterProc {
+        proc,
+        grpc: grpc.to_string(),
+        http,
+        scheme: scheme.to_string(),
+    }
 }
 
 pub fn start_worker(master_url: &str, workspace: &Path, id: &str) -> Proc {
-    let args: Vec<String> = [
+    start_worker_logged(master_url, workspace, id, &[], None)
+}
+
+/// A worker with `extra` flags, its output kept in `log`.
+pub fn start_worker_logged(
+    master_url: &str,
+    workspace: &Path,
+    id: &str,
+    extra: &[&str],
+    log: Option<&Path>,
+) -> Proc {
+    let mut args: Vec<String> = [
         "--master",
         master_url,
         "--workspace",
@@ -145,7 +201,8 @@ pub fn start_worker(master_url: &str, workspace: &Path, id: &str) -> Proc {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    spawn_until("worker", &args, "connecting to").0
+    args.extend(extra.iter().map(|s| s.to_string()));
+    spawn_logged("worker", &args, "connecting to", log).0
 }
 
 /// Workers with these ids, for the master at `url`.

@@ -460,3 +460,33 @@ impl RecordDecoder {
         }
     }
 }
+
+/// Decodes `values` as records of a table of `spec`, flushing every 64;
+/// errors end it (they are what bad input gets), panics are bugs.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_for_fuzzing<'a>(
+    spec: &KafkaSourceSpec,
+    values: impl Iterator<Item = &'a [u8]>,
+) {
+    let projection: Vec<usize> = (0..spec.schema.fields().len()).collect();
+    let Ok(schema) = spec.schema.project(&projection) else {
+        return;
+    };
+    let Ok(mut decoder) = RecordDecoder::new(spec, &projection, Arc::new(schema), 64) else {
+        return;
+    };
+    for (offset, value) in values.enumerate() {
+        let at = RecordPosition {
+            partition: 0,
+            offset: offset as i64,
+        };
+        if decoder.push(at, Some(b"key"), Some(value), Some(0)).is_err() {
+            return;
+        }
+        if decoder.rows() >= 64 && decoder.flush().is_err() {
+            return;
+        }
+    }
+    let _ = decoder.flush();
+    let _ = decoder.take_bad();
+}

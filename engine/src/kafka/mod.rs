@@ -5,6 +5,8 @@
 mod broker;
 mod client;
 mod decode;
+#[cfg(feature = "fuzzing")]
+pub(crate) use decode::decode_for_fuzzing;
 mod pool;
 mod scan;
 mod sink;
@@ -203,7 +205,7 @@ impl TableProviderFactory for KafkaTableFactory {
 }
 
 impl KafkaTableFactory {
-    fn source_spec(&self, cmd: &CreateExternalTable) -> Result<KafkaSourceSpec> {
+    pub(crate) fn source_spec(&self, cmd: &CreateExternalTable) -> Result<KafkaSourceSpec> {
         let table = cmd.name.to_string();
         let topic = crate::files::single_location(&table, &cmd.locations)?
             .trim()
