@@ -101,7 +101,9 @@ pub fn plan_sql(data: &[u8]) {
         return;
     };
     let fixture = &*FIXTURE;
-    let _ = fixture.runtime.block_on(plan_job(&fixture.env, text, "fuzz"));
+    let _ = fixture
+        .runtime
+        .block_on(plan_job(&fixture.env, text, "fuzz"));
     let ctx = session(&fixture.env);
     let _ = fixture.runtime.block_on(statement_plan(&ctx, text));
 }

@@ -480,7 +480,10 @@ pub(crate) fn decode_for_fuzzing<'a>(
             partition: 0,
             offset: offset as i64,
         };
-        if decoder.push(at, Some(b"key"), Some(value), Some(0)).is_err() {
+        if decoder
+            .push(at, Some(b"key"), Some(value), Some(0))
+            .is_err()
+        {
             return;
         }
         if decoder.rows() >= 64 && decoder.flush().is_err() {
