@@ -34,11 +34,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# PyPI: nbformat validates the notebooks the REPL saves.
-if ! python3 -c "import nbformat" >/dev/null 2>&1; then
-    say "installing nbformat (pip)"
-    python3 -m pip install --quiet nbformat 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages nbformat
+# PyPI: nbformat validates the notebooks the REPL saves; jupyter_client
+# and nbclient (Jupyter's reference client and notebook runner) drive the
+# Jupyter kernel.
+if ! python3 -c "import nbformat, jupyter_client, nbclient" >/dev/null 2>&1; then
+    say "installing nbformat, jupyter_client and nbclient (pip)"
+    python3 -m pip install --quiet nbformat jupyter_client nbclient 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages nbformat jupyter_client nbclient
 fi
 
 say "cargo test --workspace $*"

@@ -185,6 +185,11 @@ enum Command {
     /// Queries run on the workers; INSERT INTO ... SELECT starts a streaming
     /// job. Without --master it runs its own cluster in this process.
     Repl(repl::ReplArgs),
+    /// Spate SQL in Jupyter: the kernel JupyterLab starts, and `kernel install`.
+    ///
+    /// A notebook's cells are the REPL's cells; rows come back as tables,
+    /// the interrupt button cancels a running query on the workers.
+    Kernel(repl::kernel::KernelArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,10 +224,13 @@ async fn main() {
 }
 
 fn repl_log(command: &Command) -> Option<std::sync::Mutex<std::fs::File>> {
-    let Command::Repl(args) = command else {
-        return None;
+    let path = match command {
+        Command::Repl(args) => args.cluster.log_file()?,
+        // Jupyter shows a kernel's stderr in its server log: a cluster's
+        // warnings belong in their own file there too.
+        Command::Kernel(args) => args.log_file()?,
+        _ => return None,
     };
-    let path = args.log_file()?;
     std::fs::create_dir_all(path.parent()?).ok()?;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -357,6 +365,7 @@ async fn run(command: Command) -> Result<(), DriverError> {
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Repl(args) => repl::run(args).await,
+        Command::Kernel(args) => repl::kernel::run(args).await,
     }
 }
 

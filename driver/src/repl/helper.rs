@@ -149,56 +149,76 @@ impl Completer for ReplHelper {
         pos: usize,
         _ctx: &Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let before = &line[..pos];
-        let start = before
-            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '\\'))
-            .map_or(0, |i| i + 1);
-        let word = &before[start..];
-        if word.is_empty() {
-            return Ok((pos, Vec::new()));
-        }
-        let lower = word.to_lowercase();
-        let pair = |text: &str| Pair {
-            display: text.to_string(),
-            replacement: text.to_string(),
-        };
-        if word.starts_with('\\') {
-            let found = COMMANDS
-                .iter()
-                .filter(|(name, _)| name.starts_with(word))
-                .map(|(name, _)| pair(name))
-                .collect();
-            return Ok((start, found));
-        }
         let catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-        let mut found: Vec<Pair> = Vec::new();
-        let mut seen = BTreeSet::new();
-        let names = catalog
-            .tables
-            .iter()
-            .chain(&catalog.columns)
-            .chain(&catalog.functions);
-        for name in names {
-            if name.to_lowercase().starts_with(&lower) && seen.insert(name.clone()) {
-                found.push(pair(name));
-            }
-        }
-        // Keywords in the case the user types them.
-        let upper = word.chars().next().is_some_and(char::is_uppercase);
-        for keyword in KEYWORDS {
-            if keyword.to_lowercase().starts_with(&lower) {
-                let text = if upper {
-                    keyword.to_string()
-                } else {
-                    keyword.to_lowercase()
-                };
-                if seen.insert(text.clone()) {
-                    found.push(pair(&text));
-                }
-            }
-        }
-        Ok((start, found))
+        let (start, found) = completions(&catalog, line, pos);
+        let pairs = found
+            .into_iter()
+            .map(|text| Pair {
+                display: text.clone(),
+                replacement: text,
+            })
+            .collect();
+        Ok((start, pairs))
     }
+}
+
+/// What the word before byte `pos` may complete to (commands, tables,
+/// columns, functions, keywords in the case typed), and where it starts.
+pub fn completions(catalog: &Catalog, line: &str, pos: usize) -> (usize, Vec<String>) {
+    let before = &line[..pos];
+    let start = before
+        .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '\\'))
+        .map_or(0, |i| {
+            i + before[i..].chars().next().map_or(1, char::len_utf8)
+        });
+    let word = &before[start..];
+    if word.is_empty() {
+        return (pos, Vec::new());
+    }
+    if word.starts_with('\\') {
+        let found = COMMANDS
+            .iter()
+            .filter(|(name, _)| name.starts_with(word))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        return (start, found);
+    }
+    let lower = word.to_lowercase();
+    let mut found = Vec::new();
+    let mut seen = BTreeSet::new();
+    let names = catalog
+        .tables
+        .iter()
+        .chain(&catalog.columns)
+        .chain(&catalog.functions);
+    for name in names {
+        if name.to_lowercase().starts_with(&lower) && seen.insert(name.clone()) {
+            found.push(name.clone());
+        }
+    }
+    let upper = word.chars().next().is_some_and(char::is_uppercase);
+    for keyword in KEYWORDS {
+        if keyword.to_lowercase().starts_with(&lower) {
+            let text = if upper {
+                keyword.to_string()
+            } else {
+                keyword.to_lowercase()
+            };
+            if seen.insert(text.clone()) {
+                found.push(text);
+            }
+        }
+    }
+    (start, found)
+}
+
+/// Whether `input` is ready to run: empty, a `\command`, or statements
+/// that all end in `;`.
+pub fn is_complete(input: &str) -> bool {
+    if input.trim().is_empty() || input.trim_start().starts_with('\\') {
+        return true;
+    }
+    split_statements(input).1.trim().is_empty()
 }
 
 impl Highlighter for ReplHelper {
@@ -266,12 +286,7 @@ fn highlight_sql(line: &str) -> String {
 
 impl Validator for ReplHelper {
     fn validate(&self, ctx: &mut ValidationContext) -> rustyline::Result<ValidationResult> {
-        let input = ctx.input();
-        if input.trim().is_empty() || input.trim_start().starts_with('\\') {
-            return Ok(ValidationResult::Valid(None));
-        }
-        let (_, rest) = split_statements(input);
-        if rest.trim().is_empty() {
+        if is_complete(ctx.input()) {
             Ok(ValidationResult::Valid(None))
         } else {
             Ok(ValidationResult::Incomplete)
@@ -338,6 +353,30 @@ mod tests {
         let (done, rest) = split_statements("-- only a comment\n");
         assert!(done.is_empty());
         assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn input_is_complete_when_every_statement_ends() {
+        assert!(is_complete("SELECT 1;"));
+        assert!(is_complete("\\jobs"));
+        assert!(is_complete("  "));
+        assert!(!is_complete("SELECT 1"));
+        assert!(!is_complete("SELECT 1; SELECT ';'"));
+    }
+
+    #[test]
+    fn completion_finds_tables_keywords_and_commands() {
+        let mut catalog = Catalog::default();
+        catalog.tables.insert("sales".to_string());
+        let line = "SELECT * FROM sa";
+        assert_eq!(
+            completions(&catalog, line, line.len()),
+            (14, vec!["sales".to_string()])
+        );
+        let (start, found) = completions(&catalog, "sel", 3);
+        assert_eq!((start, found[0].as_str()), (0, "select"));
+        let (_, found) = completions(&catalog, "\\jo", 3);
+        assert_eq!(found, vec!["\\jobs"]);
     }
 
     #[test]

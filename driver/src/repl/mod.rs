@@ -7,7 +7,9 @@
 //! Jupyter notebook. Without `--master` the shell runs its own cluster in
 //! this process, as the demo does.
 
+mod console;
 mod helper;
+pub mod kernel;
 mod notebook;
 mod render;
 
@@ -32,113 +34,128 @@ use spate_proto::{
 
 use crate::DriverError;
 use crate::local::{LocalCluster, LocalKafka, LocalOptions};
+use console::{Console, Interrupt, Terminal};
 use helper::{COMMANDS, Catalog, ReplHelper, split_statements};
 use notebook::{Cell, Output};
 use render::{Limits, OutputFormat};
 
-#[derive(clap::Args, Debug)]
-pub struct ReplArgs {
-    /// The master's gRPC URL. Without it the REPL runs its own cluster
+/// Which cluster a session runs on: `--master`, or one of its own.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// The master's gRPC URL. Without it the session runs its own cluster
     /// (a master and workers in this process), as the demo does.
     #[arg(long, env = "SPATE_MASTER")]
-    master: Option<String>,
+    pub master: Option<String>,
     /// Shared secret, when the master has one.
     #[arg(long, env = "SPATE_SECRET", hide_env_values = true, hide_default_value = true,
           default_value_t = spate_config::settings().secret.clone())]
-    secret: String,
+    pub secret: String,
     #[command(flatten)]
-    tls: crate::TlsArgs,
+    pub tls: crate::TlsArgs,
+    /// The workspace: notebooks are saved under its notebooks/ folder, and
+    /// the session's own cluster shares it.
+    #[arg(long, env = "SPATE_WORKSPACE", default_value = "workspace")]
+    pub workspace: PathBuf,
+    /// Kafka that Kafka tables without 'bootstrap.servers' use (the session's own cluster).
+    #[arg(long, env = "SPATE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
+    pub bootstrap: String,
+    /// Run the development Kafka broker too, with a 'sales' topic fed by
+    /// the sales generator (the session's own cluster), instead of --bootstrap.
+    #[arg(long)]
+    pub kafka: bool,
+    /// With --kafka: generated sales records per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Workers of the session's own cluster.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// gRPC address of the session's own master.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+    /// Web UI address of the session's own master (another port is taken when busy).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub ui_bind: SocketAddr,
+}
+
+impl ClusterArgs {
+    /// Where the session's own cluster logs; None on a cluster of its own.
+    pub fn log_file(&self) -> Option<PathBuf> {
+        self.master
+            .is_none()
+            .then(|| self.workspace.join("_spate/logs/repl.log"))
+    }
+
+    /// Connects to `--master`, or starts the session's own cluster and
+    /// connects to it (then also returned, to be shut down at the end).
+    pub(crate) async fn connect(&self) -> Result<(Client, Option<LocalCluster>), DriverError> {
+        let mut cluster = None;
+        let master_url = match &self.master {
+            Some(url) => url.clone(),
+            None => {
+                let local = start_local(self).await?;
+                let url = local.master_url.clone();
+                cluster = Some(local);
+                url
+            }
+        };
+        // The session's own cluster serves plain gRPC on loopback.
+        let ca = self.master.as_ref().and(self.tls.ca.as_deref());
+        let client = crate::connect(&master_url, ca, &self.secret).await?;
+        Ok((client, cluster))
+    }
+
+    /// A line that says where the session runs.
+    pub(crate) fn banner(&self, cluster: Option<&LocalCluster>) -> String {
+        match (cluster, &self.master) {
+            (Some(local), _) => format!(
+                "Spate on its own cluster: {} workers, master {}, web UI http://{}, Kafka {} (logs: {})",
+                self.workers,
+                local.master_url,
+                local.master.http_addr,
+                local.bootstrap,
+                self.log_file().unwrap_or_default().display()
+            ),
+            (None, Some(url)) => format!("Spate on the cluster at {url}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Run the statements and commands of this file, print their results and exit.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
     /// How results print.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     format: OutputFormat,
-    /// The workspace: notebooks are saved under its notebooks/ folder, and
-    /// the REPL's own cluster shares it.
-    #[arg(long, env = "SPATE_WORKSPACE", default_value = "workspace")]
-    workspace: PathBuf,
-    /// Kafka that Kafka tables without 'bootstrap.servers' use (the REPL's own cluster).
-    #[arg(long, env = "SPATE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
-    bootstrap: String,
-    /// Run the development Kafka broker too, with a 'sales' topic fed by
-    /// the sales generator (the REPL's own cluster), instead of --bootstrap.
-    #[arg(long)]
-    kafka: bool,
-    /// With --kafka: generated sales records per second.
-    #[arg(long, default_value_t = 200)]
-    rate: u64,
-    /// Workers of the REPL's own cluster.
-    #[arg(long, default_value_t = 2)]
-    workers: u32,
-    /// gRPC address of the REPL's own master.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    bind: SocketAddr,
-    /// Web UI address of the REPL's own master (another port is taken when busy).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    ui_bind: SocketAddr,
     /// Where the statement history is kept (Ctrl-R searches it).
     #[arg(long, env = "SPATE_HISTORY")]
     history: Option<PathBuf>,
 }
 
-impl ReplArgs {
-    /// Where the REPL's own cluster logs; None on a cluster of its own.
-    pub fn log_file(&self) -> Option<PathBuf> {
-        self.master
-            .is_none()
-            .then(|| self.workspace.join("_spate/logs/repl.log"))
-    }
-}
-
 pub async fn run(args: ReplArgs) -> Result<(), DriverError> {
-    let mut cluster = None;
-    let master_url = match &args.master {
-        Some(url) => url.clone(),
-        None => {
-            let local = start_local(&args).await?;
-            let url = local.master_url.clone();
-            cluster = Some(local);
-            url
-        }
-    };
-    // The REPL's own cluster serves plain gRPC on loopback.
-    let ca = args.master.as_ref().and(args.tls.ca.as_deref());
-    let client = crate::connect(&master_url, ca, &args.secret).await?;
-    let mut repl = Repl {
+    let (client, cluster) = args.cluster.connect().await?;
+    let interactive = args.file.is_none();
+    let mut repl = Repl::new(
         client,
-        session: Vec::new(),
-        cells: Vec::new(),
-        next: 1,
-        format: args.format,
-        limits: Limits {
-            max_rows: 40,
-            max_width: 40,
-        },
-        catalog: Arc::default(),
-        workspace: args.workspace.clone(),
-        notebook: None,
-        interactive: args.file.is_none(),
-    };
+        &args.cluster.workspace,
+        args.format,
+        Box::new(Terminal { echo: !interactive }),
+        Interrupt::CtrlC,
+    );
+    repl.interactive = interactive;
     repl.load_functions().await;
     let ran = match &args.file {
         Some(file) => repl.run_script(file).await,
         None => {
-            match &cluster {
-                Some(local) => println!(
-                    "Spate REPL on its own cluster: {} workers, master {}, web UI http://{}, Kafka {} (logs: {})",
-                    args.workers,
-                    local.master_url,
-                    local.master.http_addr,
-                    local.bootstrap,
-                    args.log_file().unwrap_or_default().display()
-                ),
-                None => println!("Spate REPL on the cluster at {master_url}"),
-            }
+            println!("{}", args.cluster.banner(cluster.as_ref()));
             println!(
                 "Statements end with ';'. \\help lists commands; Tab completes; Ctrl-R searches history; Ctrl-D leaves."
             );
-            repl.interactive(history_path(&args)).await
+            repl.prompt_loop(history_path(&args)).await
         }
     };
     if let Some(local) = cluster {
@@ -147,13 +164,13 @@ pub async fn run(args: ReplArgs) -> Result<(), DriverError> {
     ran
 }
 
-async fn start_local(args: &ReplArgs) -> Result<LocalCluster, DriverError> {
+async fn start_local(args: &ClusterArgs) -> Result<LocalCluster, DriverError> {
     let kafka = if args.kafka {
         LocalKafka::dev_with_sales()?
     } else {
         LocalKafka::External(args.bootstrap.clone())
     };
-    // The UI's port may be taken (a demo or another REPL): any port will do.
+    // The UI's port may be taken (a demo or another session): any port will do.
     let mut http = args.ui_bind;
     if std::net::TcpListener::bind(http).is_err() {
         http.set_port(0);
@@ -214,6 +231,13 @@ impl From<tonic::Status> for CellError {
     }
 }
 
+/// A line of the session's output, through its console.
+macro_rules! say {
+    ($repl:expr, $($arg:tt)*) => {
+        $repl.console.say(&format!($($arg)*))
+    };
+}
+
 /// Whether the session goes on.
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -235,11 +259,41 @@ struct Repl {
     workspace: PathBuf,
     /// The notebook `\load` opened, where a bare `\save` writes.
     notebook: Option<PathBuf>,
+    /// A person types the cells (the terminal's prompt, a notebook), as
+    /// opposed to a script.
     interactive: bool,
+    console: Box<dyn Console>,
+    interrupt: Interrupt,
 }
 
 impl Repl {
-    async fn interactive(&mut self, history: PathBuf) -> Result<(), DriverError> {
+    pub(crate) fn new(
+        client: Client,
+        workspace: &Path,
+        format: OutputFormat,
+        console: Box<dyn Console>,
+        interrupt: Interrupt,
+    ) -> Self {
+        Repl {
+            client,
+            session: Vec::new(),
+            cells: Vec::new(),
+            next: 1,
+            format,
+            limits: Limits {
+                max_rows: 40,
+                max_width: 40,
+            },
+            catalog: Arc::default(),
+            workspace: workspace.to_path_buf(),
+            notebook: None,
+            interactive: true,
+            console,
+            interrupt,
+        }
+    }
+
+    async fn prompt_loop(&mut self, history: PathBuf) -> Result<(), DriverError> {
         loop {
             // An editor per prompt: while one lives, rustyline owns SIGINT,
             // and Ctrl-C must reach a running query or `\tail` instead.
@@ -289,16 +343,36 @@ impl Repl {
     async fn run_script(&mut self, file: &Path) -> Result<(), DriverError> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| DriverError::Usage(format!("cannot read {}: {e}", file.display())))?;
+        match self.run_text(&text).await.1 {
+            Ok(()) => Ok(()),
+            Err(line) => Err(DriverError::Usage(format!(
+                "{}: stopped at the statement on line {line}, which failed",
+                file.display()
+            ))),
+        }
+    }
+
+    /// One input of the prompt or a notebook's cell.
+    async fn input(&mut self, input: &str) -> (Flow, bool) {
+        let (flow, ran) = self.run_text(input).await;
+        (flow, ran.is_ok())
+    }
+
+    /// Runs statements and `\commands` (a command is its line), in order,
+    /// stopping at the first that fails; Err holds the line it began on.
+    async fn run_text(&mut self, text: &str) -> (Flow, Result<(), usize>) {
         let mut pending = String::new();
         let mut pending_line = 1;
         for (number, line) in text.lines().enumerate() {
             if pending.trim().is_empty() {
                 pending_line = number + 1;
                 if line.trim_start().starts_with('\\') {
-                    let (flow, ok) = self.input(line).await;
-                    stop_unless(ok, file, number + 1)?;
+                    let (flow, ok) = self.command(line.trim()).await;
+                    if !ok {
+                        return (flow, Err(number + 1));
+                    }
                     if flow == Flow::Quit {
-                        return Ok(());
+                        return (flow, Ok(()));
                     }
                     pending.clear();
                     continue;
@@ -309,36 +383,18 @@ impl Repl {
             let (statements, rest) = split_statements(&pending);
             if !statements.is_empty() {
                 for statement in statements {
-                    let ok = self.statement(&statement).await;
-                    stop_unless(ok, file, pending_line)?;
+                    if !self.statement(&statement).await {
+                        return (Flow::Continue, Err(pending_line));
+                    }
                 }
                 pending = rest;
                 pending_line = number + 1;
             }
         }
-        if !pending.trim().is_empty() {
-            let ok = self.statement(pending.trim()).await;
-            stop_unless(ok, file, pending_line)?;
+        if !pending.trim().is_empty() && !self.statement(pending.trim()).await {
+            return (Flow::Continue, Err(pending_line));
         }
-        Ok(())
-    }
-
-    /// One input of the prompt: a command, or statements.
-    async fn input(&mut self, input: &str) -> (Flow, bool) {
-        let trimmed = input.trim();
-        if trimmed.starts_with('\\') {
-            return self.command(trimmed).await;
-        }
-        let (mut statements, rest) = split_statements(input);
-        if !rest.trim().is_empty() {
-            statements.push(rest.trim().to_string());
-        }
-        for statement in statements {
-            if !self.statement(&statement).await {
-                return (Flow::Continue, false);
-            }
-        }
-        (Flow::Continue, true)
+        (Flow::Continue, Ok(()))
     }
 
     /// Runs one SQL statement as a cell; false when it failed.
@@ -370,20 +426,8 @@ impl Repl {
     fn cell(&mut self, source: &str, output: Output) -> bool {
         let n = self.next;
         self.next += 1;
-        if !self.interactive {
-            // A script's echo may end up in a CI log: credentials stay out.
-            println!("[{n}]> {}", spate_engine::redact::sql(source));
-        }
-        let ok = match &output {
-            Output::Result { text, .. } => {
-                println!("Out[{n}]:\n{text}");
-                true
-            }
-            Output::Error(message) => {
-                println!("Out[{n}]: error: {message}");
-                false
-            }
-        };
+        self.console.cell(n, source, &output);
+        let ok = matches!(output, Output::Result { .. });
         self.cells.push(Cell {
             execution_count: n,
             source: source.to_string(),
@@ -441,7 +485,7 @@ impl Repl {
         };
         tokio::select! {
             replies = collect => replies,
-            _ = tokio::signal::ctrl_c() => Err(CellError::Cancelled),
+            _ = self.interrupt.wait() => Err(CellError::Cancelled),
         }
     }
 
@@ -453,7 +497,7 @@ impl Repl {
         let ran = match name {
             "\\q" | "\\quit" | "\\exit" => return (Flow::Quit, true),
             "\\help" | "\\?" | "\\h" => {
-                println!("{}", help());
+                self.console.say(&help());
                 Ok(())
             }
             "\\jobs" => self.jobs(line).await,
@@ -475,7 +519,7 @@ impl Repl {
             Ok(()) => (Flow::Continue, true),
             Err(message) => {
                 if !message.is_empty() {
-                    println!("error: {message}");
+                    self.console.fail(&message);
                 }
                 (Flow::Continue, false)
             }
@@ -530,7 +574,8 @@ impl Repl {
             })
             .await
             .map_err(|s| s.message().to_string())?;
-        println!(
+        say!(
+            self,
             "stopping job {job}{}; submitting it again resumes it",
             if kill {
                 " now"
@@ -563,7 +608,8 @@ impl Repl {
             .await
             .map_err(|s| format!("{argument}: {}", s.message()))?
             .into_inner();
-        println!(
+        say!(
+            self,
             "job {} {}",
             submitted.job_id,
             if submitted.resumed {
@@ -606,11 +652,7 @@ impl Repl {
              WHERE table_schema = 'public' ORDER BY table_name"
                 .to_string()
         } else {
-            format!(
-                "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
-                 WHERE table_schema = 'public' AND table_name = '{}' ORDER BY ordinal_position",
-                table.replace('\'', "''")
-            )
+            columns_query(table)
         };
         let replies = self.call(&query, false).await.map_err(CellError::message)?;
         let Some(reply) = replies.into_iter().next() else {
@@ -638,15 +680,15 @@ impl Repl {
             if !argument.is_empty() {
                 return Err("\\set NAME VALUE, e.g. \\set format csv".to_string());
             }
-            println!("format     {}", self.format.name());
-            println!("max_rows   {}", self.limits.max_rows);
-            println!("max_width  {}", self.limits.max_width);
+            say!(self, "format     {}", self.format.name());
+            say!(self, "max_rows   {}", self.limits.max_rows);
+            say!(self, "max_width  {}", self.limits.max_width);
             for statement in self.session.iter().filter(|s| {
                 s.trim_start()
                     .get(..3)
                     .is_some_and(|w| w.eq_ignore_ascii_case("set"))
             }) {
-                println!("{statement}");
+                say!(self, "{statement}");
             }
             return Ok(());
         };
@@ -673,7 +715,7 @@ impl Repl {
                 ));
             }
         }
-        println!("{name} = {value}");
+        say!(self, "{name} = {value}");
         Ok(())
     }
 
@@ -684,7 +726,12 @@ impl Repl {
             (true, None) => return Err("\\save FILE.ipynb: which file?".to_string()),
         };
         notebook::save(&path, &self.cells).map_err(|e| e.to_string())?;
-        println!("saved {} cells to {}", self.cells.len(), path.display());
+        say!(
+            self,
+            "saved {} cells to {}",
+            self.cells.len(),
+            path.display()
+        );
         self.notebook = Some(path);
         Ok(())
     }
@@ -698,9 +745,9 @@ impl Repl {
         for (source, output) in cells {
             let n = self.next;
             self.next += 1;
-            println!("[{n}]> {}", spate_engine::redact::sql(&source));
+            say!(self, "[{n}]> {}", spate_engine::redact::sql(&source));
             if let Some(text) = &output {
-                println!("Out[{n}] (saved):\n{text}");
+                say!(self, "Out[{n}] (saved):\n{text}");
             }
             self.cells.push(Cell {
                 execution_count: n,
@@ -711,7 +758,8 @@ impl Repl {
                 },
             });
         }
-        println!(
+        say!(
+            self,
             "loaded {}; its statements have not run in this session (\\run runs them)",
             path.display()
         );
@@ -721,25 +769,30 @@ impl Repl {
 
     async fn run_notebook(&mut self, argument: &str) -> (Flow, bool) {
         if argument.is_empty() {
-            println!("error: \\run FILE.ipynb: which notebook?");
+            self.console.fail("\\run FILE.ipynb: which notebook?");
             return (Flow::Continue, false);
         }
         let path = notebook::resolve(argument, &self.workspace);
         let cells = match notebook::load(&path) {
             Ok(cells) => cells,
             Err(e) => {
-                println!("error: {e}");
+                self.console.fail(&e.to_string());
                 return (Flow::Continue, false);
             }
         };
         for (source, _) in cells {
             if self.interactive {
-                println!("[{}]> {}", self.next, spate_engine::redact::sql(&source));
+                say!(
+                    self,
+                    "[{}]> {}",
+                    self.next,
+                    spate_engine::redact::sql(&source)
+                );
             }
             let (flow, ok) = Box::pin(self.input(&source)).await;
             if flow == Flow::Quit || !ok {
                 if !ok {
-                    println!("stopped {}: a cell failed", path.display());
+                    say!(self, "stopped {}: a cell failed", path.display());
                 }
                 return (flow, ok);
             }
@@ -761,19 +814,27 @@ impl Repl {
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
-        println!("following job {job}'s committed rows; Ctrl-C returns to the prompt");
+        say!(
+            self,
+            "following job {job}'s committed rows; {}",
+            self.interrupt.how()
+        );
         let (format, limits) = (self.format, self.limits);
+        let console = &mut self.console;
         let follow = collect_replies(&mut stream, |reply| {
             if reply.end.title.is_empty() {
-                println!("{}", reply.end.message);
+                console.say(&reply.end.message);
                 return;
             }
-            println!("{}: {} rows", reply.end.title, reply.end.rows);
-            if let Some((schema, batches)) = &reply.rows
-                && let Ok(text) = render::render(schema, batches, format, limits)
-            {
-                println!("{text}");
-            }
+            let title = format!("{}: {} rows", reply.end.title, reply.end.rows);
+            let (text, html) = match &reply.rows {
+                Some((schema, batches)) => (
+                    render::render(schema, batches, format, limits).unwrap_or_default(),
+                    render::html(schema, batches, limits).ok(),
+                ),
+                None => (String::new(), None),
+            };
+            console.rows(&title, &text, html.as_deref());
         });
         tokio::select! {
             ended = follow => match ended {
@@ -781,8 +842,8 @@ impl Repl {
                 Err(CellError::Failed(message)) => Err(message),
                 Err(CellError::Cancelled) => Ok(()),
             },
-            _ = tokio::signal::ctrl_c() => {
-                println!("stopped following {job}");
+            _ = self.interrupt.wait() => {
+                self.console.say(&format!("stopped following {job}"));
                 Ok(())
             }
         }
@@ -834,6 +895,15 @@ impl Repl {
     }
 }
 
+/// The query that lists a table's columns.
+fn columns_query(table: &str) -> String {
+    format!(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name = '{}' ORDER BY ordinal_position",
+        table.replace('\'', "''")
+    )
+}
+
 fn strings(batch: &RecordBatch, column: usize) -> Option<StringArray> {
     let array = batch.columns().get(column)?;
     let array =
@@ -874,17 +944,6 @@ pub(crate) async fn collect_replies(
         }
     }
     Ok(replies)
-}
-
-fn stop_unless(ok: bool, file: &Path, line: usize) -> Result<(), DriverError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(DriverError::Usage(format!(
-            "{}: stopped at the statement on line {line}, which failed",
-            file.display()
-        )))
-    }
 }
 
 fn help() -> String {

@@ -328,6 +328,16 @@ pub async fn produce_sales(
 /// The query's answer computed by DataFusion alone over the same records,
 /// written as JSON lines; `columns` is the table's DDL column list.
 pub async fn reference(records: std::ops::Range<u64>, columns: &str, query: &str) -> String {
+    let batches = reference_batches(records, columns, query).await;
+    pretty_format_batches(&batches).unwrap().to_string()
+}
+
+/// The query's answer computed by DataFusion alone, as Arrow batches.
+pub async fn reference_batches(
+    records: std::ops::Range<u64>,
+    columns: &str,
+    query: &str,
+) -> Vec<datafusion::arrow::array::RecordBatch> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sales.json");
     let lines: Vec<String> = records.map(|i| sale(i).to_string()).collect();
@@ -339,8 +349,7 @@ pub async fn reference(records: std::ops::Range<u64>, columns: &str, query: &str
     ))
     .await
     .unwrap();
-    let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
-    pretty_format_batches(&batches).unwrap().to_string()
+    ctx.sql(query).await.unwrap().collect().await.unwrap()
 }
 
 /// Runs `query` over a Spate file sink's committed output, registered as `out`.
