@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Builds Spate's Docker image: the binaries with cargo on the host, then the
-# image from docker/Dockerfile. Each step is skipped when its result is already
-# there and current, so a second run is quick.
+# Builds Spate's Docker images: the binaries with cargo on the host, then the
+# image from docker/Dockerfile and JupyterLab's from docker/jupyterlab/. Each
+# step is skipped when its result is already there and current, so a second
+# run is quick.
 #
 #   ./build.sh                      release binaries, image spate:latest
 #   SPATE_PROFILE=debug ./build.sh  debug binaries (CI, docker/e2e.sh)
 #
 # Settings: SPATE_PROFILE (release | debug, default release), SPATE_IMAGE
-# (default spate:latest), SPATE_DEBIAN_MIRROR (for the offline base image),
-# SPATE_PREBUILT=1 (use the binaries in target/ without running cargo).
+# (default spate:latest), SPATE_JUPYTER_IMAGE (JupyterLab with the kernel,
+# default spate-jupyterlab:latest), SPATE_DEBIAN_MIRROR (for the offline base
+# image), SPATE_PREBUILT=1 (use the binaries in target/ without running cargo).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -145,4 +147,39 @@ else
     docker build --label "spate.fingerprint=$fingerprint" --label "spate.profile=$profile" \
         --tag "$image" docker
     took "building $image"
+fi
+
+# 5. JupyterLab with the Spate SQL kernel, on top of the image.
+jupyter_image=${SPATE_JUPYTER_IMAGE:-spate-jupyterlab:latest}
+jupyter_fingerprint=$(
+    {
+        cat docker/jupyterlab/Dockerfile
+        docker image inspect --format '{{.Id}}' "$image"
+    } | sha256sum | cut -c1-16
+)
+current=$(docker image inspect --format '{{index .Config.Labels "spate.fingerprint"}}' "$jupyter_image" 2>/dev/null || true)
+if [ "$current" = "$jupyter_fingerprint" ]; then
+    say "image $jupyter_image is up to date"
+else
+    # The wheels come from PyPI through the host's pip, which has the
+    # network and certificates the build container may lack; the image
+    # installs from them offline. The platform is the image's: Debian
+    # bookworm's CPython 3.11 on x86-64 glibc.
+    wheels=docker/jupyterlab/wheels
+    if ! [ -f "$wheels/.complete" ]; then
+        command -v python3 >/dev/null || die "python3 with pip is needed to fetch JupyterLab's wheels"
+        say "downloading JupyterLab's wheels from PyPI into $wheels/"
+        rm -rf "$wheels"
+        python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+            --implementation cp --python-version 3.11 --platform manylinux_2_28_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --dest "$wheels" jupyterlab || die "pip download jupyterlab failed"
+        touch "$wheels/.complete"
+        took "downloading JupyterLab"
+    fi
+    say "building image $jupyter_image from docker/jupyterlab/"
+    mark=$SECONDS
+    docker build --label "spate.fingerprint=$jupyter_fingerprint" \
+        --build-arg "SPATE_IMAGE=$image" --tag "$jupyter_image" docker/jupyterlab
+    took "building $jupyter_image"
 fi

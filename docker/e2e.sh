@@ -156,13 +156,13 @@ else
     export SPATE_UID SPATE_GID
 fi
 # Free host ports, so that parallel runs (and a cluster on 8080) do not clash.
-read -r ui_port master_port redis_port postgres_port < <(python3 -c '
+read -r ui_port master_port redis_port postgres_port jupyter_port < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
 export SPATE_WORKSPACE_DIR=$workspace SPATE_UI_PORT=$ui_port SPATE_MASTER_PORT=$master_port \
-    SPATE_REDIS_PORT=$redis_port SPATE_POSTGRES_PORT=$postgres_port
+    SPATE_REDIS_PORT=$redis_port SPATE_POSTGRES_PORT=$postgres_port SPATE_JUPYTER_PORT=$jupyter_port
 # A dead worker is noticed sooner than the default 10 s.
 export SPATE_WORKER_TIMEOUT=4
 
@@ -195,12 +195,57 @@ healthy() {
         '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}healthy{{end}}' \
         $ids | awk '{ print } $2 != "running" || $3 != "healthy" { bad = 1 } END { exit bad }'
 }
-wait_for "kafka (offline broker), master, 2 workers, producer, redis and postgres healthy" healthy 7
-ok "up: offline broker, master, 2 workers, producer, redis and postgres running and healthy (UI on :$ui_port)"
+wait_for "kafka (offline broker), master, 2 workers, producer, redis, postgres and jupyterlab healthy" healthy 8
+ok "up: offline broker, master, 2 workers, producer, redis, postgres and jupyterlab running and healthy (UI on :$ui_port)"
 wait_for "2 workers ALIVE in /api/v1/workers" check alive 2
 ok "2 workers ALIVE in /api/v1/workers"
 wait_for "the UI to refuse outsiders" check guarded
 ok "over TLS with a secret: $last"
+
+# JupyterLab: its log prints the URL with its token, with which its API
+# lists the Spate SQL kernel; a kernel started from that kernelspec in the
+# container (by jupyter_client, as the server starts it) runs a query over
+# the sales topic on the cluster, through TLS and the secret.
+jupyter_token() {
+    "${compose[@]}" logs --no-color jupyterlab 2>/dev/null |
+        grep -o 'token=[0-9a-f]*' | head -n1 | cut -d= -f2 | grep .
+}
+wait_for "jupyterlab to print its token" jupyter_token
+token=$last
+read -r -d '' kernelspecs <<'PYTHON' || true
+import json, os, sys, urllib.request
+request = urllib.request.Request(os.environ["JUPYTER"] + "/api/kernelspecs",
+                                 headers={"Authorization": "token " + os.environ["TOKEN"]})
+with urllib.request.urlopen(request, timeout=10) as answer:
+    specs = json.load(answer)["kernelspecs"]
+name = specs.get("spate", {}).get("spec", {}).get("display_name")
+if name != "Spate SQL":
+    sys.exit(f"no Spate SQL kernelspec among {sorted(specs)}")
+print(name)
+PYTHON
+JUPYTER="http://127.0.0.1:$jupyter_port" TOKEN="$token" python3 -c "$kernelspecs" ||
+    fail "jupyterlab's /api/kernelspecs on :$jupyter_port"
+ok "jupyterlab on :$jupyter_port printed its token, and its /api/kernelspecs lists Spate SQL"
+read -r -d '' cell <<'PYTHON' || true
+import sys
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(kernel_name="spate", startup_timeout=60)
+try:
+    reply = kc.execute_interactive(
+        "CREATE EXTERNAL TABLE sales (id BIGINT, customer VARCHAR, revenue DOUBLE)\n"
+        "STORED AS KAFKA LOCATION 'sales' OPTIONS ('format' 'json');\n"
+        "\\set format csv\n"
+        "SELECT count(*) AS n FROM sales;",
+        timeout=60, output_hook=lambda m: m["msg_type"] == "execute_result" and
+            print(m["content"]["data"]["text/plain"].splitlines()[-1]))
+finally:
+    km.shutdown_kernel()
+sys.exit(0 if reply["content"]["status"] == "ok" else reply["content"].get("evalue"))
+PYTHON
+out=$("${compose[@]}" exec -T jupyterlab python3 -c "$cell" 2>&1) || fail "a cell on the kernel: $out"
+records=$(tail -n1 <<<"$out")
+[ "$records" -gt 0 ] 2>/dev/null || fail "a cell on the kernel counted no sales: $out"
+ok "a Spate SQL kernel in the jupyterlab container counted $records sales on the cluster"
 
 # 4. The sample job, submitted from inside the master's container.
 out=$("${compose[@]}" exec -T master driver submit /workspace/jobs/$job.sql 2>&1) ||

@@ -26,8 +26,12 @@ redis)
 postgres)
     exec pg_isready -q -h 127.0.0.1 -U "${POSTGRES_USER:-spate}"
     ;;
+jupyterlab)
+    # Jupyter's /api answers without the token once the server is up.
+    exec python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/api', timeout=5)"
+    ;;
 *)
-    echo "usage: spate-healthcheck master|worker|broker|redis|postgres" >&2
+    echo "usage: spate-healthcheck master|worker|broker|redis|postgres|jupyterlab" >&2
     exit 2
     ;;
 esac

@@ -279,6 +279,9 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
                 event = iopub.recv_subscription() => {
                     if let Ok(SubscriptionEvent::Subscribe(topic)) = event {
                         let _ = iopub.send(IoPubWelcome::new(topic).into()).await;
+                        // A late subscriber (the server's activity monitor)
+                        // would otherwise see "starting" until a request.
+                        let _ = iopub.send(Status::idle().into()).await;
                     }
                 }
             }
