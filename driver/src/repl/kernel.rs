@@ -170,9 +170,16 @@ struct Current {
     error: Option<String>,
 }
 
+/// What the iopub task is given: a message to publish, or a request to say
+/// when everything before it has been published.
+enum Publish {
+    Message(JupyterMessage),
+    Flushed(oneshot::Sender<()>),
+}
+
 /// A cell's outputs as iopub messages, children of the request.
 struct NotebookConsole {
-    iopub: mpsc::UnboundedSender<JupyterMessage>,
+    iopub: mpsc::UnboundedSender<Publish>,
     current: Arc<Mutex<Current>>,
 }
 
@@ -180,7 +187,7 @@ impl NotebookConsole {
     fn send(&self, content: impl Into<JupyterMessageContent>) {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let message = JupyterMessage::new(content.into(), current.parent.as_ref());
-        let _ = self.iopub.send(message);
+        let _ = self.iopub.send(Publish::Message(message));
     }
 
     fn error(&self, message: &str) {
@@ -264,15 +271,18 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
 
     // One task owns iopub: the outputs of cells in order, and a welcome for
     // each subscriber (JEP 65), so clients know when they may send.
-    let (outputs, mut pending) = mpsc::unbounded_channel::<JupyterMessage>();
+    let (outputs, mut pending) = mpsc::unbounded_channel::<Publish>();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 message = pending.recv() => match message {
-                    Some(message) => {
+                    Some(Publish::Message(message)) => {
                         if let Err(e) = iopub.send(message).await {
                             tracing::warn!("iopub: {e}");
                         }
+                    }
+                    Some(Publish::Flushed(done)) => {
+                        let _ = done.send(());
                     }
                     None => break,
                 },
@@ -353,6 +363,7 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
         {
             tracing::warn!("shell: {e}");
         }
+        kernel.publish(Status::idle(), &message);
         if quit {
             break;
         }
@@ -365,19 +376,28 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
 
 struct Kernel {
     repl: Repl,
-    iopub: mpsc::UnboundedSender<JupyterMessage>,
+    iopub: mpsc::UnboundedSender<Publish>,
     current: Arc<Mutex<Current>>,
     execution_count: usize,
 }
 
 impl Kernel {
     fn publish(&self, content: impl Into<JupyterMessageContent>, parent: &JupyterMessage) {
-        let _ = self
-            .iopub
-            .send(JupyterMessage::new(content.into(), Some(parent)));
+        let message = JupyterMessage::new(content.into(), Some(parent));
+        let _ = self.iopub.send(Publish::Message(message));
     }
 
-    /// Answers one shell request, with busy and idle around it on iopub.
+    /// Waits until what the request published is out, so that its reply
+    /// follows its outputs, as clients expect.
+    async fn flushed(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.iopub.send(Publish::Flushed(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
+    /// Answers one shell request, busy on iopub before it (idle follows
+    /// the reply).
     async fn answer(&mut self, message: &JupyterMessage) -> Option<JupyterMessage> {
         self.publish(Status::busy(), message);
         let reply = match &message.content {
@@ -424,7 +444,7 @@ impl Kernel {
             }
             _ => None,
         };
-        self.publish(Status::idle(), message);
+        self.flushed().await;
         reply
     }
 
