@@ -79,6 +79,7 @@ pub struct Job {
     #[serde(deserialize_with = "duration")]
     pub trigger_interval: Duration,
     pub max_task_failures: u32,
+    pub retained_batches: u64,
     /// 0: the alive workers' slots at submit.
     pub shuffle_partitions: usize,
     #[serde(deserialize_with = "duration")]

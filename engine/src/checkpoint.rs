@@ -186,6 +186,14 @@ impl Checkpoint {
         writer: Option<&Writer>,
         writer_of: impl Fn(&T) -> Option<&Writer>,
     ) -> Result<()> {
+        // Older entries are pruned, so an exclusive create alone would let a
+        // controller far behind write a batch again: a later entry refuses it.
+        if let Some(later) = self.latest_in(log).await?.filter(|l| *l > batch) {
+            return Err(EngineError::AlreadyExists(format!(
+                "{log}/{later} of {} is past batch {batch}: another controller runs this job, so this one stops",
+                self.dir
+            )));
+        }
         let path = format!("{}/{log}/{batch}", self.dir);
         if self.ws.create_json(&path, entry).await? {
             return Ok(());
@@ -266,6 +274,22 @@ impl Checkpoint {
     /// (batches committed, total input rows, total output rows) so far.
     pub async fn totals(&self) -> Result<(u64, u64, u64)> {
         Ok(totals_after(self.latest_commit().await?.as_ref()))
+    }
+
+    /// Removes the offsets and commit entries of batches before the last
+    /// `retained` up to `latest`; returns how many went.
+    pub async fn prune(&self, latest: u64, retained: u64) -> Result<usize> {
+        let mut removed = 0;
+        for log in ["offsets", "commits"] {
+            let dir = format!("{}/{log}", self.dir);
+            for name in self.ws.list_names(&dir).await? {
+                if name.parse::<u64>().is_ok_and(|b| b + retained <= latest) {
+                    self.ws.delete(&format!("{dir}/{name}")).await?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Records a committed batch; refused where another writer did.

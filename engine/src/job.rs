@@ -51,6 +51,9 @@ pub struct JobOptions {
     pub available_now: bool,
     /// Times one task may fail by its own error before the job fails.
     pub max_task_failures: u32,
+    /// Batches whose offsets, commit and progress records are kept.
+    #[serde(default = "retained_batches")]
+    pub retained_batches: u64,
     /// Spark's output mode: what an aggregation emits each batch.
     #[serde(default)]
     pub output_mode: OutputMode,
@@ -69,13 +72,19 @@ impl Default for JobOptions {
             trigger_interval_ms: job.trigger_interval.as_millis() as u64,
             available_now: false,
             max_task_failures: job.max_task_failures.max(1),
+            retained_batches: retained_batches(),
             output_mode: OutputMode::Append,
             shuffle_partitions: (job.shuffle_partitions > 0).then_some(job.shuffle_partitions),
         }
     }
 }
 
-const KNOWN_JOB_OPTIONS: &str = "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures, spate.output_mode (append, update, complete), spate.shuffle.partitions";
+/// A job recorded before the setting existed keeps the default.
+fn retained_batches() -> u64 {
+    spate_config::settings().job.retained_batches.max(1)
+}
+
+const KNOWN_JOB_OPTIONS: &str = "spate.job.name, spate.trigger.interval (e.g. '500ms', '2s'), spate.trigger.available_now (true/false), spate.task.max_failures, spate.checkpoint.retained_batches, spate.output_mode (append, update, complete), spate.shuffle.partitions";
 
 impl JobOptions {
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -103,6 +112,13 @@ impl JobOptions {
             }
             "spate.task.max_failures" => {
                 self.max_task_failures = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("a positive whole number"))?;
+            }
+            "spate.checkpoint.retained_batches" => {
+                self.retained_batches = value
                     .parse()
                     .ok()
                     .filter(|n| *n > 0)

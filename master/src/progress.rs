@@ -146,6 +146,20 @@ pub async fn save(ws: &Workspace, progress: &BatchProgress) -> Result<()> {
     Ok(ws.put_json(&path, progress).await?)
 }
 
+/// Removes a job's records of batches before `first_kept`.
+pub async fn prune(ws: &Workspace, job: &str, first_kept: u64) -> Result<()> {
+    let dir = progress_dir(job);
+    for name in ws.list_names(&dir).await? {
+        let batch = name
+            .strip_suffix(".json")
+            .and_then(|b| b.parse::<u64>().ok());
+        if batch.is_some_and(|b| b < first_kept) {
+            ws.delete(&format!("{dir}/{name}")).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The latest records of a job, oldest first.
 pub async fn load_recent(ws: &Workspace, job: &str) -> Result<Vec<BatchProgress>> {
     let dir = progress_dir(job);

@@ -173,7 +173,7 @@ struct Current {
 /// What the iopub task is given: a message to publish, or a request to say
 /// when everything before it has been published.
 enum Publish {
-    Message(JupyterMessage),
+    Message(Box<JupyterMessage>),
     Flushed(oneshot::Sender<()>),
 }
 
@@ -187,7 +187,7 @@ impl NotebookConsole {
     fn send(&self, content: impl Into<JupyterMessageContent>) {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let message = JupyterMessage::new(content.into(), current.parent.as_ref());
-        let _ = self.iopub.send(Publish::Message(message));
+        let _ = self.iopub.send(Publish::Message(Box::new(message)));
     }
 
     fn error(&self, message: &str) {
@@ -277,7 +277,7 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
             tokio::select! {
                 message = pending.recv() => match message {
                     Some(Publish::Message(message)) => {
-                        if let Err(e) = iopub.send(message).await {
+                        if let Err(e) = iopub.send(*message).await {
                             tracing::warn!("iopub: {e}");
                         }
                     }
@@ -384,7 +384,7 @@ struct Kernel {
 impl Kernel {
     fn publish(&self, content: impl Into<JupyterMessageContent>, parent: &JupyterMessage) {
         let message = JupyterMessage::new(content.into(), Some(parent));
-        let _ = self.iopub.send(Publish::Message(message));
+        let _ = self.iopub.send(Publish::Message(Box::new(message)));
     }
 
     /// Waits until what the request published is out, so that its reply

@@ -632,6 +632,7 @@ impl State for SinkCommitted {
             previous_trigger_ms,
         );
         ctx.jobs.add_batch(progress).await;
+        prune(ctx, number).await;
         tracing::info!(
             job = ctx.job_id,
             batch = number,
@@ -643,6 +644,29 @@ impl State for SinkCommitted {
             ctx.sleep(rest).await;
         }
         Transition::to(self, Idle::at(number + 1))
+    }
+}
+
+/// Keeps the metadata of the last `spate.checkpoint.retained_batches`
+/// batches up to `committed`; a failure to remove is only worth a warning.
+async fn prune(ctx: &JobContext, committed: u64) {
+    let retained = ctx.planned.options.retained_batches.max(1);
+    let pruned = match ctx.checkpoint.prune(committed, retained).await {
+        Ok(_) => {
+            crate::progress::prune(
+                &ctx.ws,
+                &ctx.job_id,
+                (committed + 1).saturating_sub(retained),
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = pruned {
+        tracing::warn!(
+            job = ctx.job_id,
+            "cannot remove old checkpoint entries: {e}"
+        );
     }
 }
 

@@ -702,3 +702,80 @@ async fn a_job_starting_at_the_latest_offsets_reads_what_comes_after_its_start()
     assert_eq!(ranges, [(5, 8)]);
     assert_eq!(committed_ids(&ws).await, (5..8).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_long_running_job_keeps_the_metadata_of_its_last_batches_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::open(dir.path()).unwrap();
+    let harness = Harness::new(&ws, ScriptedTasks::new(&ws, |_, _| Script::Succeed));
+    // A batch each time Kafka's end moves: eight batches of one record.
+    let offsets = ScriptedOffsets::new((1..=8).map(Ok).collect());
+    let sql = job_sql("SET spate.checkpoint.retained_batches = 3;");
+    let (_, controller) = harness.submit(&sql, Arc::clone(&offsets), "m1").await;
+    let checkpoint = Checkpoint::new(&ws, "j");
+    let mut last = None;
+    for _ in 0..1000 {
+        last = checkpoint.latest_commit().await.unwrap();
+        if last.as_ref().is_some_and(|c| c.total_input_rows == 8) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    harness.jobs.request_stop("j", StopRequest::AfterBatch);
+    controller.await.unwrap();
+    // Kafka may move twice between two looks: at least five batches ran.
+    let n = last.expect("a commit").batch;
+    assert!(n >= 4, "{n} batches");
+    let kept =
+        |suffix: &str| -> Vec<String> { (n - 2..=n).map(|b| format!("{b}{suffix}")).collect() };
+
+    let names = |folder: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(ws.absolute(folder))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names("_spate/checkpoints/j/offsets"), kept(""));
+    assert_eq!(names("_spate/checkpoints/j/commits"), kept(""));
+    assert_eq!(names("_spate/jobs/j/progress"), kept(".json"));
+    assert_eq!(committed_ids(&ws).await, (0..8).collect::<Vec<_>>());
+
+    // A controller behind the retained batches cannot write one again.
+    let stale = OffsetsEntry {
+        batch: 2,
+        ..checkpoint.offsets(n).await.unwrap().unwrap()
+    };
+    let refused = checkpoint.write_offsets(&stale).await.unwrap_err();
+    assert!(
+        refused.to_string().contains(&format!(
+            "offsets/{n} of _spate/checkpoints/j is past batch 2"
+        )),
+        "{refused}"
+    );
+
+    // Resubmitted, the job goes on at the next batch with its totals.
+    let again = Harness::new(&ws, ScriptedTasks::new(&ws, |_, _| Script::Succeed));
+    let (_, controller) = again
+        .submit(&sql, ScriptedOffsets::new(vec![Ok(10)]), "m1")
+        .await;
+    for _ in 0..500 {
+        if checkpoint
+            .latest_commit()
+            .await
+            .unwrap()
+            .is_some_and(|c| c.batch == n + 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    again.jobs.request_stop("j", StopRequest::AfterBatch);
+    controller.await.unwrap();
+    let last = checkpoint.latest_commit().await.unwrap().unwrap();
+    assert_eq!((last.batch, last.total_input_rows), (n + 1, 10));
+    let kept: Vec<String> = (n - 1..=n + 1).map(|b| b.to_string()).collect();
+    assert_eq!(names("_spate/checkpoints/j/commits"), kept);
+    assert_eq!(committed_ids(&ws).await, (0..10).collect::<Vec<_>>());
+}
