@@ -72,6 +72,20 @@ fn python(name: &str, args: &[&Path], env: &[(&str, &str)], jupyter: &Path) -> s
     serde_json::from_str(last).unwrap_or_else(|e| panic!("{name} printed no JSON ({e}): {stdout}"))
 }
 
+/// A master and two workers on `workspace`, once both workers are in.
+async fn cluster(workspace: &Path) -> (MasterProc, Vec<Proc>) {
+    let master = start_master(workspace, "127.0.0.1:0", &[]);
+    let workers = start_workers(&master.url(), workspace, &["w1", "w2"]);
+    let url = master.url();
+    wait_until(
+        "two workers",
+        std::time::Duration::from_secs(30),
+        || async { common::workers(&url).await.len() == 2 },
+    )
+    .await;
+    (master, workers)
+}
+
 fn create_tables(bootstrap: &str) -> String {
     ["sales", "big"]
         .iter()
@@ -141,14 +155,7 @@ async fn jupyter_client_drives_the_kernel_on_the_cluster() {
     produce_sales(&bootstrap, "sales", 0..RECORDS, 4).await;
     produce_sales(&bootstrap, "big", 0..40_000, 4).await;
     let ws = tempfile::tempdir().unwrap();
-    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
-    let _workers = start_workers(&master.url(), ws.path(), &["w1", "w2"]);
-    wait_until(
-        "two workers",
-        std::time::Duration::from_secs(30),
-        || async { workers(&master.url()).await.len() == 2 },
-    )
-    .await;
+    let (master, _workers) = cluster(ws.path()).await;
     let prefix = tempfile::tempdir().unwrap();
     let jupyter = install_kernel(prefix.path(), &master.url(), ws.path());
 
@@ -279,14 +286,7 @@ async fn a_notebook_the_repl_saved_runs_on_the_kernel_with_the_same_rows() {
     let (_kafka, bootstrap) = sales_kafka();
     produce_sales(&bootstrap, "sales", 0..RECORDS, 4).await;
     let ws = tempfile::tempdir().unwrap();
-    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
-    let _workers = start_workers(&master.url(), ws.path(), &["w1", "w2"]);
-    wait_until(
-        "two workers",
-        std::time::Duration::from_secs(30),
-        || async { workers(&master.url()).await.len() == 2 },
-    )
-    .await;
+    let (master, _workers) = cluster(ws.path()).await;
 
     let notebook = ws.path().join("notebooks/sales.ipynb");
     let session = ws.path().join("session.sql");
