@@ -89,6 +89,8 @@ elif cmd == "sink":  # sink WORKSPACE DIR MIN_BATCHES: committed batches and row
     manifests = os.path.join(workspace, sink, "_spate", "manifests")
     batches = rows = 0
     for name in os.listdir(manifests) if os.path.isdir(manifests) else []:
+        if name.startswith("compact-"):
+            continue
         with open(os.path.join(manifests, name)) as f:
             manifest = json.load(f)
         missing = [p for p in manifest["files"]

@@ -80,6 +80,7 @@ pub struct Job {
     pub trigger_interval: Duration,
     pub max_task_failures: u32,
     pub retained_batches: u64,
+    pub manifest_compaction: u64,
     /// 0: the alive workers' slots at submit.
     pub shuffle_partitions: usize,
     #[serde(deserialize_with = "duration")]

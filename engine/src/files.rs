@@ -284,40 +284,128 @@ pub async fn commit_batch(
     }
 }
 
-/// Batches committed to a file sink, in order.
-pub async fn committed_batches(ws: &Workspace, sink_dir: &str) -> Result<Vec<u64>> {
-    let mut batches: Vec<u64> = ws
-        .list_names(&manifests_dir(sink_dir))
-        .await?
-        .iter()
-        .filter_map(|n| n.strip_suffix(".json")?.parse().ok())
-        .collect();
+/// The manifests of batches through `through`, folded into one: the files
+/// they leave visible. Readers take the latest compaction and the batches'
+/// manifests after it, so a scan reads a bounded number of manifests however
+/// long the job ran (Spark's `_spark_metadata` compaction).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactedManifests {
+    pub through: u64,
+    /// Paths relative to the workspace root, in commit order.
+    pub files: Vec<String>,
+}
+
+fn compaction_path(sink_dir: &str, through: u64) -> String {
+    format!("{}/compact-{through}.json", manifests_dir(sink_dir))
+}
+
+/// What a sink's manifests folder holds: batches with a manifest and the
+/// batches compactions run through, each in order.
+async fn manifest_log(ws: &Workspace, sink_dir: &str) -> Result<(Vec<u64>, Vec<u64>)> {
+    let (mut batches, mut compactions) = (Vec::new(), Vec::new());
+    for name in ws.list_names(&manifests_dir(sink_dir)).await? {
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        match stem.strip_prefix("compact-") {
+            Some(through) => compactions.extend(through.parse::<u64>().ok()),
+            None => batches.extend(stem.parse::<u64>().ok()),
+        }
+    }
     batches.sort_unstable();
-    Ok(batches)
+    compactions.sort_unstable();
+    Ok((batches, compactions))
+}
+
+/// Batches committed to a file sink whose manifests are kept, in order.
+pub async fn committed_batches(ws: &Workspace, sink_dir: &str) -> Result<Vec<u64>> {
+    Ok(manifest_log(ws, sink_dir).await?.0)
 }
 
 /// The files of every committed batch, or None where the directory is no
 /// Spate sink (it has no manifests).
 pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Vec<String>>> {
-    let batches = committed_batches(ws, sink_dir).await?;
-    if batches.is_empty() {
+    let (batches, compactions) = manifest_log(ws, sink_dir).await?;
+    if batches.is_empty() && compactions.is_empty() {
         return Ok(None);
     }
+    let base = match compactions.last() {
+        Some(through) => {
+            ws.get_json::<CompactedManifests>(&compaction_path(sink_dir, *through))
+                .await?
+        }
+        None => None,
+    };
+    let after = base.as_ref().map_or(0, |b| b.through + 1);
     // Newest first, down to the batch that replaced everything before it.
     let mut newest_first = Vec::new();
-    for batch in batches.into_iter().rev() {
+    let mut replaced = false;
+    for batch in batches.into_iter().rev().filter(|b| *b >= after) {
         if let Some(m) = ws
             .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
             .await?
         {
-            let replaces = m.replaces;
             newest_first.push(m.files);
-            if replaces {
+            if m.replaces {
+                replaced = true;
                 break;
             }
         }
     }
+    if !replaced && let Some(base) = base {
+        newest_first.push(base.files);
+    }
     Ok(Some(newest_first.into_iter().rev().flatten().collect()))
+}
+
+/// Folds the manifests of batches through `through` into one compaction,
+/// then removes what readers no longer need: manifests and compactions up
+/// to the previous compaction (the batches since it keep theirs, for
+/// followers and re-runs). Safe beside readers and a running job: the
+/// compaction is created whole, and only files it covers are removed.
+pub async fn compact(ws: &Workspace, sink_dir: &str, through: u64) -> Result<()> {
+    let (batches, compactions) = manifest_log(ws, sink_dir).await?;
+    if compactions.last().is_some_and(|c| *c >= through) {
+        return Ok(());
+    }
+    let previous = compactions.last().copied();
+    let mut files = match previous {
+        Some(p) => ws
+            .get_json::<CompactedManifests>(&compaction_path(sink_dir, p))
+            .await?
+            .map(|c| c.files)
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let after = previous.map_or(0, |p| p + 1);
+    for batch in batches
+        .iter()
+        .copied()
+        .filter(|b| (after..=through).contains(b))
+    {
+        let Some(m) = ws
+            .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
+            .await?
+        else {
+            continue;
+        };
+        if m.replaces {
+            files.clear();
+        }
+        files.extend(m.files);
+    }
+    let compaction = CompactedManifests { through, files };
+    ws.create_json(&compaction_path(sink_dir, through), &compaction)
+        .await?;
+    if let Some(previous) = previous {
+        for batch in batches.iter().filter(|b| **b <= previous) {
+            ws.delete(&manifest_path(sink_dir, *batch)).await?;
+        }
+        for older in compactions.iter().filter(|c| **c < previous) {
+            ws.delete(&compaction_path(sink_dir, *older)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The rows one committed batch wrote to a file sink, with its manifest;
@@ -568,6 +656,8 @@ pub struct FileSink {
     /// Relative to the workspace root.
     pub dir: String,
     pub format: FileFormatSpec,
+    /// Batches between two compactions of the manifests.
+    pub compact_every: u64,
 }
 
 #[async_trait]
@@ -629,6 +719,14 @@ impl Sink for FileSink {
         self.ws.delete_dir(&self.dir).await
     }
 
+    async fn compact(&self, through: u64) -> Result<()> {
+        let every = self.compact_every.max(1);
+        if through > 0 && (through + 1).is_multiple_of(every) {
+            compact(&self.ws, &self.dir, through).await?;
+        }
+        Ok(())
+    }
+
     async fn latest_committed(&self) -> Result<Option<u64>> {
         Ok(committed_batches(&self.ws, &self.dir)
             .await?
@@ -653,5 +751,89 @@ impl Sink for FileSink {
 
     fn describe(&self) -> String {
         format!("{} files in {}/", self.format.kind.name(), self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn commit(ws: &Workspace, batch: u64, replaces: bool) {
+        let manifest = SinkManifest {
+            batch,
+            files: vec![format!("out/part-{batch:08}.parquet")],
+            rows: 1,
+            replaces,
+            writer: None,
+        };
+        commit_batch(ws, "out", manifest).await.unwrap();
+    }
+
+    fn names(ws: &Workspace) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(ws.absolute(&manifests_dir("out")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn compactions_keep_what_readers_see_and_bound_the_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let sink = FileSink {
+            ws: ws.clone(),
+            dir: "out".to_string(),
+            format: FileFormatSpec::plain(FileFormatKind::Parquet),
+            compact_every: 4,
+        };
+        let mut seen = Vec::new();
+        for batch in 0..10 {
+            commit(&ws, batch, false).await;
+            sink.compact(batch).await.unwrap();
+            seen.push(format!("out/part-{batch:08}.parquet"));
+            assert_eq!(
+                committed_files(&ws, "out").await.unwrap(),
+                Some(seen.clone())
+            );
+        }
+        // Compactions at batches 3 and 7; what 3 covers went with 7's.
+        assert_eq!(
+            names(&ws),
+            [
+                "4.json",
+                "5.json",
+                "6.json",
+                "7.json",
+                "8.json",
+                "9.json",
+                "compact-3.json",
+                "compact-7.json"
+            ]
+        );
+        assert_eq!(sink.latest_committed().await.unwrap(), Some(9));
+
+        // A batch that replaces the table hides what the compaction holds,
+        // and a compaction after it starts from it.
+        commit(&ws, 10, true).await;
+        commit(&ws, 11, false).await;
+        let replaced = vec![
+            "out/part-00000010.parquet".to_string(),
+            "out/part-00000011.parquet".to_string(),
+        ];
+        assert_eq!(
+            committed_files(&ws, "out").await.unwrap(),
+            Some(replaced.clone())
+        );
+        sink.compact(11).await.unwrap();
+        assert_eq!(committed_files(&ws, "out").await.unwrap(), Some(replaced));
+        let compacted: CompactedManifests = ws
+            .get_json(&compaction_path("out", 11))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(compacted.files.len(), 2);
+        assert!(!names(&ws).contains(&"compact-3.json".to_string()));
     }
 }

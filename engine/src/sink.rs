@@ -62,6 +62,7 @@ impl SinkSpec {
                 ws: ws.clone(),
                 dir: dir.clone(),
                 format: format.clone(),
+                compact_every: spate_config::settings().job.manifest_compaction,
             }),
             SinkSpec::Kafka(spec) => Arc::new(KafkaSink {
                 spec: spec.clone(),
@@ -178,6 +179,14 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     /// parts leave nothing behind.
     async fn clean_up(&self, batch: u64, kept: &[SinkPart]) -> Result<()> {
         let _ = (batch, kept);
+        Ok(())
+    }
+
+    /// Called once the checkpoint committed `through`, off the batch's
+    /// path: folds what the sink keeps per batch so that its readers'
+    /// work stays bounded. Nothing, for a sink that keeps no such log.
+    async fn compact(&self, through: u64) -> Result<()> {
+        let _ = through;
         Ok(())
     }
 

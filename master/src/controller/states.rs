@@ -19,6 +19,7 @@
 //! work and names the state that follows.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -633,6 +634,12 @@ impl State for SinkCommitted {
         );
         ctx.jobs.add_batch(progress).await;
         prune(ctx, number).await;
+        let (sink, job) = (Arc::clone(&ctx.sink), ctx.job_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sink.compact(number).await {
+                tracing::warn!(job, batch = number, "cannot compact the sink's log: {e}");
+            }
+        });
         tracing::info!(
             job = ctx.job_id,
             batch = number,
