@@ -61,6 +61,7 @@ pub struct Worker {
     /// 0: one per core.
     pub slots: u32,
     pub memory_mb: u64,
+    pub state_memory_mb: u64,
     #[serde(deserialize_with = "duration")]
     pub heartbeat_interval: Duration,
     #[serde(deserialize_with = "duration")]

@@ -9,8 +9,9 @@
 //! batch N runs only after N-1 committed.
 //!
 //! A worker keeps the latest version it wrote or read per partition in
-//! memory (`StateCache`); a partition that moved to another worker is read
-//! back from the workspace.
+//! memory (`StateCache`), up to `worker.state_memory_mb`: past it, the
+//! partitions used least recently are dropped. A partition not in memory
+//! (dropped, or moved from another worker) is read back from the workspace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,27 +24,114 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::{EngineError, Result};
 use crate::workspace::Workspace;
 
-/// One state version: its batch and rows.
-type Version = (u64, Arc<Vec<RecordBatch>>);
+/// One partition's state version in memory.
+#[derive(Debug)]
+struct Cached {
+    version: u64,
+    batches: Arc<Vec<RecordBatch>>,
+    bytes: usize,
+    /// When it was last put or got, on the cache's own clock.
+    used: u64,
+}
 
-/// The latest state version per partition folder that this process holds.
 #[derive(Debug, Default)]
+struct Versions {
+    by_dir: HashMap<String, Cached>,
+    bytes: usize,
+    clock: u64,
+    evicted: u64,
+}
+
+/// The latest state version per partition folder that this process holds,
+/// within a memory limit; the least recently used partitions go first.
+#[derive(Debug)]
 pub struct StateCache {
-    versions: Mutex<HashMap<String, Version>>,
+    versions: Mutex<Versions>,
+    limit_bytes: usize,
+}
+
+impl Default for StateCache {
+    /// Limited by `worker.state_memory_mb`.
+    fn default() -> Self {
+        StateCache::with_limit((spate_config::settings().worker.state_memory_mb as usize) << 20)
+    }
+}
+
+/// What a state cache holds, for tests and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheUse {
+    pub partitions: usize,
+    pub bytes: usize,
+    /// Partitions dropped to stay within the limit, since the start.
+    pub evicted: u64,
 }
 
 impl StateCache {
-    fn get(&self, dir: &str, version: u64) -> Option<Arc<Vec<RecordBatch>>> {
+    pub fn with_limit(limit_bytes: usize) -> Self {
+        StateCache {
+            versions: Mutex::default(),
+            limit_bytes,
+        }
+    }
+
+    pub fn usage(&self) -> CacheUse {
         let versions = self.versions.lock().expect("state cache lock");
-        versions
-            .get(dir)
-            .filter(|(v, _)| *v == version)
-            .map(|(_, batches)| Arc::clone(batches))
+        CacheUse {
+            partitions: versions.by_dir.len(),
+            bytes: versions.bytes,
+            evicted: versions.evicted,
+        }
+    }
+
+    fn get(&self, dir: &str, version: u64) -> Option<Arc<Vec<RecordBatch>>> {
+        let mut versions = self.versions.lock().expect("state cache lock");
+        versions.clock += 1;
+        let now = versions.clock;
+        let cached = versions
+            .by_dir
+            .get_mut(dir)
+            .filter(|c| c.version == version)?;
+        cached.used = now;
+        Some(Arc::clone(&cached.batches))
     }
 
     fn put(&self, dir: &str, version: u64, batches: Arc<Vec<RecordBatch>>) {
+        let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
         let mut versions = self.versions.lock().expect("state cache lock");
-        versions.insert(dir.to_string(), (version, batches));
+        versions.clock += 1;
+        let used = versions.clock;
+        if let Some(old) = versions.by_dir.remove(dir) {
+            versions.bytes -= old.bytes;
+        }
+        // A partition larger than the whole cache is read from the workspace.
+        if bytes > self.limit_bytes {
+            versions.evicted += 1;
+            return;
+        }
+        versions.bytes += bytes;
+        versions.by_dir.insert(
+            dir.to_string(),
+            Cached {
+                version,
+                batches,
+                bytes,
+                used,
+            },
+        );
+        while versions.bytes > self.limit_bytes {
+            let Some(oldest) = versions
+                .by_dir
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(d, _)| d.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = versions.by_dir.remove(&oldest) {
+                versions.bytes -= gone.bytes;
+                versions.evicted += 1;
+            }
+        }
     }
 }
 
@@ -127,5 +215,47 @@ impl PartitionState {
             }
         }
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use datafusion::arrow::array::Int64Array;
+
+    use super::*;
+
+    fn rows(n: i64) -> Arc<Vec<RecordBatch>> {
+        let ids: Int64Array = (0..n).collect();
+        Arc::new(vec![
+            RecordBatch::try_from_iter([("id", Arc::new(ids) as _)]).unwrap(),
+        ])
+    }
+
+    #[test]
+    fn the_partitions_used_least_recently_leave_first() {
+        let one = rows(1000)[0].get_array_memory_size();
+        let cache = StateCache::with_limit(one * 2 + one / 2);
+        cache.put("a", 1, rows(1000));
+        cache.put("b", 1, rows(1000));
+        assert!(cache.get("a", 1).is_some());
+        cache.put("c", 1, rows(1000));
+        assert!(cache.get("b", 1).is_none(), "b was used least recently");
+        assert!(cache.get("a", 1).is_some() && cache.get("c", 1).is_some());
+        assert_eq!(
+            cache.usage(),
+            CacheUse {
+                partitions: 2,
+                bytes: 2 * one,
+                evicted: 1
+            }
+        );
+        // A new version replaces the old one's bytes; an old version is no hit.
+        cache.put("a", 2, rows(1000));
+        assert!(cache.get("a", 1).is_none());
+        assert_eq!(cache.usage().bytes, 2 * one);
+
+        let small = StateCache::with_limit(one / 2);
+        small.put("a", 1, rows(1000));
+        assert_eq!(small.usage().partitions, 0, "too big to keep");
     }
 }

@@ -231,7 +231,8 @@ async fn sliding_windows_close_with_the_watermark_and_equal_one_batch() {
         *bytes = std::fs::read(state_file(*p, 3)).unwrap();
     }
     job.batch = 3;
-    job.cache = Arc::default();
+    // A cache too small for any partition: every load reads the workspace.
+    job.cache = Arc::new(StateCache::with_limit(1));
     job.watermark_ms = Some(T0 + 200_000 - DELAY_MS);
     job.run_batch(&produced).await;
     for (p, bytes) in &saved {
@@ -242,6 +243,8 @@ async fn sliding_windows_close_with_the_watermark_and_equal_one_batch() {
         );
     }
     assert!(!state_file(0, 1).exists(), "old state versions are pruned");
+    assert_eq!(job.cache.usage().partitions, 0);
+    assert!(job.cache.usage().evicted >= 3, "{:?}", job.cache.usage());
 
     // The reference: DataFusion over the on-time records as one batch,
     // keeping the windows the final watermark closed.

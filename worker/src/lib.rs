@@ -63,6 +63,8 @@ pub struct WorkerConfig {
     pub host: String,
     pub slots: u32,
     pub memory_bytes: u64,
+    /// The state cache's limit.
+    pub state_memory_bytes: u64,
     pub workspace: PathBuf,
     pub secret: String,
     /// The CA that signed the master's certificate, for https:// masters.
@@ -78,6 +80,7 @@ impl WorkerConfig {
             host: spate_engine::host_name(),
             slots: settings.worker.slots_or_cores(),
             memory_bytes: settings.worker.memory_mb << 20,
+            state_memory_bytes: settings.worker.state_memory_mb << 20,
             workspace: workspace.into(),
             secret: settings.secret.clone(),
             tls_ca: Some(PathBuf::from(&settings.client.tls_ca))
@@ -104,7 +107,7 @@ pub async fn run(
         .build()?;
     let env = TaskEnv {
         ws: Workspace::open(&config.workspace)?,
-        state: Arc::default(),
+        state: Arc::new(StateCache::with_limit(config.state_memory_bytes as usize)),
         runtime: runtime.handle().clone(),
     };
     let ended = serve(&config, &env, &mut shutdown).await;

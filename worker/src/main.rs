@@ -21,6 +21,10 @@ struct Args {
     /// Memory the worker may use, in MiB.
     #[arg(long, env = "SPATE_WORKER_MEMORY_MB", default_value_t = settings().worker.memory_mb)]
     memory_mb: u64,
+    /// Memory for operators' state between batches, in MiB; past it the
+    /// least recently used partitions are read back from the workspace.
+    #[arg(long, env = "SPATE_WORKER_STATE_MEMORY_MB", default_value_t = settings().worker.state_memory_mb)]
+    state_memory_mb: u64,
     /// The shared workspace, mounted at the same place as the master's.
     #[arg(long, env = "SPATE_WORKSPACE", default_value_t = settings().workspace.clone())]
     workspace: String,
@@ -53,6 +57,7 @@ async fn main() {
         config.worker_id = id;
     }
     config.memory_bytes = args.memory_mb << 20;
+    config.state_memory_bytes = args.state_memory_mb << 20;
     config.secret = args.secret;
     config.tls_ca = Some(PathBuf::from(args.tls_ca)).filter(|p| !p.as_os_str().is_empty());
     println!(

@@ -15,6 +15,7 @@ fn help_names_every_setting() {
         "--master",
         "--slots",
         "--memory-mb",
+        "--state-memory-mb",
         "--workspace",
         "--id",
         "--secret",
