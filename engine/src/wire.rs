@@ -297,6 +297,7 @@ pub fn schema_bytes(schema: &Schema) -> Result<Vec<u8>> {
 }
 
 pub fn schema_from_bytes(bytes: &[u8]) -> Result<Schema> {
+    check_schema_message(bytes)?;
     // arrow-ipc panics on some schemas it cannot read instead of erring (an
     // Int of bit width 255, found by fuzz/decode_plan): bytes off the wire
     // get an error either way.
@@ -309,6 +310,34 @@ pub fn schema_from_bytes(bytes: &[u8]) -> Result<Schema> {
             "the message holds an Arrow schema with a type Arrow does not know".to_string(),
         )),
     }
+}
+
+/// arrow-ipc allocates the body length a message declares before reading
+/// it, so a corrupt length would have a few bytes ask for gigabytes (found
+/// by fuzz/decode_plan): the schema message's lengths must fit the bytes.
+fn check_schema_message(bytes: &[u8]) -> Result<()> {
+    let bad = |why: &str| EngineError::Internal(format!("an Arrow schema message {why}"));
+    let word = |at: usize| -> Option<i32> {
+        Some(i32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    // An optional continuation marker, then the metadata's length.
+    let (start, length) = match word(0) {
+        Some(-1) => (8, word(4)),
+        other => (4, other),
+    };
+    let length = length
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| bad("is cut short"))?;
+    let metadata = bytes
+        .get(start..start + length)
+        .ok_or_else(|| bad("claims more metadata than it holds"))?;
+    let message = datafusion::arrow::ipc::root_as_message(metadata)
+        .map_err(|e| bad(&format!("does not parse: {e}")))?;
+    let rest = bytes.len() - start - length;
+    if usize::try_from(message.bodyLength()).map_or(true, |body| body > rest) {
+        return Err(bad("claims a longer body than it holds"));
+    }
+    Ok(())
 }
 
 impl TryFrom<&KafkaSourceSpec> for pb::KafkaSource {
@@ -510,6 +539,36 @@ mod tests {
             refused += usize::from(schema_from_bytes(&changed).is_err());
         }
         assert!(refused > 0);
+    }
+
+    #[test]
+    fn a_message_claiming_a_huge_body_is_refused_before_allocating_it() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+        use datafusion::arrow::ipc::root_as_message;
+
+        let ids: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+        let batch = RecordBatch::try_from_iter([("id", ids)]).unwrap();
+        let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema()).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        let bytes = writer.into_inner().unwrap();
+        let word = |b: &[u8], at: usize| i32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        // The batch's message, after the schema's, declares a body: make it 1 TiB.
+        let rest = &bytes[8 + word(&bytes, 4) as usize..];
+        let length = word(rest, 4) as usize;
+        let body = root_as_message(&rest[8..8 + length]).unwrap().bodyLength();
+        let at = 8 + rest[8..8 + length]
+            .windows(8)
+            .position(|w| w == body.to_le_bytes())
+            .unwrap();
+        let mut claimed = rest.to_vec();
+        claimed[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let message = root_as_message(&claimed[8..8 + length]).unwrap();
+        assert_eq!(message.bodyLength(), 1 << 40);
+        let refused = schema_from_bytes(&claimed).unwrap_err();
+        assert!(refused.to_string().contains("longer body"), "{refused}");
+        assert!(schema_from_bytes(&bytes[..6]).is_err());
+        assert_eq!(schema_from_bytes(&bytes).unwrap(), *batch.schema());
     }
 
     #[test]
