@@ -14,7 +14,7 @@ use spate_proto::plan_node::Node;
 use spate_proto::{KafkaScan, PlanNode, ShuffleWriter};
 
 use crate::OffsetRange;
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::kafka::KafkaScanExec;
 use crate::shuffle::{ShuffleReaderExec, ShuffleScope, ShuffleWriterExec};
 use crate::state::{PartitionState, StateCache, partition_dir};
@@ -77,11 +77,20 @@ impl SpateCodec {
     }
 
     pub fn decode_plan(&self, bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(
-            datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-                bytes, ctx, self,
-            )?,
-        )
+        // datafusion-proto and arrow-ipc panic on some malformed plans
+        // instead of erring (found by fuzz/decode_plan: a grouping set of
+        // no expressions, an Int of bit width 255): plan bytes from the
+        // wire get an error either way.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, self)
+        }));
+        match decoded {
+            Ok(plan) => Ok(plan?),
+            Err(panic) => Err(EngineError::Internal(format!(
+                "the task's plan does not decode: {}",
+                crate::panic_message(panic.as_ref())
+            ))),
+        }
     }
 }
 

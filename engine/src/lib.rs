@@ -50,6 +50,15 @@ impl OffsetRange {
     }
 }
 
+/// A caught panic's message, as `std` prints it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 /// This machine's name, as containers and hosts set it, for humans.
 pub fn host_name() -> String {
     std::env::var("HOSTNAME")

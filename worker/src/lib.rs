@@ -294,10 +294,8 @@ async fn execute(env: TaskEnv, launch: LaunchTask, outbound: mpsc::Sender<Worker
 
 /// A panic's message, as `std` prints it.
 fn panicked(payload: &Box<dyn std::any::Any + Send>) -> String {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_string());
-    format!("the task panicked: {message}")
+    format!(
+        "the task panicked: {}",
+        spate_engine::panic_message(payload.as_ref())
+    )
 }
