@@ -19,6 +19,8 @@ fail() {
     echo "docker e2e: FAILED: $*" >&2
     exit 1
 }
+# Any other command that fails ends the script (set -e): say which.
+trap 'echo "docker e2e: FAILED at line $LINENO: $BASH_COMMAND exited with $?" >&2' ERR
 
 if docker compose version >/dev/null 2>&1; then
     compose_bin=(docker compose)
@@ -210,7 +212,7 @@ ok "over TLS with a secret: $last"
 # the sales topic on the cluster, through TLS and the secret.
 jupyter_token() {
     "${compose[@]}" logs --no-color jupyterlab 2>/dev/null |
-        grep -o 'token=[0-9a-f]*' | head -n1 | cut -d= -f2 | grep .
+        grep -o 'token=[0-9a-f]*' | sed -n 1p | cut -d= -f2 | grep .
 }
 wait_for "jupyterlab to print its token" jupyter_token
 token=$last
@@ -290,7 +292,9 @@ wait_for "3 workers ALIVE in /api/v1/workers" check alive 3
 ok "--scale worker=3: 3 workers ALIVE in /api/v1/workers"
 
 # 6. Kill a worker: its tasks run elsewhere, and the job goes on.
-victim=$("${compose[@]}" ps -q worker | head -n1)
+# sed, not head: head leaves early, and under pipefail the writer's SIGPIPE
+# would end this script without a word.
+victim=$("${compose[@]}" ps -q worker | sed -n 1p)
 wait_for "job $job status" check job "$job" 0 0
 read -r _ batches0 input0 <<<"$last"
 wait_for "committed batches" check sink "$workspace" "$sink" 1
