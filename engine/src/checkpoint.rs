@@ -279,15 +279,13 @@ impl Checkpoint {
     /// Removes the offsets and commit entries of batches before the last
     /// `retained` up to `latest`; returns how many went.
     pub async fn prune(&self, latest: u64, retained: u64) -> Result<usize> {
+        let old = |name: &str| name.parse::<u64>().is_ok_and(|b| b + retained <= latest);
         let mut removed = 0;
         for log in ["offsets", "commits"] {
-            let dir = format!("{}/{log}", self.dir);
-            for name in self.ws.list_names(&dir).await? {
-                if name.parse::<u64>().is_ok_and(|b| b + retained <= latest) {
-                    self.ws.delete(&format!("{dir}/{name}")).await?;
-                    removed += 1;
-                }
-            }
+            removed += self
+                .ws
+                .delete_names(&format!("{}/{log}", self.dir), old)
+                .await?;
         }
         Ok(removed)
     }

@@ -329,20 +329,29 @@ pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Ve
     if batches.is_empty() && compactions.is_empty() {
         return Ok(None);
     }
-    let base = match compactions.last() {
-        Some(through) => {
-            ws.get_json::<CompactedManifests>(&compaction_path(sink_dir, *through))
-                .await?
-        }
-        None => None,
-    };
-    let after = base.as_ref().map_or(0, |b| b.through + 1);
-    // Newest first, down to the batch that replaced everything before it.
+    let base = compactions.last().copied();
+    Ok(Some(
+        visible_files(ws, sink_dir, &batches, base, None).await?,
+    ))
+}
+
+/// The files visible through batch `through` (None: the latest): those of the compaction
+/// `base` and of the manifests after it, read newest first down to a batch
+/// that replaced everything before it (complete output mode).
+async fn visible_files(
+    ws: &Workspace,
+    sink_dir: &str,
+    batches: &[u64],
+    base: Option<u64>,
+    through: Option<u64>,
+) -> Result<Vec<String>> {
+    let after = base.map_or(0, |b| b + 1);
     let mut newest_first = Vec::new();
     let mut replaced = false;
-    for batch in batches.into_iter().rev().filter(|b| *b >= after) {
+    let in_range = |b: &&u64| **b >= after && through.is_none_or(|t| **b <= t);
+    for batch in batches.iter().rev().filter(in_range) {
         if let Some(m) = ws
-            .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
+            .get_json::<SinkManifest>(&manifest_path(sink_dir, *batch))
             .await?
         {
             newest_first.push(m.files);
@@ -353,9 +362,12 @@ pub async fn committed_files(ws: &Workspace, sink_dir: &str) -> Result<Option<Ve
         }
     }
     if !replaced && let Some(base) = base {
-        newest_first.push(base.files);
+        let compacted = ws
+            .get_json::<CompactedManifests>(&compaction_path(sink_dir, base))
+            .await?;
+        newest_first.extend(compacted.map(|c| c.files));
     }
-    Ok(Some(newest_first.into_iter().rev().flatten().collect()))
+    Ok(newest_first.into_iter().rev().flatten().collect())
 }
 
 /// Folds the manifests of batches through `through` into one compaction,
@@ -369,31 +381,7 @@ pub async fn compact(ws: &Workspace, sink_dir: &str, through: u64) -> Result<()>
         return Ok(());
     }
     let previous = compactions.last().copied();
-    let mut files = match previous {
-        Some(p) => ws
-            .get_json::<CompactedManifests>(&compaction_path(sink_dir, p))
-            .await?
-            .map(|c| c.files)
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    let after = previous.map_or(0, |p| p + 1);
-    for batch in batches
-        .iter()
-        .copied()
-        .filter(|b| (after..=through).contains(b))
-    {
-        let Some(m) = ws
-            .get_json::<SinkManifest>(&manifest_path(sink_dir, batch))
-            .await?
-        else {
-            continue;
-        };
-        if m.replaces {
-            files.clear();
-        }
-        files.extend(m.files);
-    }
+    let files = visible_files(ws, sink_dir, &batches, previous, Some(through)).await?;
     let compaction = CompactedManifests { through, files };
     ws.create_json(&compaction_path(sink_dir, through), &compaction)
         .await?;
@@ -707,11 +695,11 @@ impl Sink for FileSink {
             .flat_map(|p| &p.files)
             .filter_map(|f| f.rsplit('/').next())
             .collect();
-        for name in self.ws.list_names(&self.dir).await? {
-            if name.starts_with(&prefix) && !kept.contains(&name.as_str()) {
-                self.ws.delete(&format!("{}/{name}", self.dir)).await?;
-            }
-        }
+        self.ws
+            .delete_names(&self.dir, |name| {
+                name.starts_with(&prefix) && !kept.contains(&name)
+            })
+            .await?;
         Ok(())
     }
 

@@ -34,7 +34,8 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::error::{EngineError, Result};
 use crate::sink::{
-    Attempt, Sink, SinkOnly, SinkOnlyTable, SinkPart, check_columns_exist, without_password,
+    Attempt, Sink, SinkOnly, SinkOnlyTable, SinkPart, check_columns_exist, column_list,
+    without_password,
 };
 
 /// A PostgreSQL sink as planned.
@@ -77,13 +78,7 @@ impl TableProviderFactory for PostgresTableFactory {
         for (key, value) in &cmd.options {
             match key.strip_prefix("format.").unwrap_or(key) {
                 "table" => table = value.clone(),
-                "primary_key" | "key" => {
-                    primary_key = value
-                        .split(',')
-                        .map(|c| c.trim().to_string())
-                        .filter(|c| !c.is_empty())
-                        .collect()
-                }
+                "primary_key" | "key" => primary_key = column_list(value),
                 other => {
                     return Err(EngineError::plan(format!(
                         "table '{sink}': unknown option '{other}' for STORED AS POSTGRES; known options: {KNOWN_OPTIONS}"

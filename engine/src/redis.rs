@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::sink::{
-    Attempt, Sink, SinkOnly, SinkOnlyTable, SinkPart, SinkSpec, check_columns_exist,
+    Attempt, Sink, SinkOnly, SinkOnlyTable, SinkPart, SinkSpec, check_columns_exist, column_list,
 };
 
 /// A Redis sink as planned.
@@ -65,13 +65,7 @@ impl TableProviderFactory for RedisTableFactory {
         let mut key_prefix = format!("{table}:");
         for (key, value) in &cmd.options {
             match key.strip_prefix("format.").unwrap_or(key) {
-                "key" => {
-                    key_columns = value
-                        .split(',')
-                        .map(|c| c.trim().to_string())
-                        .filter(|c| !c.is_empty())
-                        .collect()
-                }
+                "key" => key_columns = column_list(value),
                 "key_prefix" => key_prefix = value.clone(),
                 other => {
                     return Err(EngineError::plan(format!(

@@ -507,6 +507,15 @@ impl<S: SinkOnly> datafusion::catalog::TableProvider for SinkOnlyTable<S> {
     }
 }
 
+/// A sink option's list of columns, `'region, id'`.
+pub fn column_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 /// A column named in a sink's options that the table lacks, as an error.
 pub fn check_columns_exist(
     table: &str,

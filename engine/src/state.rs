@@ -156,6 +156,11 @@ fn version_path(dir: &str, version: u64) -> String {
     format!("{dir}/{version:020}.arrow")
 }
 
+/// The version a file of a partition's folder holds.
+fn version_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".arrow")?.parse().ok()
+}
+
 impl PartitionState {
     /// The state batch `batch` starts from: version `batch - 1`, or nothing
     /// for the first batch.
@@ -189,10 +194,7 @@ impl PartitionState {
 
     async fn versions(&self) -> Result<Vec<u64>> {
         let names = self.workspace.list_names(&self.dir).await?;
-        Ok(names
-            .iter()
-            .filter_map(|n| n.strip_suffix(".arrow")?.parse().ok())
-            .collect())
+        Ok(names.iter().filter_map(|n| version_of(n)).collect())
     }
 
     /// Writes version `batch` and prunes versions before `batch - 1`.
@@ -209,11 +211,11 @@ impl PartitionState {
             .put(&version_path(&self.dir, batch), bytes)
             .await?;
         self.cache.put(&self.dir, batch, Arc::new(rows));
-        for old in self.versions().await? {
-            if old + 1 < batch {
-                self.workspace.delete(&version_path(&self.dir, old)).await?;
-            }
-        }
+        self.workspace
+            .delete_names(&self.dir, |name| {
+                version_of(name).is_some_and(|old| old + 1 < batch)
+            })
+            .await?;
         Ok(size)
     }
 }

@@ -203,6 +203,19 @@ impl Workspace {
         Ok(())
     }
 
+    /// Deletes the files directly below `dir` whose names `doomed` picks;
+    /// returns how many went.
+    pub async fn delete_names(&self, dir: &str, doomed: impl Fn(&str) -> bool) -> Result<usize> {
+        let mut deleted = 0;
+        for name in self.list_names(dir).await? {
+            if doomed(&name) {
+                self.delete(&format!("{dir}/{name}")).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     pub async fn delete(&self, relative: &str) -> Result<()> {
         match self.store.delete(&StorePath::from(relative)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -148,15 +148,13 @@ pub async fn save(ws: &Workspace, progress: &BatchProgress) -> Result<()> {
 
 /// Removes a job's records of batches before `first_kept`.
 pub async fn prune(ws: &Workspace, job: &str, first_kept: u64) -> Result<()> {
-    let dir = progress_dir(job);
-    for name in ws.list_names(&dir).await? {
+    ws.delete_names(&progress_dir(job), |name| {
         let batch = name
             .strip_suffix(".json")
             .and_then(|b| b.parse::<u64>().ok());
-        if batch.is_some_and(|b| b < first_kept) {
-            ws.delete(&format!("{dir}/{name}")).await?;
-        }
-    }
+        batch.is_some_and(|b| b < first_kept)
+    })
+    .await?;
     Ok(())
 }
 
