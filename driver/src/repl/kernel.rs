@@ -177,25 +177,53 @@ enum Publish {
     Flushed(oneshot::Sender<()>),
 }
 
+/// The way to the iopub task.
+#[derive(Clone)]
+struct Iopub(mpsc::UnboundedSender<Publish>);
+
+impl Iopub {
+    fn publish(&self, content: impl Into<JupyterMessageContent>, parent: Option<&JupyterMessage>) {
+        let message = JupyterMessage::new(content.into(), parent);
+        let _ = self.0.send(Publish::Message(Box::new(message)));
+    }
+
+    /// Waits until what was published before is out.
+    async fn flushed(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.0.send(Publish::Flushed(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+/// A failed cell's error, as its `error` output and `execute_reply` carry it.
+fn reply_error(message: &str) -> ReplyError {
+    ReplyError {
+        ename: "Error".to_string(),
+        evalue: message.to_string(),
+        traceback: vec![format!("error: {message}")],
+    }
+}
+
 /// A cell's outputs as iopub messages, children of the request.
 struct NotebookConsole {
-    iopub: mpsc::UnboundedSender<Publish>,
+    iopub: Iopub,
     current: Arc<Mutex<Current>>,
 }
 
 impl NotebookConsole {
     fn send(&self, content: impl Into<JupyterMessageContent>) {
         let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let message = JupyterMessage::new(content.into(), current.parent.as_ref());
-        let _ = self.iopub.send(Publish::Message(Box::new(message)));
+        self.iopub.publish(content, current.parent.as_ref());
     }
 
     fn error(&self, message: &str) {
         self.current.lock().unwrap_or_else(|p| p.into_inner()).error = Some(message.to_string());
+        let error = reply_error(message);
         self.send(ErrorOutput {
-            ename: "Error".to_string(),
-            evalue: message.to_string(),
-            traceback: vec![format!("error: {message}")],
+            ename: error.ename,
+            evalue: error.evalue,
+            traceback: error.traceback,
         });
     }
 
@@ -272,6 +300,7 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
     // One task owns iopub: the outputs of cells in order, and a welcome for
     // each subscriber (JEP 65), so clients know when they may send.
     let (outputs, mut pending) = mpsc::unbounded_channel::<Publish>();
+    let outputs = Iopub(outputs);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -376,24 +405,14 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
 
 struct Kernel {
     repl: Repl,
-    iopub: mpsc::UnboundedSender<Publish>,
+    iopub: Iopub,
     current: Arc<Mutex<Current>>,
     execution_count: usize,
 }
 
 impl Kernel {
     fn publish(&self, content: impl Into<JupyterMessageContent>, parent: &JupyterMessage) {
-        let message = JupyterMessage::new(content.into(), Some(parent));
-        let _ = self.iopub.send(Publish::Message(Box::new(message)));
-    }
-
-    /// Waits until what the request published is out, so that its reply
-    /// follows its outputs, as clients expect.
-    async fn flushed(&self) {
-        let (done, flushed) = oneshot::channel();
-        if self.iopub.send(Publish::Flushed(done)).is_ok() {
-            let _ = flushed.await;
-        }
+        self.iopub.publish(content, Some(parent));
     }
 
     /// Answers one shell request, busy on iopub before it (idle follows
@@ -444,7 +463,8 @@ impl Kernel {
             }
             _ => None,
         };
-        self.flushed().await;
+        // The reply follows the request's outputs, as clients expect.
+        self.iopub.flushed().await;
         reply
     }
 
@@ -483,14 +503,8 @@ impl Kernel {
             execution_count: ExecutionCount::new(count),
             payload: Vec::new(),
             user_expressions: None,
-            error: failed.then(|| {
-                let message = error.unwrap_or_else(|| "the cell failed".to_string());
-                Box::new(ReplyError {
-                    ename: "Error".to_string(),
-                    evalue: message.clone(),
-                    traceback: vec![format!("error: {message}")],
-                })
-            }),
+            error: failed
+                .then(|| Box::new(reply_error(error.as_deref().unwrap_or("the cell failed")))),
         }
         .as_child_of(message)
     }
