@@ -100,19 +100,6 @@ fn create_tables(bootstrap: &str) -> String {
         .join("\n")
 }
 
-/// A result in the REPL's CSV format (arrow's CSV writer with a header).
-fn csv(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
-    let mut out = Vec::new();
-    let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-        .with_header(true)
-        .build(&mut out);
-    for batch in batches {
-        writer.write(batch).unwrap();
-    }
-    drop(writer);
-    String::from_utf8(out).unwrap().trim_end().to_string()
-}
-
 fn errors(seen: &serde_json::Value) -> Vec<String> {
     seen["outputs"]
         .as_array()

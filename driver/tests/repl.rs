@@ -8,7 +8,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use datafusion::prelude::SessionContext;
 use rdkafka::mocking::MockCluster;
 use rexpect::session::{Options, PtySession, spawn_with_options};
 
@@ -282,17 +281,7 @@ async fn a_script_runs_on_the_workers_and_matches_datafusion() {
 /// The query's answer from DataFusion alone over the same records (and
 /// the same countries file), as CSV.
 async fn reference_csv(query: &str, countries: &std::path::Path) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sales.json");
-    let lines: Vec<String> = (0..RECORDS).map(|i| sale(i).to_string()).collect();
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    let ctx = SessionContext::new();
-    ctx.sql(&format!(
-        "CREATE EXTERNAL TABLE sales ({SALES_COLUMNS}) STORED AS JSON LOCATION '{}'",
-        file.display()
-    ))
-    .await
-    .unwrap();
+    let (_records, ctx) = reference_session(0..RECORDS, SALES_COLUMNS).await;
     ctx.sql(&format!(
         "CREATE EXTERNAL TABLE countries STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
         countries.display()
@@ -306,16 +295,7 @@ async fn reference_csv(query: &str, countries: &std::path::Path) -> String {
     .await
     .unwrap();
     let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
-    let mut out = Vec::new();
-    {
-        let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut out);
-        for batch in &batches {
-            writer.write(batch).unwrap();
-        }
-    }
-    String::from_utf8(out).unwrap().trim_end().to_string()
+    csv(&batches)
 }
 
 /// The test's sales (id, customer, revenue) as four Parquet files, a

@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::*;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
-use datafusion::prelude::SessionContext;
 use spate_testkit::{PostgresServer, RedisServer};
 
 const RECORDS: u64 = 3000;
@@ -32,24 +31,8 @@ fn totals_job(bootstrap: &str, sink: &str) -> String {
 
 /// (customer, country) -> (total, sales), as DataFusion computes it alone.
 async fn reference() -> Vec<(String, String, f64, i64)> {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sales.json");
-    let lines: Vec<String> = (0..RECORDS).map(|i| sale(i).to_string()).collect();
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    let ctx = SessionContext::new();
-    ctx.sql(&format!(
-        "CREATE EXTERNAL TABLE sales ({SALES_COLUMNS}) STORED AS JSON LOCATION '{}'",
-        file.display()
-    ))
-    .await
-    .unwrap();
-    let batches = ctx
-        .sql(&format!("{TOTALS} ORDER BY customer, country"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let query = format!("{TOTALS} ORDER BY customer, country");
+    let batches = reference_batches(0..RECORDS, SALES_COLUMNS, &query).await;
     let mut rows = Vec::new();
     for batch in batches {
         let text = |c: usize| {

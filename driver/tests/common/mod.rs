@@ -338,6 +338,17 @@ pub async fn reference_batches(
     columns: &str,
     query: &str,
 ) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let (_records, ctx) = reference_session(records, columns).await;
+    ctx.sql(query).await.unwrap().collect().await.unwrap()
+}
+
+/// DataFusion alone with `records` of `sale` as the table `sales` (`columns`
+/// its DDL column list), and the folder that holds them, which must live
+/// as long as the session reads them.
+pub async fn reference_session(
+    records: std::ops::Range<u64>,
+    columns: &str,
+) -> (tempfile::TempDir, SessionContext) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sales.json");
     let lines: Vec<String> = records.map(|i| sale(i).to_string()).collect();
@@ -349,7 +360,20 @@ pub async fn reference_batches(
     ))
     .await
     .unwrap();
-    ctx.sql(query).await.unwrap().collect().await.unwrap()
+    (dir, ctx)
+}
+
+/// A result in the REPL's CSV format (arrow's CSV writer with a header).
+pub fn csv(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
+    let mut out = Vec::new();
+    let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(&mut out);
+    for batch in batches {
+        writer.write(batch).unwrap();
+    }
+    drop(writer);
+    String::from_utf8(out).unwrap().trim_end().to_string()
 }
 
 /// Runs `query` over a Spate file sink's committed output, registered as `out`.
