@@ -153,7 +153,7 @@ fi
 jupyter_image=${SPATE_JUPYTER_IMAGE:-spate-jupyterlab:latest}
 jupyter_fingerprint=$(
     {
-        cat docker/jupyterlab/Dockerfile
+        cat docker/jupyterlab/Dockerfile docker/jupyterlab/s3.py
         docker image inspect --format '{{.Id}}' "$image"
     } | sha256sum | cut -c1-16
 )
@@ -166,16 +166,17 @@ else
     # installs from them offline. The platform is the image's: Debian
     # bookworm's CPython 3.11 on x86-64 glibc.
     wheels=docker/jupyterlab/wheels
-    if ! [ -f "$wheels/.complete" ]; then
+    packages=(jupyterlab "moto[server]")
+    if [ "$(cat "$wheels/.complete" 2>/dev/null)" != "${packages[*]}" ]; then
         command -v python3 >/dev/null || die "python3 with pip is needed to fetch JupyterLab's wheels"
-        say "downloading JupyterLab's wheels from PyPI into $wheels/"
+        say "downloading the wheels of ${packages[*]} from PyPI into $wheels/"
         rm -rf "$wheels"
         python3 -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
             --implementation cp --python-version 3.11 --platform manylinux_2_28_x86_64 \
             --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-            --dest "$wheels" jupyterlab || die "pip download jupyterlab failed"
-        touch "$wheels/.complete"
-        took "downloading JupyterLab"
+            --dest "$wheels" "${packages[@]}" || die "pip download ${packages[*]} failed"
+        echo "${packages[*]}" > "$wheels/.complete"
+        took "downloading JupyterLab and moto"
     fi
     say "building image $jupyter_image from docker/jupyterlab/"
     mark=$SECONDS

@@ -36,11 +36,13 @@ fi
 
 # PyPI: nbformat validates the notebooks the REPL saves; jupyter_client
 # and nbclient (Jupyter's reference client and notebook runner) drive the
-# Jupyter kernel.
-if ! python3 -c "import nbformat, jupyter_client, nbclient" >/dev/null 2>&1; then
-    say "installing nbformat, jupyter_client and nbclient (pip)"
-    python3 -m pip install --quiet nbformat jupyter_client nbclient 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages nbformat jupyter_client nbclient
+# Jupyter kernel; moto's server is the S3-protocol store of the S3
+# workspace tests.
+pypi=(nbformat jupyter_client nbclient "moto[server]")
+if ! python3 -c "import nbformat, jupyter_client, nbclient, moto.server, boto3" >/dev/null 2>&1; then
+    say "installing ${pypi[*]} (pip)"
+    python3 -m pip install --quiet "${pypi[@]}" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "${pypi[@]}"
 fi
 
 say "cargo test --workspace $*"

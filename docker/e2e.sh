@@ -160,13 +160,14 @@ else
     export SPATE_UID SPATE_GID
 fi
 # Free host ports, so that parallel runs (and a cluster on 8080) do not clash.
-read -r ui_port master_port redis_port postgres_port jupyter_port < <(python3 -c '
+read -r ui_port master_port redis_port postgres_port jupyter_port s3_port < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
 export SPATE_WORKSPACE_DIR=$workspace SPATE_UI_PORT=$ui_port SPATE_MASTER_PORT=$master_port \
-    SPATE_REDIS_PORT=$redis_port SPATE_POSTGRES_PORT=$postgres_port SPATE_JUPYTER_PORT=$jupyter_port
+    SPATE_REDIS_PORT=$redis_port SPATE_POSTGRES_PORT=$postgres_port SPATE_JUPYTER_PORT=$jupyter_port \
+    SPATE_S3_PORT=$s3_port
 # A dead worker is noticed sooner than the default 10 s.
 export SPATE_WORKER_TIMEOUT=4
 
@@ -309,8 +310,33 @@ read -r committed1 rows1 <<<"$last"
 ok "after the kill the job stayed RUNNING: batches $batches0 -> $batches1, input rows $input0 -> $input1, committed batches $committed0 -> $committed1"
 ok "all $committed1 committed manifests ($rows1 rows) name files that exist"
 
-# 7. Down, and nothing of the project left behind.
-"${compose[@]}" down --volumes --remove-orphans --timeout 10 2>&1 | sed 's/^/  /'
+# 7. The workspace on S3 (docker/compose.s3.yml): moto's server as the s3
+# service, and master and workers recreated on its bucket, sharing no folder.
+compose_s3=("${compose[@]}" --file docker/compose.s3.yml)
+"${compose_s3[@]}" up --detach --scale worker=2 2>&1 | sed 's/^/  /'
+wait_for "2 workers ALIVE on the S3 workspace" check alive 2
+out=$("${compose_s3[@]}" exec -T master driver submit /workspace/jobs/$job.sql 2>&1) ||
+    fail "driver submit on the S3 workspace: $out"
+wait_for "job $job committing on the S3 workspace" check job "$job" 3 1
+read -r _ batches input <<<"$last"
+read -r -d '' bucket <<'PYTHON' || true
+import boto3
+s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1",
+                  aws_access_key_id="spate", aws_secret_access_key="spate")
+keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+    Bucket="spate", Prefix="workspace/output/sales_filter/") for o in page.get("Contents", [])]
+parts = sum(k.endswith(".parquet") for k in keys)
+manifests = sum("/_spate/manifests/" in k for k in keys)
+print(parts, manifests)
+assert parts > 0 and manifests > 0, keys
+PYTHON
+bucket_objects() { "${compose_s3[@]}" exec -T s3 /opt/s3/bin/python3 -c "$bucket"; }
+wait_for "sink objects in the bucket" bucket_objects
+read -r parts manifests <<<"$last"
+ok "on s3://spate/workspace the job ran $batches batches ($input input rows); the bucket holds $parts Parquet parts and $manifests manifests"
+
+# 8. Down, and nothing of the project left behind.
+"${compose_s3[@]}" down --volumes --remove-orphans --timeout 10 2>&1 | sed 's/^/  /'
 left=$(
     docker ps -aq --filter "label=com.docker.compose.project=$project"
     docker network ls -q --filter "label=com.docker.compose.project=$project"

@@ -30,8 +30,12 @@ jupyterlab)
     # Jupyter's /api answers without the token once the server is up.
     exec python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/api', timeout=5)"
     ;;
+s3)
+    # The workspace's bucket answers (moto's server makes it at start).
+    exec python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/spate', timeout=5)"
+    ;;
 *)
-    echo "usage: spate-healthcheck master|worker|broker|redis|postgres|jupyterlab" >&2
+    echo "usage: spate-healthcheck master|worker|broker|redis|postgres|jupyterlab|s3" >&2
     exit 2
     ;;
 esac

@@ -15,9 +15,9 @@ use crate::repl::{Reply, collect_replies};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// The workspace the cluster shares.
+    /// The workspace the cluster shares: a folder or s3://bucket/prefix.
     #[arg(long, env = "SPATE_WORKSPACE", default_value = "workspace")]
-    workspace: PathBuf,
+    workspace: spate_engine::WorkspaceLocation,
     /// The job to run.
     #[arg(long, default_value = "workspace/jobs/sales_filter.sql")]
     job: PathBuf,

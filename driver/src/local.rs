@@ -3,8 +3,8 @@
 //! The demo and the REPL's default both run on it.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
+use spate_engine::WorkspaceLocation;
 use spate_engine::kafka::DevBroker;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,7 +25,7 @@ pub struct LocalCluster {
 
 /// What to start.
 pub struct LocalOptions<'a> {
-    pub workspace: &'a Path,
+    pub workspace: &'a WorkspaceLocation,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub workers: u32,

@@ -34,12 +34,30 @@ const SINK_QUERY: &str = "SELECT id, customer, revenue_cents, country, ts FROM o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart() {
-    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
-    let mut master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    spine(ws.path()).await;
+}
+
+/// The same on a real S3-protocol server: no shared folder, no rename,
+/// the logs' exclusive creates as conditional PUTs; the sink read back
+/// through the S3 API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_job_is_exactly_once_on_an_s3_workspace() {
+    let ws = S3Workspace::start();
+    spine(&ws).await;
+    let listed = ws.open().list_names("output/filtered").await.unwrap();
+    assert!(
+        listed.iter().any(|name| name.ends_with(".parquet")),
+        "{listed:?}"
+    );
+}
+
+async fn spine(ws: &(impl TestWorkspace + ?Sized)) {
+    let (_kafka, bootstrap) = sales_kafka();
+    let mut master = start_master(ws, "127.0.0.1:0", &[]);
     let url = master.url();
-    let _w1 = start_worker(&url, ws.path(), "w1");
-    let _w2 = start_worker(&url, ws.path(), "w2");
+    let _w1 = start_worker(&url, ws, "w1");
+    let _w2 = start_worker(&url, ws, "w2");
 
     produce_sales(&bootstrap, "sales", 0..4000, 4).await;
     let id = submit(&url, "filtered", &filter_job(&bootstrap))
@@ -105,7 +123,7 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
     // Kill the master mid-stream; more records arrive while it is down.
     master.proc.kill();
     produce_sales(&bootstrap, "sales", 4000..8000, 4).await;
-    let master = start_master(ws.path(), &master.grpc, &[]);
+    let master = start_master(ws, &master.grpc, &[]);
     let url = master.url();
     wait_for_input_rows(&url, &id, 8000).await;
     let resumed = job(&url, &id).await.unwrap();
@@ -115,19 +133,12 @@ async fn filter_job_is_exactly_once_on_worker_processes_across_a_master_restart(
         "no record is read twice: {resumed:?}"
     );
 
-    let got = query_sink(
-        ws.path(),
-        "output/filtered/",
-        OUT_COLUMNS,
-        "PARQUET",
-        SINK_QUERY,
-    )
-    .await;
+    let got = query_sink(ws, "output/filtered/", OUT_COLUMNS, "PARQUET", SINK_QUERY).await;
     let want = reference(0..8000, SALES_COLUMNS, REFERENCE_QUERY).await;
     assert_eq!(got, want);
     // Every row sits where its record was produced: record i is offset i/4 of partition i%4.
     let misplaced = query_sink(
-        ws.path(),
+        ws,
         "output/filtered/",
         OUT_COLUMNS,
         "PARQUET",

@@ -46,7 +46,10 @@ async fn worker_state(url: &str, id: &str) -> Option<WorkerState> {
         .map(|w| w.state())
 }
 
-async fn assert_sink_equals_reference(ws: &std::path::Path, records: std::ops::Range<u64>) {
+async fn assert_sink_equals_reference(
+    ws: &(impl TestWorkspace + ?Sized),
+    records: std::ops::Range<u64>,
+) {
     let got = query_sink(ws, "output/filtered/", FILTER_OUT, "PARQUET", FILTER_SINK).await;
     let want = reference(records, SALES_COLUMNS, FILTER_REFERENCE).await;
     assert_same_rows(&got, &want);
@@ -190,10 +193,22 @@ async fn a_kill_during_a_long_batch_frees_the_slots_and_a_resubmit_resumes_with_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_masters_on_one_workspace_leave_one_controller_and_every_row_once() {
-    let (_kafka, bootstrap) = sales_kafka();
     let ws = tempfile::tempdir().unwrap();
-    let first = start_master(ws.path(), "127.0.0.1:0", &[]);
-    let _workers = start_workers(&first.url(), ws.path(), &["w1", "w2"]);
+    two_masters(ws.path()).await;
+}
+
+/// The same on S3, where one writer per log entry is a conditional PUT
+/// (`If-None-Match: *`) that the server refuses to the second master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_on_one_s3_workspace_leave_one_controller_and_every_row_once() {
+    let ws = S3Workspace::start();
+    two_masters(&ws).await;
+}
+
+async fn two_masters(ws: &(impl TestWorkspace + ?Sized)) {
+    let (_kafka, bootstrap) = sales_kafka();
+    let first = start_master(ws, "127.0.0.1:0", &[]);
+    let _workers = start_workers(&first.url(), ws, &["w1", "w2"]);
     produce_sales(&bootstrap, "sales", 0..2000, 4).await;
     let id = submit(&first.url(), "filtered", &filter_job(&bootstrap))
         .await
@@ -205,8 +220,8 @@ async fn two_masters_on_one_workspace_leave_one_controller_and_every_row_once() 
 
     // A second master on the same workspace resumes the job it finds
     // recorded as running, with a worker of its own.
-    let second = start_master(ws.path(), "127.0.0.1:0", &[]);
-    let _w3 = start_worker(&second.url(), ws.path(), "w3");
+    let second = start_master(ws, "127.0.0.1:0", &[]);
+    let _w3 = start_worker(&second.url(), ws, "w3");
     produce_sales(&bootstrap, "sales", 2000..4000, 4).await;
     let masters = [first.url(), second.url()];
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -235,5 +250,5 @@ async fn two_masters_on_one_workspace_leave_one_controller_and_every_row_once() 
     };
     wait_for_input_rows(&winner, &id, 4000).await;
     assert_eq!(job(&winner, &id).await.unwrap().state(), JobState::Running);
-    assert_sink_equals_reference(ws.path(), 0..4000).await;
+    assert_sink_equals_reference(ws, 0..4000).await;
 }

@@ -17,14 +17,25 @@ const RECORDS: u64 = 300;
 
 /// A REPL with its own cluster, reading Kafka at `bootstrap`.
 fn repl_command(workspace: &std::path::Path, bootstrap: &str) -> Command {
+    repl_command_on(workspace, workspace, bootstrap)
+}
+
+/// As `repl_command`, on `workspace`, its history and notebooks in `local`.
+fn repl_command_on(
+    workspace: &(impl TestWorkspace + ?Sized),
+    local: &std::path::Path,
+    bootstrap: &str,
+) -> Command {
     let mut command = Command::new(bin("driver"));
     command
         .args(["repl", "--bind", "127.0.0.1:0", "--ui-bind", "127.0.0.1:0"])
         .args(["--bootstrap", bootstrap])
         .arg("--workspace")
-        .arg(workspace)
+        .arg(workspace.arg())
+        .envs(workspace.env())
+        .current_dir(local)
         .arg("--history")
-        .arg(workspace.join("history"))
+        .arg(local.join("history"))
         .env("NO_COLOR", "1")
         .env("TERM", "xterm")
         .env("RUST_LOG", "error");
@@ -189,28 +200,26 @@ fn cell_output(stdout: &str, n: usize) -> String {
     out.join("\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_script_runs_on_the_workers_and_matches_datafusion() {
-    let kafka = MockCluster::new(1).unwrap();
-    kafka.create_topic("sales", 3, 1).unwrap();
-    let bootstrap = kafka.bootstrap_servers();
-    produce_sales(&bootstrap, "sales", 0..RECORDS, 3).await;
-    let ws = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(ws.path().join("data")).unwrap();
+/// A script's queries: over a topic, a CSV file, Parquet files and a join.
+const SCRIPT_QUERIES: [&str; 6] = [
+    "SELECT country, count(*) AS n, sum(revenue) AS revenue FROM sales GROUP BY country ORDER BY country",
+    "SELECT id, customer, revenue FROM sales WHERE revenue > 450 ORDER BY revenue DESC, id LIMIT 7",
+    "SELECT count(*) AS n, min(\"timestamp\") AS first, max(id) AS last FROM sales",
+    "SELECT c.name, count(*) AS n FROM sales s JOIN countries c ON s.country = c.code GROUP BY c.name ORDER BY n DESC, c.name",
+    "SELECT customer, count(*) AS n, sum(revenue) AS revenue FROM sales_parquet GROUP BY customer ORDER BY customer",
+    "SELECT count(*) AS n, sum(id) AS ids FROM sales_parquet",
+];
+
+/// Writes the script's files below `dir`: data/countries.csv and
+/// data/sales_parquet/, and the script itself as script.sql.
+fn write_script(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::write(
-        ws.path().join("data/countries.csv"),
+        dir.join("data/countries.csv"),
         "code,name\nUS,United States\nDE,Germany\nFR,France\nGB,United Kingdom\n",
     )
     .unwrap();
-    write_parquet_sales(&ws.path().join("data/sales_parquet"));
-    let queries = [
-        "SELECT country, count(*) AS n, sum(revenue) AS revenue FROM sales GROUP BY country ORDER BY country",
-        "SELECT id, customer, revenue FROM sales WHERE revenue > 450 ORDER BY revenue DESC, id LIMIT 7",
-        "SELECT count(*) AS n, min(\"timestamp\") AS first, max(id) AS last FROM sales",
-        "SELECT c.name, count(*) AS n FROM sales s JOIN countries c ON s.country = c.code GROUP BY c.name ORDER BY n DESC, c.name",
-        "SELECT customer, count(*) AS n, sum(revenue) AS revenue FROM sales_parquet GROUP BY customer ORDER BY customer",
-        "SELECT count(*) AS n, sum(id) AS ids FROM sales_parquet",
-    ];
+    write_parquet_sales(&dir.join("data/sales_parquet"));
     let script = format!(
         "-- a script: DDL, commands and queries\n\
          CREATE EXTERNAL TABLE sales ({SALES_COLUMNS})\n  STORED AS KAFKA LOCATION 'sales' OPTIONS ('format' 'json');\n\
@@ -218,15 +227,15 @@ async fn a_script_runs_on_the_workers_and_matches_datafusion() {
          CREATE EXTERNAL TABLE sales_parquet STORED AS PARQUET LOCATION 'data/sales_parquet/';\n\
          \\d sales\n\
          {};\n",
-        queries.join(";\n")
+        SCRIPT_QUERIES.join(";\n")
     );
-    let file = ws.path().join("script.sql");
+    let file = dir.join("script.sql");
     std::fs::write(&file, script).unwrap();
-    let ran = repl_command(ws.path(), &bootstrap)
-        .args(["--format", "csv", "-f"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    file
+}
+
+/// Checks what the script in `dir` printed against DataFusion over the same data.
+async fn check_script_output(ran: &std::process::Output, dir: &std::path::Path) {
     let stdout = String::from_utf8_lossy(&ran.stdout);
     assert!(
         ran.status.success(),
@@ -237,14 +246,72 @@ async fn a_script_runs_on_the_workers_and_matches_datafusion() {
         cell_output(&stdout, 4).contains("revenue,Float64"),
         "{stdout}"
     );
-    for (index, query) in queries.iter().enumerate() {
-        let reference = reference_csv(query, &ws.path().join("data/countries.csv")).await;
+    for (index, query) in SCRIPT_QUERIES.iter().enumerate() {
+        let reference = reference_csv(query, &dir.join("data/countries.csv")).await;
         assert_eq!(
             cell_output(&stdout, index + 5),
             reference,
             "query {query}\n{stdout}"
         );
     }
+}
+
+async fn sales_topic() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let kafka = MockCluster::new(1).unwrap();
+    kafka.create_topic("sales", 3, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+    produce_sales(&bootstrap, "sales", 0..RECORDS, 3).await;
+    (kafka, bootstrap)
+}
+
+/// The script's tables on an S3-protocol server: the REPL's own cluster
+/// reads the CSV and Parquet files through the S3 API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_over_an_s3_workspace_matches_datafusion() {
+    let (_kafka, bootstrap) = sales_topic().await;
+    let local = tempfile::tempdir().unwrap();
+    let file = write_script(local.path());
+    let s3 = S3Workspace::start();
+    let ws = s3.open();
+    for name in ["countries.csv", "sales_parquet"] {
+        let path = local.path().join("data").join(name);
+        let files: Vec<std::path::PathBuf> = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        } else {
+            vec![path]
+        };
+        for f in files {
+            let relative = f.strip_prefix(local.path()).unwrap().to_str().unwrap();
+            ws.put(relative, std::fs::read(&f).unwrap()).await.unwrap();
+        }
+    }
+    let ran = repl_command_on(&s3, local.path(), &bootstrap)
+        .args(["--format", "csv", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    check_script_output(&ran, local.path()).await;
+    // The session's cluster keeps its own files in the bucket too.
+    assert!(!ws.list_names("_spate").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_runs_on_the_workers_and_matches_datafusion() {
+    let (_kafka, bootstrap) = sales_topic().await;
+    let ws = tempfile::tempdir().unwrap();
+    let file = write_script(ws.path());
+    let ran = repl_command(ws.path(), &bootstrap)
+        .args(["--format", "csv", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    check_script_output(&ran, ws.path()).await;
 
     // A saved notebook runs again, cell by cell.
     std::fs::write(

@@ -37,7 +37,7 @@ use crate::checkpoint::Writer;
 use crate::error::{EngineError, Result};
 use crate::sink::{Attempt, Committing, Sink, SinkPart};
 use crate::stateful::OutputMode;
-use crate::workspace::Workspace;
+use crate::workspace::{EntryKind, Workspace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -416,9 +416,10 @@ pub async fn read_committed_batch(
     let urls = manifest
         .files
         .iter()
-        .map(|f| ListingTableUrl::parse(ws.absolute(f).to_string_lossy()))
-        .collect::<DfResult<Vec<_>>>()?;
+        .map(|f| ws.table_url(f, EntryKind::File))
+        .collect::<Result<Vec<_>>>()?;
     let ctx = SessionContext::new();
+    ws.register_in(ctx.runtime_env().as_ref());
     let options =
         ListingOptions::new(format.datafusion_format()?).with_file_extension(format.extension());
     let config = ListingTableConfig::new_with_multi_paths(urls)
@@ -517,24 +518,17 @@ impl WorkspaceTable {
         state: &dyn Session,
         schema: Option<SchemaRef>,
     ) -> DfResult<Option<ListingTable>> {
-        let root = self.workspace.root();
-        let urls: Vec<ListingTableUrl> = match committed_files(&self.workspace, &self.dir).await? {
+        let ws = &self.workspace;
+        let urls: Vec<ListingTableUrl> = match committed_files(ws, &self.dir).await? {
             Some(files) if files.is_empty() => return Ok(None),
             Some(files) => files
                 .iter()
-                .map(|f| ListingTableUrl::parse(root.join(f).to_string_lossy()))
-                .collect::<DfResult<_>>()?,
-            None => {
-                let path = root.join(&self.dir);
-                if !path.exists() {
-                    return Ok(None);
-                }
-                let mut url = path.to_string_lossy().into_owned();
-                if path.is_dir() && !url.ends_with('/') {
-                    url.push('/');
-                }
-                vec![ListingTableUrl::parse(url)?]
-            }
+                .map(|f| ws.table_url(f, EntryKind::File))
+                .collect::<Result<_>>()?,
+            None => match ws.entry_kind(&self.dir).await? {
+                None => return Ok(None),
+                Some(kind) => vec![ws.table_url(&self.dir, kind)?],
+            },
         };
         let options = ListingOptions::new(self.format.datafusion_format()?)
             .with_file_extension(self.format.extension());
@@ -758,10 +752,11 @@ mod tests {
     }
 
     fn names(ws: &Workspace) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(ws.absolute(&manifests_dir("out")))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            std::fs::read_dir(ws.local_root().unwrap().join(manifests_dir("out")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
         names.sort();
         names
     }

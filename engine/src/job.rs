@@ -320,6 +320,7 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
         .with_optimizer_rules(optimizer_rules)
         .with_analyzer_rule(Arc::new(ExpandSlidingWindows))
         .build();
+    env.workspace.register_in(state.runtime_env());
     let ctx = SessionContext::new_with_state(state);
     for udf in windows::udfs() {
         ctx.register_udf(udf);

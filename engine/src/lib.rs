@@ -29,7 +29,7 @@ pub mod workspace;
 use serde::{Deserialize, Serialize};
 
 pub use error::{EngineError, ErrorKind, Result};
-pub use workspace::Workspace;
+pub use workspace::{Workspace, WorkspaceLocation};
 
 /// An exact range of one Kafka partition: offsets `[start, end)`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -5,7 +5,6 @@
 //! overwrites a file that a committed manifest names.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
@@ -139,11 +138,11 @@ pub async fn run_task(
 /// costs more than a small task's work. Tasks share it safely: they
 /// register nothing in it, and each runs with a task context of its own.
 fn task_session(ws: &Workspace) -> SessionContext {
-    static SESSIONS: LazyLock<Mutex<HashMap<PathBuf, SessionContext>>> =
+    static SESSIONS: LazyLock<Mutex<HashMap<String, SessionContext>>> =
         LazyLock::new(Mutex::default);
     let mut sessions = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
     sessions
-        .entry(ws.root().to_path_buf())
+        .entry(ws.location().to_string())
         .or_insert_with(|| session(&PlanEnv::new(ws.clone(), String::new())))
         .clone()
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use spate_engine::job::{PlanEnv, PlannedJob, plan_job};
 use spate_engine::kafka::KafkaAdmin;
-use spate_engine::{EngineError, Workspace};
+use spate_engine::{EngineError, Workspace, WorkspaceLocation};
 use spate_proto::auth::RequireSecret;
 use spate_proto::client_service_server::ClientServiceServer;
 use spate_proto::worker_service_server::WorkerServiceServer;
@@ -44,7 +44,7 @@ pub struct MasterConfig {
     pub grpc_addr: SocketAddr,
     /// Web UI and REST API.
     pub http_addr: SocketAddr,
-    pub workspace: PathBuf,
+    pub workspace: WorkspaceLocation,
     /// A worker silent this long is DEAD.
     pub heartbeat_timeout: Duration,
     /// What workers are told to use between heartbeats.
@@ -99,7 +99,7 @@ impl Limits {
 impl MasterConfig {
     /// The settings of defaults.toml (and the environment) for a master
     /// of `workspace`.
-    pub fn new(workspace: impl Into<PathBuf>) -> Self {
+    pub fn new(workspace: impl Into<WorkspaceLocation>) -> Self {
         let settings = spate_config::settings();
         let addr = |text: &str, fallback: SocketAddr| text.parse().unwrap_or(fallback);
         MasterConfig {
@@ -203,6 +203,7 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// records as running, and serves until shut down.
 pub async fn start(mut config: MasterConfig) -> Result<MasterHandle> {
     let ws = Workspace::open(&config.workspace)?;
+    ws.probe().await?;
     let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
     let grpc_listener = bind(config.grpc_addr).await?;
     let http_listener = bind(config.http_addr).await?;

@@ -16,9 +16,10 @@ struct Args {
     /// Web UI and REST API address.
     #[arg(long, env = "SPATE_UI_BIND", default_value = "0.0.0.0:8080")]
     ui_bind: SocketAddr,
-    /// The shared workspace (the simulated DFS) every worker also mounts.
+    /// The shared workspace every worker also uses: a folder all mount at
+    /// the same path, or s3://bucket/prefix (with the AWS_* variables).
     #[arg(long, env = "SPATE_WORKSPACE", default_value = "workspace")]
-    workspace: PathBuf,
+    workspace: spate_engine::WorkspaceLocation,
     /// Seconds without a heartbeat after which a worker is DEAD.
     #[arg(long, env = "SPATE_WORKER_TIMEOUT", default_value_t = 10.0)]
     worker_timeout: f64,
@@ -45,7 +46,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,datafusion=warn".into()),
+                .unwrap_or_else(|_| "info,datafusion=warn,object_store=warn".into()),
         )
         .init();
     let args = Args::parse();

@@ -326,8 +326,12 @@ async fn reference(
     watermark_ms: i64,
 ) -> Vec<String> {
     let ctx = job::session(&PlanEnv::new(ws.clone(), ""));
-    std::fs::create_dir_all(ws.root().join("reference")).unwrap();
-    std::fs::write(ws.root().join("reference/records.json"), records.join("\n")).unwrap();
+    std::fs::create_dir_all(ws.local_root().unwrap().join("reference")).unwrap();
+    std::fs::write(
+        ws.local_root().unwrap().join("reference/records.json"),
+        records.join("\n"),
+    )
+    .unwrap();
     ctx.sql(&format!(
         "CREATE EXTERNAL TABLE {} {} STORED AS JSON LOCATION 'reference/'",
         source.topic, source.columns

@@ -1,5 +1,5 @@
-//! Real Redis and PostgreSQL servers for Spate's sink tests and
-//! benchmarks, from Debian's packages (`./test.sh` installs them), on free
+//! Real Redis, PostgreSQL and S3-protocol servers for Spate's tests and
+//! benchmarks, from Debian's packages and PyPI (`./test.sh` installs them), on free
 //! loopback ports, stopped when dropped; and TLS certificates for tests of
 //! a master that serves TLS.
 
@@ -213,5 +213,90 @@ impl Drop for PostgresServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// An S3-protocol server (moto's, from PyPI: `./test.sh` installs it) on a
+/// free loopback port, with one empty bucket. It lives while its stdin is
+/// open, so it ends with the test even when the test is killed.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+/// Starts the server, makes the bucket, and says so on stdout.
+const MOTO: &str = r#"
+import logging, sys, boto3
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+port, bucket = int(sys.argv[1]), sys.argv[2]
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+server.start()
+boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+             aws_access_key_id="spate", aws_secret_access_key="spate").create_bucket(Bucket=bucket)
+print("ready", flush=True)
+sys.stdin.read()
+server.stop()
+"#;
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        use std::io::BufRead;
+        let port = free_port();
+        let bucket = "spate".to_string();
+        let mut child = Command::new("python3")
+            .args(["-c", MOTO, &port.to_string(), &bucket])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is needed for the S3 server: ./test.sh installs it");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "moto's S3 server did not start: pip install 'moto[server]' (./test.sh installs it)"
+        );
+        S3Server {
+            child,
+            port,
+            bucket,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The standard AWS variables that point a process at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", self.endpoint()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", "spate".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "spate".to_string()),
+        ]
+    }
+
+    /// A client of this server, through the S3 API, configured as `env` says.
+    pub fn client(&self) -> object_store::aws::AmazonS3Builder {
+        self.env().into_iter().fold(
+            object_store::aws::AmazonS3Builder::new(),
+            |builder, (key, value)| builder.with_config(key.to_lowercase().parse().unwrap(), value),
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -13,7 +13,7 @@ use futures::FutureExt;
 use rand::Rng;
 use spate_engine::state::StateCache;
 use spate_engine::task::run_task;
-use spate_engine::{EngineError, Workspace, wire};
+use spate_engine::{EngineError, Workspace, WorkspaceLocation, wire};
 use spate_proto::auth::WithSecret;
 use spate_proto::dial;
 use spate_proto::worker_service_client::WorkerServiceClient;
@@ -65,14 +65,14 @@ pub struct WorkerConfig {
     pub memory_bytes: u64,
     /// The state cache's limit.
     pub state_memory_bytes: u64,
-    pub workspace: PathBuf,
+    pub workspace: WorkspaceLocation,
     pub secret: String,
     /// The CA that signed the master's certificate, for https:// masters.
     pub tls_ca: Option<PathBuf>,
 }
 
 impl WorkerConfig {
-    pub fn new(master_url: impl Into<String>, workspace: impl Into<PathBuf>) -> Self {
+    pub fn new(master_url: impl Into<String>, workspace: impl Into<WorkspaceLocation>) -> Self {
         let settings = spate_config::settings();
         WorkerConfig {
             master_url: master_url.into(),
@@ -105,8 +105,10 @@ pub async fn run(
         .thread_name("spate-task")
         .enable_all()
         .build()?;
+    let ws = Workspace::open(&config.workspace)?;
+    ws.probe().await?;
     let env = TaskEnv {
-        ws: Workspace::open(&config.workspace)?,
+        ws,
         state: Arc::new(StateCache::with_limit(config.state_memory_bytes as usize)),
         runtime: runtime.handle().clone(),
     };

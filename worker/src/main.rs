@@ -25,9 +25,10 @@ struct Args {
     /// least recently used partitions are read back from the workspace.
     #[arg(long, env = "SPATE_WORKER_STATE_MEMORY_MB", default_value_t = settings().worker.state_memory_mb)]
     state_memory_mb: u64,
-    /// The shared workspace, mounted at the same place as the master's.
-    #[arg(long, env = "SPATE_WORKSPACE", default_value_t = settings().workspace.clone())]
-    workspace: String,
+    /// The shared workspace: the master's folder, mounted at the same
+    /// place, or its s3://bucket/prefix (with the AWS_* variables).
+    #[arg(long, env = "SPATE_WORKSPACE", default_value = settings().workspace.as_str())]
+    workspace: spate_engine::WorkspaceLocation,
     /// This worker's id (default: a random one).
     #[arg(long, env = "SPATE_WORKER_ID")]
     id: Option<String>,
@@ -45,11 +46,11 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,datafusion=warn".into()),
+                .unwrap_or_else(|_| "info,datafusion=warn,object_store=warn".into()),
         )
         .init();
     let args = Args::parse();
-    let mut config = spate_worker::WorkerConfig::new(args.master, PathBuf::from(args.workspace));
+    let mut config = spate_worker::WorkerConfig::new(args.master, args.workspace);
     if args.slots > 0 {
         config.slots = args.slots;
     }

@@ -81,7 +81,7 @@ struct InstallArgs {
     master: Option<String>,
     /// The workspace the kernel saves notebooks in (and its own cluster uses).
     #[arg(long)]
-    workspace: Option<PathBuf>,
+    workspace: Option<spate_engine::WorkspaceLocation>,
 }
 
 pub async fn run(args: KernelArgs) -> Result<(), DriverError> {
@@ -139,8 +139,15 @@ fn write_kernelspec(folder: &Path, install: &InstallArgs) -> Result<(), DriverEr
         argv.extend(["--master".to_string(), master.clone()]);
     }
     if let Some(workspace) = &install.workspace {
-        let workspace = std::path::absolute(workspace).unwrap_or_else(|_| workspace.clone());
-        argv.extend(["--workspace".to_string(), workspace.display().to_string()]);
+        // The kernel starts in the notebook's folder: a local workspace is absolute.
+        let workspace = match workspace.local_root() {
+            Some(root) => std::path::absolute(root)
+                .unwrap_or_else(|_| root.to_path_buf())
+                .display()
+                .to_string(),
+            None => workspace.to_string(),
+        };
+        argv.extend(["--workspace".to_string(), workspace]);
     }
     let spec = json!({
         "argv": argv,
@@ -360,7 +367,7 @@ async fn serve(info: &ConnectionInfo, cluster_args: &ClusterArgs) -> Result<(), 
     };
     let mut repl = Repl::new(
         client,
-        &cluster_args.workspace,
+        &cluster_args.workspace.client_folder(),
         OutputFormat::Table,
         Box::new(console),
         Interrupt::Message(interrupt),

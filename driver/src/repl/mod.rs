@@ -52,10 +52,11 @@ pub struct ClusterArgs {
     pub secret: String,
     #[command(flatten)]
     pub tls: crate::TlsArgs,
-    /// The workspace: notebooks are saved under its notebooks/ folder, and
-    /// the session's own cluster shares it.
+    /// The workspace the session's own cluster shares: a folder or
+    /// s3://bucket/prefix. Notebooks are saved under its notebooks/ folder
+    /// (the current directory's, on S3).
     #[arg(long, env = "SPATE_WORKSPACE", default_value = "workspace")]
-    pub workspace: PathBuf,
+    pub workspace: spate_engine::WorkspaceLocation,
     /// Kafka that Kafka tables without 'bootstrap.servers' use (the session's own cluster).
     #[arg(long, env = "SPATE_KAFKA_BOOTSTRAP", default_value = "localhost:9092")]
     pub bootstrap: String,
@@ -82,7 +83,7 @@ impl ClusterArgs {
     pub fn log_file(&self) -> Option<PathBuf> {
         self.master
             .is_none()
-            .then(|| self.workspace.join("_spate/logs/repl.log"))
+            .then(|| self.workspace.client_folder().join("_spate/logs/repl.log"))
     }
 
     /// Connects to `--master`, or starts the session's own cluster and
@@ -141,7 +142,7 @@ pub async fn run(args: ReplArgs) -> Result<(), DriverError> {
     let interactive = args.file.is_none();
     let mut repl = Repl::new(
         client,
-        &args.cluster.workspace,
+        &args.cluster.workspace.client_folder(),
         args.format,
         Box::new(Terminal { echo: !interactive }),
         Interrupt::CtrlC,

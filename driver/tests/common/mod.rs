@@ -29,6 +29,63 @@ pub fn sales_kafka() -> (
     (kafka, bootstrap)
 }
 
+/// Where a test's cluster keeps its workspace: a local folder, or a prefix
+/// of a bucket on a real S3-protocol server.
+pub trait TestWorkspace {
+    /// `--workspace` of Spate's processes.
+    fn arg(&self) -> String;
+    /// What else those processes need to reach it.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// The workspace, opened in the test (an S3 one through the S3 API).
+    fn open(&self) -> spate_engine::Workspace;
+}
+
+impl TestWorkspace for Path {
+    fn arg(&self) -> String {
+        self.display().to_string()
+    }
+
+    fn open(&self) -> spate_engine::Workspace {
+        spate_engine::Workspace::open(self).unwrap()
+    }
+}
+
+/// A workspace below `prefix` in the bucket of a moto S3 server.
+pub struct S3Workspace {
+    pub server: spate_testkit::S3Server,
+    pub prefix: String,
+}
+
+impl S3Workspace {
+    pub fn start() -> Self {
+        S3Workspace {
+            server: spate_testkit::S3Server::start(),
+            prefix: "team/workspace".to_string(),
+        }
+    }
+}
+
+impl TestWorkspace for S3Workspace {
+    fn arg(&self) -> String {
+        format!("s3://{}/{}", self.server.bucket, self.prefix)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        self.server.env()
+    }
+
+    fn open(&self) -> spate_engine::Workspace {
+        spate_engine::Workspace::open_s3(
+            self.server.client(),
+            self.server.bucket.clone(),
+            self.prefix.clone(),
+        )
+        .unwrap()
+    }
+}
+
 /// A binary of this workspace, built by `cargo test --workspace`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -63,15 +120,22 @@ impl Drop for Proc {
 
 /// Starts a binary and returns it with the first stdout line that contains `ready`.
 fn spawn_until(name: &str, args: &[String], ready: &str) -> (Proc, String) {
-    spawn_logged(name, args, ready, None)
+    spawn_logged(name, args, &[], ready, None)
 }
 
 /// As `spawn_until`; with `log`, everything the process prints (stdout and
 /// stderr, at RUST_LOG=info) goes to that file too.
-fn spawn_logged(name: &str, args: &[String], ready: &str, log: Option<&Path>) -> (Proc, String) {
+fn spawn_logged(
+    name: &str,
+    args: &[String],
+    env: &[(&'static str, String)],
+    ready: &str,
+    log: Option<&Path>,
+) -> (Proc, String) {
     let mut command = Command::new(bin(name));
     command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "warn,spate_master=info,spate_worker=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -135,13 +199,17 @@ impl MasterProc {
 }
 
 /// Starts `master` on `grpc` (use "127.0.0.1:0" for any port).
-pub fn start_master(workspace: &Path, grpc: &str, extra: &[&str]) -> MasterProc {
+pub fn start_master(
+    workspace: &(impl TestWorkspace + ?Sized),
+    grpc: &str,
+    extra: &[&str],
+) -> MasterProc {
     start_master_logged(workspace, grpc, extra, None)
 }
 
 /// As `start_master`, its output kept in `log`.
 pub fn start_master_logged(
-    workspace: &Path,
+    workspace: &(impl TestWorkspace + ?Sized),
     grpc: &str,
     extra: &[&str],
     log: Option<&Path>,
@@ -152,12 +220,12 @@ pub fn start_master_logged(
         "--ui-bind".to_string(),
         "127.0.0.1:0".to_string(),
         "--workspace".to_string(),
-        workspace.display().to_string(),
+        workspace.arg(),
         "--worker-timeout".to_string(),
         "3".to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let (proc, line) = spawn_logged("master", &args, "spate master:", log);
+    let (proc, line) = spawn_logged("master", &args, &workspace.env(), "spate master:", log);
     // "spate master: gRPC on http://127.0.0.1:PORT, web UI on http://127.0.0.1:PORT"
     let url = line
         .split("gRPC on ")
@@ -176,14 +244,14 @@ pub fn start_master_logged(
     }
 }
 
-pub fn start_worker(master_url: &str, workspace: &Path, id: &str) -> Proc {
+pub fn start_worker(master_url: &str, workspace: &(impl TestWorkspace + ?Sized), id: &str) -> Proc {
     start_worker_logged(master_url, workspace, id, &[], None)
 }
 
 /// A worker with `extra` flags, its output kept in `log`.
 pub fn start_worker_logged(
     master_url: &str,
-    workspace: &Path,
+    workspace: &(impl TestWorkspace + ?Sized),
     id: &str,
     extra: &[&str],
     log: Option<&Path>,
@@ -192,7 +260,7 @@ pub fn start_worker_logged(
         "--master",
         master_url,
         "--workspace",
-        &workspace.display().to_string(),
+        &workspace.arg(),
         "--id",
         id,
         "--slots",
@@ -202,11 +270,15 @@ pub fn start_worker_logged(
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    spawn_logged("worker", &args, "connecting to", log).0
+    spawn_logged("worker", &args, &workspace.env(), "connecting to", log).0
 }
 
 /// Workers with these ids, for the master at `url`.
-pub fn start_workers(url: &str, workspace: &Path, ids: &[&str]) -> Vec<Proc> {
+pub fn start_workers(
+    url: &str,
+    workspace: &(impl TestWorkspace + ?Sized),
+    ids: &[&str],
+) -> Vec<Proc> {
     ids.iter()
         .map(|id| start_worker(url, workspace, id))
         .collect()
@@ -378,14 +450,14 @@ pub fn csv(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
 
 /// Runs `query` over a Spate file sink's committed output, registered as `out`.
 pub async fn query_sink(
-    workspace: &Path,
+    workspace: &(impl TestWorkspace + ?Sized),
     dir: &str,
     columns: &str,
     format: &str,
     query: &str,
 ) -> String {
     let ctx = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
-        spate_engine::Workspace::open(workspace).unwrap(),
+        workspace.open(),
         String::new(),
     ));
     ctx.sql(&format!(

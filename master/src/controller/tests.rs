@@ -295,7 +295,7 @@ async fn committed_ids(ws: &Workspace) -> Vec<i64> {
     };
     let mut ids = Vec::new();
     for file in files {
-        let path = ws.absolute(&file).display().to_string();
+        let path = ws.local_root().unwrap().join(&file).display().to_string();
         let batches = ctx
             .read_parquet(path, Default::default())
             .await
@@ -730,7 +730,7 @@ async fn a_long_running_job_keeps_the_metadata_of_its_last_batches_only() {
         |suffix: &str| -> Vec<String> { (n - 2..=n).map(|b| format!("{b}{suffix}")).collect() };
 
     let names = |folder: &str| {
-        let mut names: Vec<String> = std::fs::read_dir(ws.absolute(folder))
+        let mut names: Vec<String> = std::fs::read_dir(ws.local_root().unwrap().join(folder))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
