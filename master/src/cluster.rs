@@ -1,6 +1,8 @@
 //! The master's view of the cluster: workers (membership and liveness) and
 //! the task scheduler. Tasks wait in one queue and go to the alive worker
-//! with the most free slots, pushed down that worker's stream.
+//! with the most free slots, pushed down that worker's stream; a task goes
+//! back to the worker that last ran its job's stage and partition when that
+//! worker has a slot free, so that state it keeps in memory is used again.
 //!
 //! Every launched task ends, whatever happens to it: its worker reports
 //! it; or the worker dies or disconnects (lost); or the worker's
@@ -136,6 +138,35 @@ struct State {
     pending: VecDeque<PendingTask>,
     running: HashMap<String, RunningTask>,
     next_connection: u64,
+    /// Where each job's stage and partition ran last, and when (a count
+    /// of launches): bounded to the most recent `PLACEMENTS_KEPT`.
+    last_ran: HashMap<Placement, (String, u64)>,
+    launches: u64,
+}
+
+/// Placements remembered: a running job's come back every batch, so only
+/// those of jobs that ended (and one-off queries) are forgotten.
+const PLACEMENTS_KEPT: usize = 10_000;
+
+/// What a task does, as far as where it runs is concerned: the same
+/// stage and partition of a job, batch after batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Placement {
+    job_id: String,
+    stage_id: u32,
+    task_index: u32,
+    partition: u32,
+}
+
+impl Placement {
+    fn of(spec: &TaskSpec) -> Self {
+        Placement {
+            job_id: spec.job_id.clone(),
+            stage_id: spec.stage_id,
+            task_index: spec.task_index,
+            partition: spec.partition,
+        }
+    }
 }
 
 /// Workers and the scheduler.
@@ -483,16 +514,25 @@ impl Cluster {
                 state.pending.pop_front();
                 continue;
             }
-            let target = state
-                .workers
-                .values()
-                .filter(|w| w.view.state == WorkerState::Alive && w.sender.is_some())
-                .filter(|w| w.view.slots_used < w.view.slots)
-                .max_by_key(|w| {
-                    (
-                        w.view.slots - w.view.slots_used,
-                        std::cmp::Reverse(w.view.id.clone()),
-                    )
+            let placement = Placement::of(&front.spec);
+            let free = |w: &&WorkerEntry| {
+                w.view.state == WorkerState::Alive
+                    && w.sender.is_some()
+                    && w.view.slots_used < w.view.slots
+            };
+            let previous = state
+                .last_ran
+                .get(&placement)
+                .and_then(|(id, _)| state.workers.get(id))
+                .filter(free);
+            let target = previous
+                .or_else(|| {
+                    state.workers.values().filter(free).max_by_key(|w| {
+                        (
+                            w.view.slots - w.view.slots_used,
+                            std::cmp::Reverse(w.view.id.clone()),
+                        )
+                    })
                 })
                 .map(|w| w.view.id.clone());
             let Some(worker_id) = target else { break };
@@ -516,6 +556,13 @@ impl Cluster {
             }
             worker.running.insert(task.task_id.clone());
             worker.view.slots_used = worker.running.len() as u32;
+            state.launches += 1;
+            let launch = state.launches;
+            state.last_ran.insert(placement, (worker_id.clone(), launch));
+            if state.last_ran.len() > PLACEMENTS_KEPT {
+                let oldest_kept = launch - (PLACEMENTS_KEPT / 2) as u64;
+                state.last_ran.retain(|_, (_, at)| *at > oldest_kept);
+            }
             state.running.insert(
                 task.task_id,
                 RunningTask {
@@ -638,6 +685,52 @@ mod tests {
         stream: &mut mpsc::Receiver<Result<MasterMessage, Status>>,
     ) -> master_message::Kind {
         stream.recv().await.unwrap().unwrap().kind.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_partition_goes_back_to_the_worker_that_ran_it_when_it_has_a_slot() {
+        let cluster = Arc::new(Cluster::new(Duration::from_secs(10)));
+        let (a, mut to_a) = mpsc::channel(16);
+        let (b, mut to_b) = mpsc::channel(16);
+        cluster.register("a", "host", 2, 0, a);
+        cluster.register("b", "host", 2, 0, b);
+        let run = |cluster: &Arc<Cluster>, partition: u32| {
+            let mut task = spec(partition);
+            task.partition = partition;
+            cluster.launch(task)
+        };
+        // Batch 1: partition 0 to a (most free slots, first by id), 1 to b.
+        let _p0 = run(&cluster, 0);
+        let _p1 = run(&cluster, 1);
+        let (master_message::Kind::LaunchTask(t0), master_message::Kind::LaunchTask(t1)) =
+            (pushed(&mut to_a).await, pushed(&mut to_b).await)
+        else {
+            panic!("expected launches");
+        };
+        let done = || TaskEnd::Succeeded(TaskOutcome::default());
+        cluster.task_ended("a", &t0.task_id, done());
+        cluster.task_ended("b", &t1.task_id, done());
+        // Batch 2, submitted the other way round: each partition goes back
+        // to its worker, though a has as many free slots as b.
+        let _p1 = run(&cluster, 1);
+        let _p0 = run(&cluster, 0);
+        let (master_message::Kind::LaunchTask(again0), master_message::Kind::LaunchTask(again1)) =
+            (pushed(&mut to_a).await, pushed(&mut to_b).await)
+        else {
+            panic!("expected launches");
+        };
+        assert_eq!((again0.task_index, again1.task_index), (0, 1));
+        // Its worker full, a partition runs elsewhere rather than wait.
+        cluster.task_ended("b", &again1.task_id, done());
+        let _extra = [run(&cluster, 7), run(&cluster, 8)];
+        let index = |kind| match kind {
+            master_message::Kind::LaunchTask(launch) => launch.task_index,
+            other => panic!("expected a launch, got {other:?}"),
+        };
+        assert_eq!(index(pushed(&mut to_b).await), 7);
+        assert_eq!(index(pushed(&mut to_a).await), 8);
+        let _p0 = run(&cluster, 0);
+        assert_eq!(index(pushed(&mut to_b).await), 0);
     }
 
     #[tokio::test]
