@@ -15,7 +15,9 @@
 //! - B6 Spark: B2's tumbling window in PySpark local[2] over the same events
 //!   as JSON files (Spark's file source, available-now);
 //! - B8 sinks: running totals per id into Kafka, Redis and PostgreSQL beside
-//!   Parquet, and each sink's per-batch floor.
+//!   Parquet, and each sink's per-batch floor;
+//! - B9 state that scales: a running total's batch time and bytes written
+//!   at 10,000,000 ids beside 100,000.
 //!
 //! Kafka is the development broker (librdkafka's mock cluster, the Kafka
 //! protocol on loopback); Spate runs a master and workers in this process.
@@ -27,6 +29,7 @@ mod floor;
 mod latency;
 mod sinks;
 mod spark;
+mod state;
 mod throughput;
 
 use std::time::Duration;
@@ -104,6 +107,13 @@ enum Bench {
         latency: latency::LatencyArgs,
         #[command(flatten)]
         sinks: sinks::SinkArgs,
+        #[command(flatten)]
+        state: state::StateArgs,
+    },
+    /// B9: a running total's batch time and bytes written at 10,000,000 ids beside 100,000.
+    State {
+        #[command(flatten)]
+        args: state::StateArgs,
     },
     /// B8: running totals into Kafka, Redis and PostgreSQL beside Parquet, and their floors.
     Sinks {
@@ -164,6 +174,7 @@ async fn main() -> Result<(), Error> {
             distribution,
             latency,
             sinks,
+            state,
         } => {
             let workloads = [Workload::Stateless, Workload::Tumbling, Workload::Sliding];
             figures.extend(throughput::run(&workloads, throughput).await?);
@@ -172,8 +183,10 @@ async fn main() -> Result<(), Error> {
             figures.push(distribution::run(distribution, throughput.runs).await?);
             figures.push(spark::run(throughput).await?);
             figures.extend(sinks::run(sinks).await?);
+            figures.extend(state::run(state).await?);
         }
         Bench::Sinks { args } => figures.extend(sinks::run(args).await?),
+        Bench::State { args } => figures.extend(state::run(args).await?),
         Bench::Throughput { workload, args } => {
             figures.extend(throughput::run(&[workload], args).await?)
         }

@@ -82,6 +82,7 @@ pub struct Job {
     pub max_task_failures: u32,
     pub retained_batches: u64,
     pub manifest_compaction: u64,
+    pub state_snapshot_interval: u64,
     /// 0: the alive workers' slots at submit.
     pub shuffle_partitions: usize,
     #[serde(deserialize_with = "duration")]

@@ -1,25 +1,33 @@
-//! The state store: one versioned Arrow IPC file per stateful operator,
-//! shuffle partition and batch, under the job's checkpoint:
-//! `_spate/checkpoints/<job>/state/<operator>/<partition>/<batch>.arrow`.
+//! The state store: versioned Arrow IPC files per stateful operator and
+//! shuffle partition, under the job's checkpoint:
+//! `_spate/checkpoints/<job>/state/<operator>/<partition>/`.
 //!
-//! Every batch writes a version for every partition (a no-op batch rewrites
-//! an unchanged one), so batch N always starts from version N-1. A re-run of
-//! batch N reads the same N-1 and writes the same N, byte for byte. Versions
-//! older than N-1 are pruned once N is written: nothing can need them, since
-//! batch N runs only after N-1 committed.
+//! Every batch writes a version for every partition, so batch N always
+//! starts from version N-1. A version is a snapshot (`<N>.arrow`, the whole
+//! state) every `job.state_snapshot_interval` batches, and a delta
+//! (`<N>.delta.arrow`) otherwise: the rows the batch changed, and the rows
+//! it removed, flagged in a last column. Version N-1 is read back as the
+//! latest snapshot at or before it plus the deltas after that, applied by
+//! key (a delta's rows replace those of the same group). So a batch writes
+//! what it changed, not the whole state, and a re-run of batch N reads the
+//! same N-1 and writes the same N. Files are pruned once a later snapshot
+//! makes them useless for version N-1, the oldest a re-run can ask for.
 //!
 //! A worker keeps the latest version it wrote or read per partition in
 //! memory (`StateCache`), up to `worker.state_memory_mb`: past it, the
 //! partitions used least recently are dropped. A partition not in memory
 //! (dropped, or moved from another worker) is read back from the workspace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::error::{EngineError, Result};
 use crate::workspace::Workspace;
@@ -152,72 +160,220 @@ pub fn partition_dir(job: &str, operator: u32, partition: u32) -> String {
     )
 }
 
-fn version_path(dir: &str, version: u64) -> String {
-    format!("{dir}/{version:020}.arrow")
+/// The column of a delta that says a row was removed rather than changed.
+const REMOVED: &str = "_spate_removed";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum VersionKind {
+    Snapshot,
+    Delta,
 }
 
-/// The version a file of a partition's folder holds.
-fn version_of(name: &str) -> Option<u64> {
-    name.strip_suffix(".arrow")?.parse().ok()
+fn version_path(dir: &str, version: u64, kind: VersionKind) -> String {
+    match kind {
+        VersionKind::Snapshot => format!("{dir}/{version:020}.arrow"),
+        VersionKind::Delta => format!("{dir}/{version:020}.delta.arrow"),
+    }
+}
+
+/// The version a file of a partition's folder holds, and what it is.
+fn version_of(name: &str) -> Option<(u64, VersionKind)> {
+    let stem = name.strip_suffix(".arrow")?;
+    match stem.strip_suffix(".delta") {
+        Some(delta) => Some((delta.parse().ok()?, VersionKind::Delta)),
+        None => Some((stem.parse().ok()?, VersionKind::Snapshot)),
+    }
+}
+
+/// What a batch did to a partition's state.
+#[derive(Debug)]
+pub struct StateChange {
+    /// The state after the batch: what the next batch starts from.
+    pub state: Vec<RecordBatch>,
+    /// Rows of groups the batch added or changed (among `state`).
+    pub changed: Vec<RecordBatch>,
+    /// Rows of groups the batch removed (not in `state`).
+    pub removed: Vec<RecordBatch>,
+}
+
+/// The key of each row: its first `keys` columns, as comparable bytes.
+fn row_keys(batch: &RecordBatch, keys: usize) -> Result<datafusion::arrow::row::Rows> {
+    let fields = batch.schema().fields()[..keys]
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    Ok(RowConverter::new(fields)?.convert_columns(&batch.columns()[..keys])?)
+}
+
+/// `state` with a delta applied: rows of the delta's groups are dropped,
+/// then its changed rows appended.
+fn apply_delta(state: RecordBatch, delta: &RecordBatch, keys: usize) -> Result<RecordBatch> {
+    let flag = delta.num_columns() - 1;
+    let removed = delta.column(flag).as_boolean().clone();
+    let delta_rows = row_keys(delta, keys)?;
+    let touched: HashSet<&[u8]> = delta_rows.iter().map(|r| r.data()).collect();
+    let state_rows = row_keys(&state, keys)?;
+    let untouched: BooleanArray = state_rows
+        .iter()
+        .map(|r| Some(!touched.contains(r.data())))
+        .collect();
+    let kept = filter_record_batch(&state, &untouched)?;
+    let changed = delta.project(&(0..flag).collect::<Vec<_>>())?;
+    let changed = filter_record_batch(&changed, &datafusion::arrow::compute::not(&removed)?)?;
+    Ok(concat_batches(&state.schema(), [&kept, &changed])?)
+}
+
+fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut writer = FileWriter::try_new(Vec::new(), schema)?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    Ok(writer.into_inner()?)
 }
 
 impl PartitionState {
     /// The state batch `batch` starts from: version `batch - 1`, or nothing
-    /// for the first batch.
-    pub async fn load_before(&self, batch: u64) -> Result<Arc<Vec<RecordBatch>>> {
+    /// for the first batch. `keys`: the group columns, first in each row.
+    pub async fn load_before(&self, batch: u64, keys: usize) -> Result<Arc<Vec<RecordBatch>>> {
         let Some(version) = batch.checked_sub(1) else {
             return Ok(Arc::new(Vec::new()));
         };
         if let Some(batches) = self.cache.get(&self.dir, version) {
             return Ok(batches);
         }
-        let path = version_path(&self.dir, version);
-        let batches = match self.workspace.get(&path).await? {
-            Some(bytes) => FileReader::try_new(std::io::Cursor::new(bytes), None)?
-                .collect::<std::result::Result<Vec<_>, _>>()?,
-            // A job's first stateful batch may not be its first batch.
-            None if self.any_version_before(version).await? => {
-                return Err(EngineError::plan(format!(
-                    "state version {path} is missing: the checkpoint is damaged"
-                )));
-            }
-            None => Vec::new(),
-        };
-        let batches = Arc::new(batches);
+        let batches = Arc::new(self.read_version(version, keys).await?);
         self.cache.put(&self.dir, version, Arc::clone(&batches));
         Ok(batches)
     }
 
-    async fn any_version_before(&self, version: u64) -> Result<bool> {
-        Ok(self.versions().await?.into_iter().any(|v| v < version))
+    /// Version `version` from the latest snapshot at or before it and the
+    /// deltas after that.
+    async fn read_version(&self, version: u64, keys: usize) -> Result<Vec<RecordBatch>> {
+        let files = self.versions().await?;
+        let at_or_before: Vec<(u64, VersionKind)> =
+            files.into_iter().filter(|(v, _)| *v <= version).collect();
+        if at_or_before.is_empty() {
+            // A job's first stateful batch may not be its first batch.
+            return Ok(Vec::new());
+        }
+        let snapshot = at_or_before
+            .iter()
+            .filter(|(_, kind)| *kind == VersionKind::Snapshot)
+            .map(|(v, _)| *v)
+            .max();
+        // With no snapshot yet, the first delta was written over nothing:
+        // files go only once a later snapshot stands in for them.
+        let first_delta = match snapshot {
+            Some(s) => s + 1,
+            None => at_or_before.iter().map(|(v, _)| *v).min().unwrap_or(0),
+        };
+        let mut state: Option<RecordBatch> = match snapshot {
+            Some(s) => self.read_file(s, VersionKind::Snapshot).await?,
+            None => None,
+        };
+        for v in first_delta..=version {
+            let Some(delta) = self.read_file(v, VersionKind::Delta).await? else {
+                return Err(EngineError::plan(format!(
+                    "state version {} is missing: the checkpoint is damaged",
+                    version_path(&self.dir, v, VersionKind::Delta)
+                )));
+            };
+            state = Some(match state {
+                Some(state) => apply_delta(state, &delta, keys)?,
+                None => apply_delta(RecordBatch::new_empty(without_flag(&delta)), &delta, keys)?,
+            });
+        }
+        Ok(state.into_iter().collect())
     }
 
-    async fn versions(&self) -> Result<Vec<u64>> {
+    /// One version file, its batches as one; None when it is not there.
+    async fn read_file(&self, version: u64, kind: VersionKind) -> Result<Option<RecordBatch>> {
+        let path = version_path(&self.dir, version, kind);
+        let Some(bytes) = self.workspace.get(&path).await? else {
+            return Ok(None);
+        };
+        let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Some(concat_batches(&schema, &batches)?))
+    }
+
+    async fn versions(&self) -> Result<Vec<(u64, VersionKind)>> {
         let names = self.workspace.list_names(&self.dir).await?;
         Ok(names.iter().filter_map(|n| version_of(n)).collect())
     }
 
-    /// Writes version `batch` and prunes versions before `batch - 1`.
-    /// Returns the file's size in bytes.
-    pub async fn save(&self, batch: u64, schema: SchemaRef, rows: Vec<RecordBatch>) -> Result<u64> {
-        let mut writer = FileWriter::try_new(Vec::new(), &schema)?;
-        for b in &rows {
-            writer.write(b)?;
-        }
-        writer.finish()?;
-        let bytes = writer.into_inner()?;
+    /// Writes version `batch`, a snapshot or a delta, and prunes what no
+    /// re-run can need. Returns the bytes written.
+    pub async fn save(&self, batch: u64, schema: SchemaRef, change: StateChange) -> Result<u64> {
+        let interval = spate_config::settings().job.state_snapshot_interval.max(1);
+        let (kind, bytes) = if batch.is_multiple_of(interval) {
+            (VersionKind::Snapshot, to_ipc(&schema, &change.state)?)
+        } else {
+            (VersionKind::Delta, delta_ipc(&schema, &change)?)
+        };
         let size = bytes.len() as u64;
         self.workspace
-            .put(&version_path(&self.dir, batch), bytes)
+            .put(&version_path(&self.dir, batch, kind), bytes)
             .await?;
-        self.cache.put(&self.dir, batch, Arc::new(rows));
-        self.workspace
-            .delete_names(&self.dir, |name| {
-                version_of(name).is_some_and(|old| old + 1 < batch)
-            })
-            .await?;
+        self.cache.put(&self.dir, batch, Arc::new(change.state));
+        self.prune(batch, kind).await?;
         Ok(size)
     }
+
+    /// Removes the files older than the latest snapshot that version
+    /// `batch - 1` can be read from, and a version `batch` of the other
+    /// kind (left by an attempt under another snapshot interval).
+    async fn prune(&self, batch: u64, written: VersionKind) -> Result<()> {
+        let files = self.versions().await?;
+        let base = files
+            .iter()
+            .filter(|(v, kind)| *kind == VersionKind::Snapshot && *v < batch)
+            .map(|(v, _)| *v)
+            .max();
+        let doomed = |(v, kind): (u64, VersionKind)| {
+            (v == batch && kind != written)
+                || base.is_some_and(|base| v < base || (v == base && kind == VersionKind::Delta))
+        };
+        if files.iter().any(|f| doomed(*f)) {
+            self.workspace
+                .delete_names(&self.dir, |name| version_of(name).is_some_and(doomed))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A delta's schema without its flag column.
+fn without_flag(delta: &RecordBatch) -> SchemaRef {
+    let fields = delta.schema().fields()[..delta.num_columns() - 1].to_vec();
+    Arc::new(Schema::new(fields))
+}
+
+/// The changed rows, then the removed ones, each flagged.
+fn delta_ipc(schema: &SchemaRef, change: &StateChange) -> Result<Vec<u8>> {
+    let mut fields = schema.fields().to_vec();
+    fields.push(Arc::new(Field::new(REMOVED, DataType::Boolean, false)));
+    let flagged_schema = Arc::new(Schema::new(fields));
+    let flag = |batch: &RecordBatch, removed: bool| -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![
+            removed;
+            batch.num_rows()
+        ])));
+        Ok(RecordBatch::try_new(Arc::clone(&flagged_schema), columns)?)
+    };
+    let mut batches = Vec::new();
+    for b in change.changed.iter().filter(|b| b.num_rows() > 0) {
+        batches.push(flag(b, false)?);
+    }
+    for b in change.removed.iter().filter(|b| b.num_rows() > 0) {
+        // Only the key of a removed row matters; its values are kept as
+        // they are, which costs a little and keeps one schema.
+        batches.push(flag(b, true)?);
+    }
+    to_ipc(&flagged_schema, &batches)
 }
 
 #[cfg(test)]
@@ -259,5 +415,121 @@ mod cache_tests {
         let small = StateCache::with_limit(one / 2);
         small.put("a", 1, rows(1000));
         assert_eq!(small.usage().partitions, 0, "too big to keep");
+    }
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("total", DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: impl IntoIterator<Item = (i64, i64)>) -> RecordBatch {
+        let (ids, totals): (Vec<i64>, Vec<i64>) = rows.into_iter().unzip();
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(Int64Array::from(totals)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn contents(batches: &[RecordBatch]) -> BTreeMap<i64, i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let ids = b.column(0).as_primitive::<Int64Type>().clone();
+                let totals = b.column(1).as_primitive::<Int64Type>().clone();
+                (0..b.num_rows())
+                    .map(|i| (ids.value(i), totals.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn partition(ws: &Workspace) -> PartitionState {
+        PartitionState {
+            workspace: ws.clone(),
+            dir: "state/0/0".into(),
+            cache: Arc::new(StateCache::with_limit(1 << 30)),
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_and_deltas_read_back_as_the_state_each_batch_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let interval = spate_config::settings().job.state_snapshot_interval;
+        let writer = partition(&ws);
+        let mut state = BTreeMap::new();
+        let mut sizes = Vec::new();
+        for b in 0..(interval * 3 + 4) {
+            let b_i = b as i64;
+            // Each batch adds ten ids, changes two and removes one.
+            let changed: Vec<(i64, i64)> = (0..10)
+                .map(|i| (b_i * 10 + i, b_i))
+                .chain([(b_i / 2, 100 + b_i), (b_i / 3 + 1, 200 + b_i)])
+                .collect();
+            let removed: Vec<(i64, i64)> = state.iter().take(1).map(|(k, v)| (*k, *v)).collect();
+            for (id, _) in &removed {
+                state.remove(id);
+            }
+            state.extend(changed.iter().copied());
+            let change = StateChange {
+                state: vec![batch(state.clone())],
+                changed: vec![batch(changed)],
+                removed: vec![batch(removed)],
+            };
+            sizes.push(writer.save(b, schema(), change).await.unwrap());
+
+            // A worker that never saw the partition reads the same state.
+            let read = partition(&ws).load_before(b + 1, 1).await.unwrap();
+            assert_eq!(contents(&read), state, "version {b}");
+            let files = ws.list_names("state/0/0").await.unwrap();
+            assert!(files.len() as u64 <= interval + 1, "{files:?}");
+        }
+        // A re-run of the last batch still finds the version before it.
+        let last = interval * 3 + 3;
+        let again = partition(&ws).load_before(last, 1).await.unwrap();
+        assert!(!again.is_empty());
+        // Deltas hold what changed; a snapshot everything.
+        let snapshot = sizes[(interval * 3) as usize];
+        let delta = sizes[(interval * 3 + 1) as usize];
+        assert!(
+            delta * 3 < snapshot,
+            "delta {delta} B, snapshot {snapshot} B"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_delta_is_a_damaged_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        let writer = partition(&ws);
+        for b in 1..4 {
+            let change = StateChange {
+                state: vec![batch([(b as i64, 1)])],
+                changed: vec![batch([(b as i64, 1)])],
+                removed: vec![],
+            };
+            writer.save(b, schema(), change).await.unwrap();
+        }
+        ws.delete(&version_path("state/0/0", 2, VersionKind::Delta))
+            .await
+            .unwrap();
+        let err = partition(&ws).load_before(4, 1).await.unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 }

@@ -39,7 +39,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::state::PartitionState;
+use crate::state::{PartitionState, StateChange};
 use crate::windows::epoch_millis;
 
 /// Spark's output modes.
@@ -237,26 +237,34 @@ impl ExecutionPlan for StatefulAggregateExec {
             metric("state_bytes"),
             metric("state_rows_updated"),
             metric("state_rows_removed"),
+            metric("state_bytes_written"),
         ];
         let output_schema = self.schema();
         let run = async move {
             let new_rows: Vec<RecordBatch> = new_rows.try_collect().await?;
             let before = scope
                 .state
-                .load_before(scope.batch)
+                .load_before(scope.batch, merge.groups())
                 .await
                 .map_err(DataFusionError::from)?;
             let step = merge
                 .run(&before, &new_rows, scope.watermark_ms, context)
                 .await?;
-            let bytes = scope
+            let in_memory = step
+                .change
                 .state
-                .save(scope.batch, Arc::clone(&merge.partial_schema), step.keep)
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum();
+            let written = scope
+                .state
+                .save(scope.batch, Arc::clone(&merge.partial_schema), step.change)
                 .await
                 .map_err(DataFusionError::from)?;
-            let [rows, size, updated, removed] = &counters;
+            let [rows, size, updated, removed, bytes_written] = &counters;
             rows.add(step.kept_rows);
-            size.add(bytes as usize);
+            size.add(in_memory);
+            bytes_written.add(written as usize);
             updated.add(step.updated_rows);
             removed.add(step.removed_rows);
             Ok::<_, DataFusionError>(futures::stream::iter(step.emit.into_iter().map(Ok)))
@@ -307,13 +315,22 @@ struct Merge {
 
 struct Step {
     emit: Vec<RecordBatch>,
-    keep: Vec<RecordBatch>,
+    change: StateChange,
     kept_rows: usize,
     updated_rows: usize,
     removed_rows: usize,
 }
 
 impl Merge {
+    /// The group columns, first in every state row.
+    fn groups(&self) -> usize {
+        self.rebuild.group_by.expr().len()
+    }
+
+    /// Merges the batch's partial rows into the state. Only the state rows
+    /// of groups the batch touched are reduced with them; the others pass
+    /// through as they are, so a batch costs what it touched plus a scan of
+    /// the state's keys, not a re-aggregation of all of it.
     async fn run(
         &self,
         before: &[RecordBatch],
@@ -322,43 +339,80 @@ impl Merge {
         context: Arc<TaskContext>,
     ) -> DfResult<Step> {
         let schema = Arc::clone(&self.partial_schema);
-        let mut input: Vec<RecordBatch> = before.to_vec();
-        input.extend(new_rows.iter().cloned());
-        let mut all = concat_batches(&schema, &input)?;
-        let before_rows: usize = before.iter().map(RecordBatch::num_rows).sum();
-        if let Some(EventWindow::Session { column }) = &self.window {
-            all = merge_sessions(&all, *column, self.rebuild.group_by.expr().len())?;
-        }
-        // This batch's rows, keyed as they are after sessions merged.
-        let touched = all.slice(before_rows, all.num_rows() - before_rows);
-        let merged = if all.num_rows() == 0 {
-            all
+        let before = concat_batches(&schema, before)?;
+        let new_rows = concat_batches(&schema, new_rows)?;
+        // Sessions of a key merge across the state's rows, which changes
+        // their keys: every row takes part.
+        let (untouched, touched, new_rows) = match &self.window {
+            Some(EventWindow::Session { column }) => {
+                let all = concat_batches(&schema, [&before, &new_rows])?;
+                let all = merge_sessions(&all, *column, self.groups())?;
+                let new_rows = all.slice(before.num_rows(), new_rows.num_rows());
+                let before = all.slice(0, before.num_rows());
+                (
+                    RecordBatch::new_empty(Arc::clone(&schema)),
+                    before,
+                    new_rows,
+                )
+            }
+            _ => {
+                let hit = self.touched_by(&before, &new_rows)?;
+                (
+                    filter_record_batch(&before, &datafusion::arrow::compute::not(&hit)?)?,
+                    filter_record_batch(&before, &hit)?,
+                    new_rows,
+                )
+            }
+        };
+        let reduce_input = concat_batches(&schema, [&touched, &new_rows])?;
+        let reduced = if reduce_input.num_rows() == 0 {
+            reduce_input
         } else {
             let reduced = self
                 .rebuild
                 .run(
                     AggregateMode::PartialReduce,
-                    vec![all],
+                    vec![reduce_input],
                     Arc::clone(&schema),
                     Arc::clone(&context),
                 )
                 .await?;
             concat_batches(&schema, &reduced)?
         };
+        // Of the reduced rows, those the batch changed: all of them, but for
+        // sessions, where the state's rows were reduced too.
+        let changed = match &self.window {
+            Some(EventWindow::Session { .. }) => self.touched_by(&reduced, &new_rows)?,
+            _ => BooleanArray::from(vec![true; reduced.num_rows()]),
+        };
+        let merged = concat_batches(&schema, [&untouched, &reduced])?;
+        let changed = concat_masks(
+            &BooleanArray::from(vec![false; untouched.num_rows()]),
+            &changed,
+        );
         let closed = self.closed(&merged, watermark_ms)?;
-        let changed = self.changed(&merged, &touched)?;
+        let all = BooleanArray::from(vec![true; merged.num_rows()]);
         let emit_mask = match self.mode {
             OutputMode::Append => closed.clone(),
-            OutputMode::Update => changed,
-            OutputMode::Complete => BooleanArray::from(vec![true; merged.num_rows()]),
+            OutputMode::Update => changed.clone(),
+            OutputMode::Complete => all.clone(),
         };
         let keep_mask = match self.mode {
             // Complete mode shows every group every time, so nothing leaves.
-            OutputMode::Complete => BooleanArray::from(vec![true; merged.num_rows()]),
+            OutputMode::Complete => all,
             _ => datafusion::arrow::compute::not(&closed)?,
         };
         let to_emit = filter_record_batch(&merged, &emit_mask)?;
         let keep = filter_record_batch(&merged, &keep_mask)?;
+        let changed_kept = filter_record_batch(
+            &merged,
+            &datafusion::arrow::compute::and(&changed, &keep_mask)?,
+        )?;
+        let removed = match &self.window {
+            // Sessions merged away leave keys that no row of the state has.
+            Some(EventWindow::Session { .. }) => self.gone(&before, &keep)?,
+            _ => filter_record_batch(&merged, &datafusion::arrow::compute::not(&keep_mask)?)?,
+        };
         let updated_rows = match self.mode {
             OutputMode::Append => 0,
             _ => to_emit.num_rows(),
@@ -375,8 +429,44 @@ impl Merge {
             kept_rows: keep.num_rows(),
             removed_rows: merged.num_rows() - keep.num_rows(),
             updated_rows,
-            keep: vec![keep],
+            change: StateChange {
+                state: vec![keep],
+                changed: vec![changed_kept],
+                removed: vec![removed],
+            },
         })
+    }
+
+    /// The key converter of the group columns, and the keys of `rows`.
+    fn keys(&self, rows: &RecordBatch) -> DfResult<datafusion::arrow::row::Rows> {
+        let groups = self.groups();
+        let fields: Vec<SortField> = (0..groups)
+            .map(|i| SortField::new(self.partial_schema.field(i).data_type().clone()))
+            .collect();
+        Ok(RowConverter::new(fields)?.convert_columns(&rows.columns()[..groups])?)
+    }
+
+    /// Which rows of `state` have a group that `new_rows` has too.
+    fn touched_by(&self, state: &RecordBatch, new_rows: &RecordBatch) -> DfResult<BooleanArray> {
+        if new_rows.num_rows() == 0 {
+            return Ok(BooleanArray::from(vec![false; state.num_rows()]));
+        }
+        let new_keys = self.keys(new_rows)?;
+        let new: HashSet<&[u8]> = new_keys.iter().map(|r| r.data()).collect();
+        let keys = self.keys(state)?;
+        Ok(keys.iter().map(|r| Some(new.contains(r.data()))).collect())
+    }
+
+    /// Rows of `before` whose group `after` no longer has.
+    fn gone(&self, before: &RecordBatch, after: &RecordBatch) -> DfResult<RecordBatch> {
+        let after_keys = self.keys(after)?;
+        let after: HashSet<&[u8]> = after_keys.iter().map(|r| r.data()).collect();
+        let keys = self.keys(before)?;
+        let gone: BooleanArray = keys
+            .iter()
+            .map(|r| Some(!after.contains(r.data())))
+            .collect();
+        Ok(filter_record_batch(before, &gone)?)
     }
 
     /// Rows whose window ends at or before the watermark.
@@ -395,22 +485,11 @@ impl Merge {
             .map(|t| Some(t.is_some_and(|t| t + width_ms <= watermark_ms)))
             .collect())
     }
+}
 
-    /// Rows whose group this batch's input touched.
-    fn changed(&self, merged: &RecordBatch, touched: &RecordBatch) -> DfResult<BooleanArray> {
-        let groups = self.rebuild.group_by.expr().len();
-        let fields: Vec<SortField> = (0..groups)
-            .map(|i| SortField::new(self.partial_schema.field(i).data_type().clone()))
-            .collect();
-        let converter = RowConverter::new(fields)?;
-        let touched_rows = converter.convert_columns(&touched.columns()[..groups])?;
-        let touched: HashSet<&[u8]> = touched_rows.iter().map(|r| r.data()).collect();
-        let rows = converter.convert_columns(&merged.columns()[..groups])?;
-        Ok(rows
-            .iter()
-            .map(|r| Some(touched.contains(r.data())))
-            .collect())
-    }
+/// `first` followed by `second`.
+fn concat_masks(first: &BooleanArray, second: &BooleanArray) -> BooleanArray {
+    first.iter().chain(second.iter()).collect()
 }
 
 /// Gives every row the merged session of its key: sessions of one key

@@ -65,9 +65,12 @@ pub struct TaskOutcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateMetrics {
     pub rows: u64,
+    /// What the state takes in memory.
     pub bytes: u64,
     pub rows_updated: u64,
     pub rows_removed: u64,
+    /// What the batch wrote to the workspace: a delta, or a snapshot.
+    pub bytes_written: u64,
 }
 
 pub async fn run_task(
@@ -167,6 +170,7 @@ fn measure(plan: &Arc<dyn ExecutionPlan>) -> TaskOutcome {
                 bytes: counter("state_bytes"),
                 rows_updated: counter("state_rows_updated"),
                 rows_removed: counter("state_rows_removed"),
+                bytes_written: counter("state_bytes_written"),
             };
         }
         Ok(TreeNodeRecursion::Continue)

@@ -260,6 +260,7 @@ impl From<&TaskOutcome> for pb::TaskResult {
                 bytes: outcome.state.bytes,
                 rows_updated: outcome.state.rows_updated,
                 rows_removed: outcome.state.rows_removed,
+                bytes_written: outcome.state.bytes_written,
             }),
             malformed_rows: outcome.malformed_rows,
             sink_part: outcome.sink_part.as_ref().map(pb::SinkPart::from),
@@ -282,6 +283,7 @@ impl From<pb::TaskResult> for TaskOutcome {
                 bytes: s.bytes,
                 rows_updated: s.rows_updated,
                 rows_removed: s.rows_removed,
+                bytes_written: s.bytes_written,
             }),
         }
     }

@@ -558,7 +558,9 @@ impl Cluster {
             worker.view.slots_used = worker.running.len() as u32;
             state.launches += 1;
             let launch = state.launches;
-            state.last_ran.insert(placement, (worker_id.clone(), launch));
+            state
+                .last_ran
+                .insert(placement, (worker_id.clone(), launch));
             if state.last_ran.len() > PLACEMENTS_KEPT {
                 let oldest_kept = launch - (PLACEMENTS_KEPT / 2) as u64;
                 state.last_ran.retain(|_, (_, at)| *at > oldest_kept);

@@ -65,8 +65,12 @@ pub struct StateOperatorProgress {
     /// Groups whose window the watermark closed, gone from state.
     #[serde(default)]
     pub num_rows_removed: u64,
-    /// Bytes of the state versions the batch wrote (kept in memory, too).
+    /// What the state takes in the workers' memory.
     pub memory_used_bytes: u64,
+    /// What the batch wrote of the state: a delta of the groups it changed
+    /// and removed, or, every `job.state_snapshot_interval` batches, all.
+    #[serde(default)]
+    pub state_bytes_written: u64,
     #[serde(default)]
     pub num_rows_dropped_by_watermark: u64,
 }

@@ -86,6 +86,7 @@ impl BatchRun {
             self.state.bytes += outcome.state.bytes;
             self.state.rows_updated += outcome.state.rows_updated;
             self.state.rows_removed += outcome.state.rows_removed;
+            self.state.bytes_written += outcome.state.bytes_written;
             if last {
                 self.output_rows += outcome.output_rows;
             }
@@ -268,6 +269,7 @@ pub fn progress(
                 num_rows_updated: run.state.rows_updated,
                 num_rows_removed: run.state.rows_removed,
                 memory_used_bytes: run.state.bytes,
+                state_bytes_written: run.state.bytes_written,
                 num_rows_dropped_by_watermark: run.late_rows,
             }]
         } else {
