@@ -104,21 +104,29 @@ pub async fn run(args: StateArgs) -> Result<Vec<Figure>, Error> {
 async fn one_run(ids: u64, args: StateArgs, limited: bool) -> Result<Run, Error> {
     let scratch = tempfile::tempdir()?;
     let ws = Workspace::open(scratch.path())?;
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("amount", DataType::Float64, false),
     ]));
     ctx.register_table(
         "updates",
-        Arc::new(MemTable::try_new(Arc::clone(&schema), vec![vec![]])?),
+        Arc::new(MemTable::try_new(
+            Arc::clone(&schema),
+            vec![vec![], vec![]],
+        )?),
     )?;
     let plan = ctx
         .sql("SELECT id, sum(amount) AS total FROM updates GROUP BY id")
         .await?
         .create_physical_plan()
         .await?;
-    let final_aggregate = find_final(&plan).ok_or("no final aggregate in the plan")?;
+    let final_aggregate = find_final(&plan).ok_or_else(|| {
+        format!(
+            "no final aggregate in the plan:\n{}",
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(false)
+        )
+    })?;
     let partial_schema = final_aggregate.children()[0].schema();
 
     // Each batch's partial rows: its ids are distinct, so a row per id.
@@ -196,7 +204,8 @@ async fn one_run(ids: u64, args: StateArgs, limited: bool) -> Result<Run, Error>
     Ok(run)
 }
 
-/// The aggregate that finishes `SELECT ... GROUP BY`, as a stateful
+/// The aggregate that finishes `SELECT ... GROUP BY` above its shuffle
+/// (two target partitions make DataFusion split it), as a stateful
 /// operator wraps it.
 fn find_final(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     if let Some(agg) = plan.downcast_ref::<AggregateExec>()

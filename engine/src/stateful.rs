@@ -339,8 +339,8 @@ impl Merge {
         context: Arc<TaskContext>,
     ) -> DfResult<Step> {
         let schema = Arc::clone(&self.partial_schema);
-        let before = concat_batches(&schema, before)?;
-        let new_rows = concat_batches(&schema, new_rows)?;
+        let before = one_batch(&schema, before)?;
+        let new_rows = one_batch(&schema, new_rows)?;
         // Sessions of a key merge across the state's rows, which changes
         // their keys: every row takes part.
         let (untouched, touched, new_rows) = match &self.window {
@@ -484,6 +484,15 @@ impl Merge {
             .iter()
             .map(|t| Some(t.is_some_and(|t| t + width_ms <= watermark_ms)))
             .collect())
+    }
+}
+
+/// The rows of `batches` as one batch; the state is one already, and a
+/// copy of it per batch is what a large state cannot afford.
+fn one_batch(schema: &SchemaRef, batches: &[RecordBatch]) -> DfResult<RecordBatch> {
+    match batches {
+        [one] => Ok(one.clone()),
+        _ => Ok(concat_batches(schema, batches)?),
     }
 }
 
