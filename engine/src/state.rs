@@ -196,13 +196,24 @@ pub struct StateChange {
     pub removed: Vec<RecordBatch>,
 }
 
-/// The key of each row: its first `keys` columns, as comparable bytes.
-fn row_keys(batch: &RecordBatch, keys: usize) -> Result<datafusion::arrow::row::Rows> {
-    let fields = batch.schema().fields()[..keys]
+/// Which rows of `rows` have a group (their first `keys` columns) that
+/// some row of `of` has too.
+pub fn key_in(rows: &RecordBatch, of: &RecordBatch, keys: usize) -> Result<BooleanArray> {
+    if of.num_rows() == 0 {
+        return Ok(BooleanArray::from(vec![false; rows.num_rows()]));
+    }
+    let fields: Vec<SortField> = rows.schema().fields()[..keys]
         .iter()
         .map(|f| SortField::new(f.data_type().clone()))
         .collect();
-    Ok(RowConverter::new(fields)?.convert_columns(&batch.columns()[..keys])?)
+    let converter = RowConverter::new(fields)?;
+    let wanted = converter.convert_columns(&of.columns()[..keys])?;
+    let wanted: HashSet<&[u8]> = wanted.iter().map(|r| r.data()).collect();
+    let candidates = converter.convert_columns(&rows.columns()[..keys])?;
+    Ok(candidates
+        .iter()
+        .map(|r| Some(wanted.contains(r.data())))
+        .collect())
 }
 
 /// `state` with a delta applied: rows of the delta's groups are dropped,
@@ -210,13 +221,7 @@ fn row_keys(batch: &RecordBatch, keys: usize) -> Result<datafusion::arrow::row::
 fn apply_delta(state: RecordBatch, delta: &RecordBatch, keys: usize) -> Result<RecordBatch> {
     let flag = delta.num_columns() - 1;
     let removed = delta.column(flag).as_boolean().clone();
-    let delta_rows = row_keys(delta, keys)?;
-    let touched: HashSet<&[u8]> = delta_rows.iter().map(|r| r.data()).collect();
-    let state_rows = row_keys(&state, keys)?;
-    let untouched: BooleanArray = state_rows
-        .iter()
-        .map(|r| Some(!touched.contains(r.data())))
-        .collect();
+    let untouched = datafusion::arrow::compute::not(&key_in(&state, delta, keys)?)?;
     let kept = filter_record_batch(&state, &untouched)?;
     let changed = delta.project(&(0..flag).collect::<Vec<_>>())?;
     let changed = filter_record_batch(&changed, &datafusion::arrow::compute::not(&removed)?)?;
@@ -279,10 +284,8 @@ impl PartitionState {
                     version_path(&self.dir, v, VersionKind::Delta)
                 )));
             };
-            state = Some(match state {
-                Some(state) => apply_delta(state, &delta, keys)?,
-                None => apply_delta(RecordBatch::new_empty(without_flag(&delta)), &delta, keys)?,
-            });
+            let base = state.unwrap_or_else(|| RecordBatch::new_empty(without_flag(&delta)));
+            state = Some(apply_delta(base, &delta, keys)?);
         }
         Ok(state.into_iter().collect())
     }

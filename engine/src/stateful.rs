@@ -14,7 +14,6 @@
 //! The wrapped `FinalPartitioned` aggregate is kept as the only child, so
 //! datafusion-proto carries its group and aggregate expressions.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -39,7 +38,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::state::{PartitionState, StateChange};
+use crate::state::{PartitionState, StateChange, key_in};
 use crate::windows::epoch_millis;
 
 /// Spark's output modes.
@@ -389,7 +388,7 @@ impl Merge {
         let changed = concat_masks(
             &BooleanArray::from(vec![false; untouched.num_rows()]),
             &changed,
-        );
+        )?;
         let closed = self.closed(&merged, watermark_ms)?;
         let all = BooleanArray::from(vec![true; merged.num_rows()]);
         let emit_mask = match self.mode {
@@ -437,35 +436,14 @@ impl Merge {
         })
     }
 
-    /// The key converter of the group columns, and the keys of `rows`.
-    fn keys(&self, rows: &RecordBatch) -> DfResult<datafusion::arrow::row::Rows> {
-        let groups = self.groups();
-        let fields: Vec<SortField> = (0..groups)
-            .map(|i| SortField::new(self.partial_schema.field(i).data_type().clone()))
-            .collect();
-        Ok(RowConverter::new(fields)?.convert_columns(&rows.columns()[..groups])?)
-    }
-
-    /// Which rows of `state` have a group that `new_rows` has too.
-    fn touched_by(&self, state: &RecordBatch, new_rows: &RecordBatch) -> DfResult<BooleanArray> {
-        if new_rows.num_rows() == 0 {
-            return Ok(BooleanArray::from(vec![false; state.num_rows()]));
-        }
-        let new_keys = self.keys(new_rows)?;
-        let new: HashSet<&[u8]> = new_keys.iter().map(|r| r.data()).collect();
-        let keys = self.keys(state)?;
-        Ok(keys.iter().map(|r| Some(new.contains(r.data()))).collect())
+    /// Which rows of `rows` have a group that `of` has too.
+    fn touched_by(&self, rows: &RecordBatch, of: &RecordBatch) -> DfResult<BooleanArray> {
+        Ok(key_in(rows, of, self.groups())?)
     }
 
     /// Rows of `before` whose group `after` no longer has.
     fn gone(&self, before: &RecordBatch, after: &RecordBatch) -> DfResult<RecordBatch> {
-        let after_keys = self.keys(after)?;
-        let after: HashSet<&[u8]> = after_keys.iter().map(|r| r.data()).collect();
-        let keys = self.keys(before)?;
-        let gone: BooleanArray = keys
-            .iter()
-            .map(|r| Some(!after.contains(r.data())))
-            .collect();
+        let gone = datafusion::arrow::compute::not(&self.touched_by(before, after)?)?;
         Ok(filter_record_batch(before, &gone)?)
     }
 
@@ -496,9 +474,12 @@ fn one_batch(schema: &SchemaRef, batches: &[RecordBatch]) -> DfResult<RecordBatc
     }
 }
 
-/// `first` followed by `second`.
-fn concat_masks(first: &BooleanArray, second: &BooleanArray) -> BooleanArray {
-    first.iter().chain(second.iter()).collect()
+/// `first` followed by `second`, bit by bit rather than value by value:
+/// `first` has a bit for every row of the state.
+fn concat_masks(first: &BooleanArray, second: &BooleanArray) -> DfResult<BooleanArray> {
+    Ok(datafusion::arrow::compute::concat(&[first, second])?
+        .as_boolean()
+        .clone())
 }
 
 /// Gives every row the merged session of its key: sessions of one key

@@ -105,12 +105,6 @@ impl From<&Path> for WorkspaceLocation {
     }
 }
 
-impl From<&PathBuf> for WorkspaceLocation {
-    fn from(root: &PathBuf) -> Self {
-        WorkspaceLocation::Local(root.clone())
-    }
-}
-
 impl From<&WorkspaceLocation> for WorkspaceLocation {
     fn from(location: &WorkspaceLocation) -> Self {
         location.clone()
