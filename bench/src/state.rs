@@ -75,7 +75,10 @@ pub async fn run(args: StateArgs) -> Result<Vec<Figure>, Error> {
                 "B9 running total, {} updates/batch, {} ids vs {} ids, {cache}: batch time p50",
                 args.state_updates, args.large_ids, args.small_ids
             ),
-            spate: format!("{large_ms} ms (state {} MB)", large.state_bytes >> 20),
+            spate: format!(
+                "{large_ms} ms (state {} MB in memory)",
+                large.state_bytes >> 20
+            ),
             baseline: format!("{small_ms} ms"),
             ratio: format!("{time_ratio:.2}"),
             target: "<= 2".into(),
@@ -141,6 +144,7 @@ async fn one_run(ids: u64, args: StateArgs, limited: bool) -> Result<Run, Error>
             vec![Arc::new(ids), Arc::new(amounts)],
         )?)
     };
+    // What the rows take (an id and a sum); the index comes on top.
     let state_bytes = (ids as usize) * 16;
     let cache = Arc::new(StateCache::with_limit(if limited {
         state_bytes / 2

@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod insert;
 pub mod job;
 pub mod kafka;
+pub mod keyed;
 pub mod postgres;
 pub mod query;
 pub mod redact;

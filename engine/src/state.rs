@@ -14,29 +14,32 @@
 //! makes them useless for version N-1, the oldest a re-run can ask for.
 //!
 //! A worker keeps the latest version it wrote or read per partition in
-//! memory (`StateCache`), up to `worker.state_memory_mb`: past it, the
-//! partitions used least recently are dropped. A partition not in memory
-//! (dropped, or moved from another worker) is read back from the workspace.
+//! memory (`StateCache`), indexed by group key (`KeyedState`), up to
+//! `worker.state_memory_mb`: past it, the partitions used least recently
+//! are dropped. A task takes its partition's state out of the cache and
+//! puts the next version back, so a batch changes the state in place. A
+//! partition not in memory (dropped, moved from another worker, or taken
+//! by another attempt of the same task) is read back from the workspace.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::error::{EngineError, Result};
+use crate::keyed::{KeyedState, StateLayout};
 use crate::workspace::Workspace;
 
 /// One partition's state version in memory.
 #[derive(Debug)]
 struct Cached {
     version: u64,
-    batches: Arc<Vec<RecordBatch>>,
+    state: KeyedState,
     bytes: usize,
     /// When it was last put or got, on the cache's own clock.
     used: u64,
@@ -91,20 +94,20 @@ impl StateCache {
         }
     }
 
-    fn get(&self, dir: &str, version: u64) -> Option<Arc<Vec<RecordBatch>>> {
+    /// Version `version` of a partition, out of the cache: the task that
+    /// takes it puts the next version back.
+    fn take(&self, dir: &str, version: u64) -> Option<KeyedState> {
         let mut versions = self.versions.lock().expect("state cache lock");
-        versions.clock += 1;
-        let now = versions.clock;
-        let cached = versions
-            .by_dir
-            .get_mut(dir)
-            .filter(|c| c.version == version)?;
-        cached.used = now;
-        Some(Arc::clone(&cached.batches))
+        if versions.by_dir.get(dir)?.version != version {
+            return None;
+        }
+        let cached = versions.by_dir.remove(dir)?;
+        versions.bytes -= cached.bytes;
+        Some(cached.state)
     }
 
-    fn put(&self, dir: &str, version: u64, batches: Arc<Vec<RecordBatch>>) {
-        let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    fn put(&self, dir: &str, version: u64, state: KeyedState) {
+        let bytes = state.memory_size();
         let mut versions = self.versions.lock().expect("state cache lock");
         versions.clock += 1;
         let used = versions.clock;
@@ -121,7 +124,7 @@ impl StateCache {
             dir.to_string(),
             Cached {
                 version,
-                batches,
+                state,
                 bytes,
                 used,
             },
@@ -189,43 +192,21 @@ fn version_of(name: &str) -> Option<(u64, VersionKind)> {
 #[derive(Debug)]
 pub struct StateChange {
     /// The state after the batch: what the next batch starts from.
-    pub state: Vec<RecordBatch>,
+    pub state: KeyedState,
     /// Rows of groups the batch added or changed (among `state`).
     pub changed: Vec<RecordBatch>,
     /// Rows of groups the batch removed (not in `state`).
     pub removed: Vec<RecordBatch>,
 }
 
-/// Which rows of `rows` have a group (their first `keys` columns) that
-/// some row of `of` has too.
-pub fn key_in(rows: &RecordBatch, of: &RecordBatch, keys: usize) -> Result<BooleanArray> {
-    if of.num_rows() == 0 {
-        return Ok(BooleanArray::from(vec![false; rows.num_rows()]));
-    }
-    let fields: Vec<SortField> = rows.schema().fields()[..keys]
-        .iter()
-        .map(|f| SortField::new(f.data_type().clone()))
-        .collect();
-    let converter = RowConverter::new(fields)?;
-    let wanted = converter.convert_columns(&of.columns()[..keys])?;
-    let wanted: HashSet<&[u8]> = wanted.iter().map(|r| r.data()).collect();
-    let candidates = converter.convert_columns(&rows.columns()[..keys])?;
-    Ok(candidates
-        .iter()
-        .map(|r| Some(wanted.contains(r.data())))
-        .collect())
-}
-
-/// `state` with a delta applied: rows of the delta's groups are dropped,
-/// then its changed rows appended.
-fn apply_delta(state: RecordBatch, delta: &RecordBatch, keys: usize) -> Result<RecordBatch> {
+/// Applies a delta: its removed rows' groups leave, its changed rows
+/// replace those of their groups.
+fn apply_delta(state: &mut KeyedState, delta: &RecordBatch) -> Result<()> {
     let flag = delta.num_columns() - 1;
-    let removed = delta.column(flag).as_boolean().clone();
-    let untouched = datafusion::arrow::compute::not(&key_in(&state, delta, keys)?)?;
-    let kept = filter_record_batch(&state, &untouched)?;
-    let changed = delta.project(&(0..flag).collect::<Vec<_>>())?;
-    let changed = filter_record_batch(&changed, &datafusion::arrow::compute::not(&removed)?)?;
-    Ok(concat_batches(&state.schema(), [&kept, &changed])?)
+    let removed = delta.column(flag).as_boolean();
+    let rows = delta.project(&(0..flag).collect::<Vec<_>>())?;
+    state.remove(&filter_record_batch(&rows, removed)?)?;
+    state.upsert(filter_record_batch(&rows, &not(removed)?)?)
 }
 
 fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
@@ -239,28 +220,27 @@ fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
 
 impl PartitionState {
     /// The state batch `batch` starts from: version `batch - 1`, or nothing
-    /// for the first batch. `keys`: the group columns, first in each row.
-    pub async fn load_before(&self, batch: u64, keys: usize) -> Result<Arc<Vec<RecordBatch>>> {
+    /// for the first batch; taken out of the cache, or read back.
+    pub async fn load_before(&self, batch: u64, layout: &StateLayout) -> Result<KeyedState> {
         let Some(version) = batch.checked_sub(1) else {
-            return Ok(Arc::new(Vec::new()));
+            return KeyedState::new(layout.clone());
         };
-        if let Some(batches) = self.cache.get(&self.dir, version) {
-            return Ok(batches);
+        if let Some(state) = self.cache.take(&self.dir, version) {
+            return Ok(state);
         }
-        let batches = Arc::new(self.read_version(version, keys).await?);
-        self.cache.put(&self.dir, version, Arc::clone(&batches));
-        Ok(batches)
+        self.read_version(version, layout).await
     }
 
     /// Version `version` from the latest snapshot at or before it and the
-    /// deltas after that.
-    async fn read_version(&self, version: u64, keys: usize) -> Result<Vec<RecordBatch>> {
+    /// deltas after that, each applied by key to the one state.
+    async fn read_version(&self, version: u64, layout: &StateLayout) -> Result<KeyedState> {
         let files = self.versions().await?;
         let at_or_before: Vec<(u64, VersionKind)> =
             files.into_iter().filter(|(v, _)| *v <= version).collect();
+        let mut state = KeyedState::new(layout.clone())?;
         if at_or_before.is_empty() {
             // A job's first stateful batch may not be its first batch.
-            return Ok(Vec::new());
+            return Ok(state);
         }
         let snapshot = at_or_before
             .iter()
@@ -273,10 +253,11 @@ impl PartitionState {
             Some(s) => s + 1,
             None => at_or_before.iter().map(|(v, _)| *v).min().unwrap_or(0),
         };
-        let mut state: Option<RecordBatch> = match snapshot {
-            Some(s) => self.read_file(s, VersionKind::Snapshot).await?,
-            None => None,
-        };
+        if let Some(s) = snapshot
+            && let Some(rows) = self.read_file(s, VersionKind::Snapshot).await?
+        {
+            state.upsert(rows)?;
+        }
         for v in first_delta..=version {
             let Some(delta) = self.read_file(v, VersionKind::Delta).await? else {
                 return Err(EngineError::plan(format!(
@@ -284,10 +265,9 @@ impl PartitionState {
                     version_path(&self.dir, v, VersionKind::Delta)
                 )));
             };
-            let base = state.unwrap_or_else(|| RecordBatch::new_empty(without_flag(&delta)));
-            state = Some(apply_delta(base, &delta, keys)?);
+            apply_delta(&mut state, &delta)?;
         }
-        Ok(state.into_iter().collect())
+        Ok(state)
     }
 
     /// One version file, its batches as one; None when it is not there.
@@ -309,10 +289,14 @@ impl PartitionState {
 
     /// Writes version `batch`, a snapshot or a delta, and prunes what no
     /// re-run can need. Returns the bytes written.
-    pub async fn save(&self, batch: u64, schema: SchemaRef, change: StateChange) -> Result<u64> {
+    pub async fn save(&self, batch: u64, change: StateChange) -> Result<u64> {
         let interval = spate_config::settings().job.state_snapshot_interval.max(1);
+        let schema = Arc::clone(change.state.schema());
         let (kind, bytes) = if batch.is_multiple_of(interval) {
-            (VersionKind::Snapshot, to_ipc(&schema, &change.state)?)
+            (
+                VersionKind::Snapshot,
+                to_ipc(&schema, &change.state.rows()?)?,
+            )
         } else {
             (VersionKind::Delta, delta_ipc(&schema, &change)?)
         };
@@ -320,7 +304,7 @@ impl PartitionState {
         self.workspace
             .put(&version_path(&self.dir, batch, kind), bytes)
             .await?;
-        self.cache.put(&self.dir, batch, Arc::new(change.state));
+        self.cache.put(&self.dir, batch, change.state);
         self.prune(batch, kind).await?;
         Ok(size)
     }
@@ -346,12 +330,6 @@ impl PartitionState {
         }
         Ok(())
     }
-}
-
-/// A delta's schema without its flag column.
-fn without_flag(delta: &RecordBatch) -> SchemaRef {
-    let fields = delta.schema().fields()[..delta.num_columns() - 1].to_vec();
-    Arc::new(Schema::new(fields))
 }
 
 /// The changed rows, then the removed ones, each flagged.
@@ -385,23 +363,30 @@ mod cache_tests {
 
     use super::*;
 
-    fn rows(n: i64) -> Arc<Vec<RecordBatch>> {
+    fn rows(n: i64) -> KeyedState {
         let ids: Int64Array = (0..n).collect();
-        Arc::new(vec![
-            RecordBatch::try_from_iter([("id", Arc::new(ids) as _)]).unwrap(),
-        ])
+        let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as _)]).unwrap();
+        let layout = StateLayout {
+            schema: batch.schema(),
+            keys: 1,
+            window_end: None,
+        };
+        KeyedState::from_rows(layout, batch).unwrap()
     }
 
     #[test]
     fn the_partitions_used_least_recently_leave_first() {
-        let one = rows(1000)[0].get_array_memory_size();
+        let one = rows(1000).memory_size();
         let cache = StateCache::with_limit(one * 2 + one / 2);
         cache.put("a", 1, rows(1000));
         cache.put("b", 1, rows(1000));
-        assert!(cache.get("a", 1).is_some());
+        // A task takes a's version 1 and puts its version 2 back.
+        let a = cache.take("a", 1).expect("a is cached");
+        assert!(cache.take("a", 1).is_none(), "taken");
+        cache.put("a", 2, a);
         cache.put("c", 1, rows(1000));
-        assert!(cache.get("b", 1).is_none(), "b was used least recently");
-        assert!(cache.get("a", 1).is_some() && cache.get("c", 1).is_some());
+        assert!(cache.take("b", 1).is_none(), "b was used least recently");
+        assert!(cache.take("a", 1).is_none(), "an old version is no hit");
         assert_eq!(
             cache.usage(),
             CacheUse {
@@ -410,10 +395,9 @@ mod cache_tests {
                 evicted: 1
             }
         );
-        // A new version replaces the old one's bytes; an old version is no hit.
-        cache.put("a", 2, rows(1000));
-        assert!(cache.get("a", 1).is_none());
-        assert_eq!(cache.usage().bytes, 2 * one);
+        let c = cache.take("c", 1).expect("c is cached");
+        assert_eq!(c.len(), 1000);
+        assert_eq!(cache.usage().bytes, one, "what is taken is not held");
 
         let small = StateCache::with_limit(one / 2);
         small.put("a", 1, rows(1000));
@@ -449,8 +433,22 @@ mod delta_tests {
         .unwrap()
     }
 
-    fn contents(batches: &[RecordBatch]) -> BTreeMap<i64, i64> {
-        batches
+    fn layout() -> StateLayout {
+        StateLayout {
+            schema: schema(),
+            keys: 1,
+            window_end: None,
+        }
+    }
+
+    fn keyed(rows: RecordBatch) -> KeyedState {
+        KeyedState::from_rows(layout(), rows).unwrap()
+    }
+
+    fn contents(state: &KeyedState) -> BTreeMap<i64, i64> {
+        state
+            .rows()
+            .unwrap()
             .iter()
             .flat_map(|b| {
                 let ids = b.column(0).as_primitive::<Int64Type>().clone();
@@ -491,21 +489,21 @@ mod delta_tests {
             }
             state.extend(changed.iter().copied());
             let change = StateChange {
-                state: vec![batch(state.clone())],
+                state: keyed(batch(state.clone())),
                 changed: vec![batch(changed)],
                 removed: vec![batch(removed)],
             };
-            sizes.push(writer.save(b, schema(), change).await.unwrap());
+            sizes.push(writer.save(b, change).await.unwrap());
 
             // A worker that never saw the partition reads the same state.
-            let read = partition(&ws).load_before(b + 1, 1).await.unwrap();
+            let read = partition(&ws).load_before(b + 1, &layout()).await.unwrap();
             assert_eq!(contents(&read), state, "version {b}");
             let files = ws.list_names("state/0/0").await.unwrap();
             assert!(files.len() as u64 <= interval + 1, "{files:?}");
         }
         // A re-run of the last batch still finds the version before it.
         let last = interval * 3 + 3;
-        let again = partition(&ws).load_before(last, 1).await.unwrap();
+        let again = partition(&ws).load_before(last, &layout()).await.unwrap();
         assert!(!again.is_empty());
         // Deltas hold what changed; a snapshot everything.
         let snapshot = sizes[(interval * 3) as usize];
@@ -523,16 +521,16 @@ mod delta_tests {
         let writer = partition(&ws);
         for b in 1..4 {
             let change = StateChange {
-                state: vec![batch([(b as i64, 1)])],
+                state: keyed(batch([(b as i64, 1)])),
                 changed: vec![batch([(b as i64, 1)])],
                 removed: vec![],
             };
-            writer.save(b, schema(), change).await.unwrap();
+            writer.save(b, change).await.unwrap();
         }
         ws.delete(&version_path("state/0/0", 2, VersionKind::Delta))
             .await
             .unwrap();
-        let err = partition(&ws).load_before(4, 1).await.unwrap_err();
+        let err = partition(&ws).load_before(4, &layout()).await.unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
     }
 }

@@ -3,9 +3,10 @@
 //! this operator takes the place of the `FinalPartitioned` aggregate above
 //! the shuffle:
 //!
-//! 1. state(N-1) + this batch's partial rows are merged with an
-//!    `AggregateExec` in `PartialReduce` mode: still partial state, one row
-//!    per group;
+//! 1. the rows of state(N-1) for the groups this batch touched (looked up
+//!    by key in the `KeyedState`) and the batch's partial rows are merged
+//!    with an `AggregateExec` in `PartialReduce` mode: still partial state,
+//!    one row per group, which replaces those groups' rows in the state;
 //! 2. rows to emit are finalised with an `AggregateExec` in `Final` mode:
 //!    closed windows (append), changed groups (update) or all (complete);
 //! 3. windows the watermark closed leave the state (append and update), so
@@ -14,13 +15,14 @@
 //! The wrapped `FinalPartitioned` aggregate is kept as the only child, so
 //! datafusion-proto carries its group and aggregate expressions.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StructArray,
 };
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::compute::{and, cast, concat_batches, filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -38,8 +40,8 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::state::{PartitionState, StateChange, key_in};
-use crate::windows::epoch_millis;
+use crate::keyed::{KeyedState, StateLayout, WindowEnd};
+use crate::state::{PartitionState, StateChange};
 
 /// Spark's output modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -243,21 +245,16 @@ impl ExecutionPlan for StatefulAggregateExec {
             let new_rows: Vec<RecordBatch> = new_rows.try_collect().await?;
             let before = scope
                 .state
-                .load_before(scope.batch, merge.groups())
+                .load_before(scope.batch, &merge.layout())
                 .await
                 .map_err(DataFusionError::from)?;
             let step = merge
-                .run(&before, &new_rows, scope.watermark_ms, context)
+                .run(before, &new_rows, scope.watermark_ms, context)
                 .await?;
-            let in_memory = step
-                .change
-                .state
-                .iter()
-                .map(RecordBatch::get_array_memory_size)
-                .sum();
+            let in_memory = step.change.state.memory_size();
             let written = scope
                 .state
-                .save(scope.batch, Arc::clone(&merge.partial_schema), step.change)
+                .save(scope.batch, step.change)
                 .await
                 .map_err(DataFusionError::from)?;
             let [rows, size, updated, removed, bytes_written] = &counters;
@@ -326,160 +323,211 @@ impl Merge {
         self.rebuild.group_by.expr().len()
     }
 
-    /// Merges the batch's partial rows into the state. Only the state rows
-    /// of groups the batch touched are reduced with them; the others pass
-    /// through as they are, so a batch costs what it touched plus a scan of
-    /// the state's keys, not a re-aggregation of all of it.
+    /// What the state's rows are, for the store.
+    fn layout(&self) -> StateLayout {
+        StateLayout {
+            schema: Arc::clone(&self.partial_schema),
+            keys: self.groups(),
+            window_end: self.window.as_ref().map(EventWindow::end),
+        }
+    }
+
+    /// Merges the batch's partial rows into the state.
     async fn run(
         &self,
-        before: &[RecordBatch],
+        state: KeyedState,
         new_rows: &[RecordBatch],
         watermark_ms: Option<i64>,
         context: Arc<TaskContext>,
     ) -> DfResult<Step> {
-        let schema = Arc::clone(&self.partial_schema);
-        let before = one_batch(&schema, before)?;
-        let new_rows = one_batch(&schema, new_rows)?;
-        // Sessions of a key merge across the state's rows, which changes
-        // their keys: every row takes part.
-        let (untouched, touched, new_rows) = match &self.window {
+        let new_rows = concat_batches(&self.partial_schema, new_rows)?;
+        let merged = match &self.window {
             Some(EventWindow::Session { column }) => {
-                let all = concat_batches(&schema, [&before, &new_rows])?;
-                let all = merge_sessions(&all, *column, self.groups())?;
-                let new_rows = all.slice(before.num_rows(), new_rows.num_rows());
-                let before = all.slice(0, before.num_rows());
-                (
-                    RecordBatch::new_empty(Arc::clone(&schema)),
-                    before,
-                    new_rows,
-                )
+                self.merge_sessions(state, new_rows, *column, watermark_ms, &context)
+                    .await?
             }
             _ => {
-                let hit = self.touched_by(&before, &new_rows)?;
-                (
-                    filter_record_batch(&before, &datafusion::arrow::compute::not(&hit)?)?,
-                    filter_record_batch(&before, &hit)?,
-                    new_rows,
-                )
+                self.merge_keyed(state, new_rows, watermark_ms, &context)
+                    .await?
             }
-        };
-        let reduce_input = concat_batches(&schema, [&touched, &new_rows])?;
-        let reduced = if reduce_input.num_rows() == 0 {
-            reduce_input
-        } else {
-            let reduced = self
-                .rebuild
-                .run(
-                    AggregateMode::PartialReduce,
-                    vec![reduce_input],
-                    Arc::clone(&schema),
-                    Arc::clone(&context),
-                )
-                .await?;
-            concat_batches(&schema, &reduced)?
-        };
-        // Of the reduced rows, those the batch changed: all of them, but for
-        // sessions, where the state's rows were reduced too.
-        let changed = match &self.window {
-            Some(EventWindow::Session { .. }) => self.touched_by(&reduced, &new_rows)?,
-            _ => BooleanArray::from(vec![true; reduced.num_rows()]),
-        };
-        let merged = concat_batches(&schema, [&untouched, &reduced])?;
-        let changed = concat_masks(
-            &BooleanArray::from(vec![false; untouched.num_rows()]),
-            &changed,
-        )?;
-        let closed = self.closed(&merged, watermark_ms)?;
-        let all = BooleanArray::from(vec![true; merged.num_rows()]);
-        let emit_mask = match self.mode {
-            OutputMode::Append => closed.clone(),
-            OutputMode::Update => changed.clone(),
-            OutputMode::Complete => all.clone(),
-        };
-        let keep_mask = match self.mode {
-            // Complete mode shows every group every time, so nothing leaves.
-            OutputMode::Complete => all,
-            _ => datafusion::arrow::compute::not(&closed)?,
-        };
-        let to_emit = filter_record_batch(&merged, &emit_mask)?;
-        let keep = filter_record_batch(&merged, &keep_mask)?;
-        let changed_kept = filter_record_batch(
-            &merged,
-            &datafusion::arrow::compute::and(&changed, &keep_mask)?,
-        )?;
-        let removed = match &self.window {
-            // Sessions merged away leave keys that no row of the state has.
-            Some(EventWindow::Session { .. }) => self.gone(&before, &keep)?,
-            _ => filter_record_batch(&merged, &datafusion::arrow::compute::not(&keep_mask)?)?,
         };
         let updated_rows = match self.mode {
             OutputMode::Append => 0,
-            _ => to_emit.num_rows(),
+            _ => merged.to_emit.num_rows(),
         };
-        let emit = if to_emit.num_rows() == 0 {
+        let emit = if merged.to_emit.num_rows() == 0 {
             Vec::new()
         } else {
             self.rebuild
-                .run(AggregateMode::Final, vec![to_emit], schema, context)
+                .run(
+                    AggregateMode::Final,
+                    vec![merged.to_emit],
+                    Arc::clone(&self.partial_schema),
+                    context,
+                )
                 .await?
         };
+        let removed_rows = merged.removed.num_rows();
         Ok(Step {
             emit,
-            kept_rows: keep.num_rows(),
-            removed_rows: merged.num_rows() - keep.num_rows(),
+            kept_rows: merged.state.len(),
+            removed_rows,
             updated_rows,
             change: StateChange {
-                state: vec![keep],
-                changed: vec![changed_kept],
-                removed: vec![removed],
+                state: merged.state,
+                changed: vec![merged.changed],
+                removed: vec![merged.removed],
             },
         })
     }
 
-    /// Which rows of `rows` have a group that `of` has too.
-    fn touched_by(&self, rows: &RecordBatch, of: &RecordBatch) -> DfResult<BooleanArray> {
-        Ok(key_in(rows, of, self.groups())?)
-    }
-
-    /// Rows of `before` whose group `after` no longer has.
-    fn gone(&self, before: &RecordBatch, after: &RecordBatch) -> DfResult<RecordBatch> {
-        let gone = datafusion::arrow::compute::not(&self.touched_by(before, after)?)?;
-        Ok(filter_record_batch(before, &gone)?)
-    }
-
-    /// Rows whose window ends at or before the watermark.
-    fn closed(&self, merged: &RecordBatch, watermark_ms: Option<i64>) -> DfResult<BooleanArray> {
-        let (Some(window), Some(watermark_ms)) = (&self.window, watermark_ms) else {
-            return Ok(BooleanArray::from(vec![false; merged.num_rows()]));
-        };
-        let (times, width_ms) = match window {
-            EventWindow::Struct { column } | EventWindow::Session { column } => {
-                (merged.column(*column).as_struct().column(1), 0)
+    /// Only the groups the batch touched are looked up and reduced with
+    /// its rows, then put back; a batch costs what it touched, whatever the
+    /// state holds (but for complete mode, which shows every group).
+    async fn merge_keyed(
+        &self,
+        mut state: KeyedState,
+        new_rows: RecordBatch,
+        watermark_ms: Option<i64>,
+        context: &Arc<TaskContext>,
+    ) -> DfResult<Merged> {
+        let touched = state.rows_of_groups_in(&new_rows)?;
+        let reduced = self.reduce(&[touched, new_rows], context).await?;
+        state.upsert(reduced.clone())?;
+        let closed = match (self.mode, watermark_ms) {
+            // Complete mode shows every group every time, so nothing leaves.
+            (OutputMode::Complete, _) | (_, None) => {
+                RecordBatch::new_empty(Arc::clone(&self.partial_schema))
             }
-            EventWindow::Bin { column, width_ms } => (merged.column(*column), *width_ms),
+            (_, Some(watermark_ms)) => state.expire(watermark_ms)?,
         };
-        Ok(epoch_millis(times)?
-            .iter()
-            .map(|t| Some(t.is_some_and(|t| t + width_ms <= watermark_ms)))
-            .collect())
+        let changed = match (state.layout().window_end, watermark_ms, self.mode) {
+            (Some(end), Some(watermark_ms), OutputMode::Append | OutputMode::Update) => {
+                filter_record_batch(&reduced, &not(&end.closed(&reduced, watermark_ms)?)?)?
+            }
+            _ => reduced.clone(),
+        };
+        let to_emit = match self.mode {
+            OutputMode::Append => closed.clone(),
+            OutputMode::Update => reduced,
+            OutputMode::Complete => concat_batches(&self.partial_schema, &state.rows()?)?,
+        };
+        Ok(Merged {
+            state,
+            to_emit,
+            changed,
+            removed: closed,
+        })
+    }
+
+    /// Sessions of a key merge across the state's rows, which changes
+    /// their keys: every row takes part.
+    async fn merge_sessions(
+        &self,
+        state: KeyedState,
+        new_rows: RecordBatch,
+        column: usize,
+        watermark_ms: Option<i64>,
+        context: &Arc<TaskContext>,
+    ) -> DfResult<Merged> {
+        let schema = Arc::clone(&self.partial_schema);
+        let before = concat_batches(&schema, &state.rows()?)?;
+        let all = concat_batches(&schema, [&before, &new_rows])?;
+        let all = merge_sessions(&all, column, self.groups())?;
+        let new_rows = all.slice(before.num_rows(), new_rows.num_rows());
+        let reduced = self.reduce(&[all], context).await?;
+        let changed = key_in(&reduced, &new_rows, self.groups())?;
+        let closed = match (state.layout().window_end, watermark_ms) {
+            (Some(end), Some(watermark_ms)) => end.closed(&reduced, watermark_ms)?,
+            _ => BooleanArray::from(vec![false; reduced.num_rows()]),
+        };
+        let keep_mask = match self.mode {
+            OutputMode::Complete => BooleanArray::from(vec![true; reduced.num_rows()]),
+            _ => not(&closed)?,
+        };
+        let to_emit = match self.mode {
+            OutputMode::Append => filter_record_batch(&reduced, &closed)?,
+            OutputMode::Update => filter_record_batch(&reduced, &changed)?,
+            OutputMode::Complete => reduced.clone(),
+        };
+        let keep = filter_record_batch(&reduced, &keep_mask)?;
+        let changed = filter_record_batch(&reduced, &and(&changed, &keep_mask)?)?;
+        // Sessions merged away leave keys that no row of the state has.
+        let removed = filter_record_batch(&before, &not(&key_in(&before, &keep, self.groups())?)?)?;
+        Ok(Merged {
+            state: KeyedState::from_rows(state.layout().clone(), keep)?,
+            to_emit,
+            changed,
+            removed,
+        })
+    }
+
+    /// `rows` reduced to one partial row per group.
+    async fn reduce(
+        &self,
+        rows: &[RecordBatch],
+        context: &Arc<TaskContext>,
+    ) -> DfResult<RecordBatch> {
+        let schema = Arc::clone(&self.partial_schema);
+        let rows = concat_batches(&schema, rows)?;
+        if rows.num_rows() == 0 {
+            return Ok(rows);
+        }
+        let reduced = self
+            .rebuild
+            .run(
+                AggregateMode::PartialReduce,
+                vec![rows],
+                Arc::clone(&schema),
+                Arc::clone(context),
+            )
+            .await?;
+        Ok(concat_batches(&schema, &reduced)?)
     }
 }
 
-/// The rows of `batches` as one batch; the state is one already, and a
-/// copy of it per batch is what a large state cannot afford.
-fn one_batch(schema: &SchemaRef, batches: &[RecordBatch]) -> DfResult<RecordBatch> {
-    match batches {
-        [one] => Ok(one.clone()),
-        _ => Ok(concat_batches(schema, batches)?),
+/// A batch merged into the state.
+struct Merged {
+    /// The state after the batch.
+    state: KeyedState,
+    /// Partial rows to finalise and emit.
+    to_emit: RecordBatch,
+    /// Rows of groups the batch changed that stay in the state.
+    changed: RecordBatch,
+    /// Rows of groups that left the state.
+    removed: RecordBatch,
+}
+
+impl EventWindow {
+    /// How the store finds a row's window end.
+    fn end(&self) -> WindowEnd {
+        match *self {
+            EventWindow::Struct { column } | EventWindow::Session { column } => {
+                WindowEnd::StructEnd { column }
+            }
+            EventWindow::Bin { column, width_ms } => WindowEnd::StartPlus { column, width_ms },
+        }
     }
 }
 
-/// `first` followed by `second`, bit by bit rather than value by value:
-/// `first` has a bit for every row of the state.
-fn concat_masks(first: &BooleanArray, second: &BooleanArray) -> DfResult<BooleanArray> {
-    Ok(datafusion::arrow::compute::concat(&[first, second])?
-        .as_boolean()
-        .clone())
+/// Which rows of `rows` have a group (their first `keys` columns) that
+/// some row of `of` has too.
+fn key_in(rows: &RecordBatch, of: &RecordBatch, keys: usize) -> DfResult<BooleanArray> {
+    if of.num_rows() == 0 {
+        return Ok(BooleanArray::from(vec![false; rows.num_rows()]));
+    }
+    let fields: Vec<SortField> = rows.schema().fields()[..keys]
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let wanted = converter.convert_columns(&of.columns()[..keys])?;
+    let wanted: HashSet<&[u8]> = wanted.iter().map(|r| r.data()).collect();
+    let candidates = converter.convert_columns(&rows.columns()[..keys])?;
+    Ok(candidates
+        .iter()
+        .map(|r| Some(wanted.contains(r.data())))
+        .collect())
 }
 
 /// Gives every row the merged session of its key: sessions of one key

@@ -1,0 +1,650 @@
+//! A partition's state in memory, indexed by group key, so that a batch
+//! costs what it touches rather than what the state holds.
+//!
+//! The rows live in segments (Arrow batches, one per batch that changed
+//! the state), each with a mask of the rows still live. A hash index maps
+//! a group key (its bytes in Arrow's row format) to the one live row of
+//! that group. An update appends the group's new row as part of a new
+//! segment and marks the old one dead; a removal marks it dead. Nothing is
+//! copied until dead rows outnumber live ones, when the segments are
+//! compacted into one (amortised: a batch that changes a hundredth of the
+//! state compacts once in a hundred batches).
+//!
+//! Windows the watermark may close are found per segment: a segment whose
+//! earliest live window end is after the watermark is not looked at.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+use crate::error::Result;
+use crate::windows::epoch_millis;
+
+/// How a state row's window ends, for the watermark to close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowEnd {
+    /// A `{start, end}` struct column.
+    StructEnd { column: usize },
+    /// A window-start column; the end is `width_ms` later.
+    StartPlus { column: usize, width_ms: i64 },
+}
+
+impl WindowEnd {
+    /// Each row's window end in Unix ms; None for a null window.
+    pub fn of(&self, rows: &RecordBatch) -> Result<Vec<Option<i64>>> {
+        let (times, width_ms) = match *self {
+            WindowEnd::StructEnd { column } => (rows.column(column).as_struct().column(1), 0),
+            WindowEnd::StartPlus { column, width_ms } => (rows.column(column), width_ms),
+        };
+        Ok(epoch_millis(times)?
+            .iter()
+            .map(|t| t.map(|t| t + width_ms))
+            .collect())
+    }
+
+    /// Which rows' windows end at or before the watermark.
+    pub fn closed(&self, rows: &RecordBatch, watermark_ms: i64) -> Result<BooleanArray> {
+        Ok(self
+            .of(rows)?
+            .into_iter()
+            .map(|end| Some(end.is_some_and(|end| end <= watermark_ms)))
+            .collect())
+    }
+}
+
+/// What a partition's state rows are.
+#[derive(Debug, Clone)]
+pub struct StateLayout {
+    /// Group columns, then the aggregates' state columns.
+    pub schema: SchemaRef,
+    /// How many of the first columns are the group key.
+    pub keys: usize,
+    pub window_end: Option<WindowEnd>,
+}
+
+/// Where a live row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    segment: u32,
+    row: u32,
+}
+
+impl At {
+    /// No row: the key's group was removed.
+    const GONE: At = At {
+        segment: u32::MAX,
+        row: u32::MAX,
+    };
+
+    fn live(self) -> Option<At> {
+        (self != At::GONE).then_some(self)
+    }
+}
+
+#[derive(Debug)]
+struct Segment {
+    rows: RecordBatch,
+    live: Vec<bool>,
+    live_rows: usize,
+    /// The earliest window end among the live rows, once computed; a
+    /// lower bound after rows die.
+    earliest_end: Option<Option<i64>>,
+}
+
+/// Where each key ends in the arena: keys of fixed-width columns (most
+/// group keys) all have one length, so they need no offsets.
+#[derive(Debug)]
+enum KeyEnds {
+    Fixed(usize),
+    Offsets(Vec<usize>),
+}
+
+/// The group keys the index knows, as Arrow row-format bytes in one arena.
+#[derive(Debug)]
+struct Keys {
+    bytes: Vec<u8>,
+    ends: KeyEnds,
+    /// The live row of each key, `At::GONE` once its group was removed.
+    at: Vec<At>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            bytes: Vec::new(),
+            ends: KeyEnds::Offsets(Vec::new()),
+            at: Vec::new(),
+        }
+    }
+}
+
+impl Keys {
+    fn key(&self, k: u32) -> &[u8] {
+        let k = k as usize;
+        match &self.ends {
+            KeyEnds::Fixed(width) => &self.bytes[k * width..(k + 1) * width],
+            KeyEnds::Offsets(ends) => {
+                let start = if k == 0 { 0 } else { ends[k - 1] };
+                &self.bytes[start..ends[k]]
+            }
+        }
+    }
+
+    fn push(&mut self, key: &[u8], at: At) -> u32 {
+        let count = self.at.len();
+        if count == 0 {
+            self.ends = KeyEnds::Fixed(key.len());
+        } else if let KeyEnds::Fixed(width) = self.ends
+            && width != key.len()
+        {
+            self.ends = KeyEnds::Offsets((1..=count).map(|k| k * width).collect());
+        }
+        self.bytes.extend_from_slice(key);
+        if let KeyEnds::Offsets(ends) = &mut self.ends {
+            ends.push(self.bytes.len());
+        }
+        self.at.push(at);
+        count as u32
+    }
+
+    fn heap_size(&self) -> usize {
+        let ends = match &self.ends {
+            KeyEnds::Fixed(_) => 0,
+            KeyEnds::Offsets(ends) => ends.capacity() * size_of::<usize>(),
+        };
+        self.bytes.capacity() + ends + self.at.capacity() * size_of::<At>()
+    }
+}
+
+/// One partition's state: its rows by group key.
+#[derive(Debug)]
+pub struct KeyedState {
+    layout: StateLayout,
+    converter: RowConverter,
+    segments: Vec<Segment>,
+    /// Indices into `keys`, by the hash of the key's bytes.
+    index: HashTable<u32>,
+    keys: Keys,
+    hasher: foldhash::fast::FixedState,
+    live_rows: usize,
+    dead_rows: usize,
+}
+
+impl KeyedState {
+    /// No rows.
+    pub fn new(layout: StateLayout) -> Result<Self> {
+        let converter = RowConverter::new(
+            layout.schema.fields()[..layout.keys]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(KeyedState {
+            layout,
+            converter,
+            segments: Vec::new(),
+            index: HashTable::new(),
+            keys: Keys::default(),
+            hasher: foldhash::fast::FixedState::default(),
+            live_rows: 0,
+            dead_rows: 0,
+        })
+    }
+
+    /// The state holding `rows`, one per group.
+    pub fn from_rows(layout: StateLayout, rows: RecordBatch) -> Result<Self> {
+        let mut state = KeyedState::new(layout)?;
+        state.upsert(rows)?;
+        Ok(state)
+    }
+
+    pub fn layout(&self) -> &StateLayout {
+        &self.layout
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.layout.schema
+    }
+
+    /// Live rows: one per group.
+    pub fn len(&self) -> usize {
+        self.live_rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live_rows == 0
+    }
+
+    /// What the rows and the index take in memory.
+    pub fn memory_size(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| s.rows.get_array_memory_size() + s.live.capacity())
+            .sum::<usize>()
+            + self.index.allocation_size()
+            + self.keys.heap_size()
+    }
+
+    /// The live rows, segment by segment.
+    pub fn rows(&self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::with_capacity(self.segments.len());
+        for segment in &self.segments {
+            if segment.live_rows == segment.rows.num_rows() {
+                batches.push(segment.rows.clone());
+            } else if segment.live_rows > 0 {
+                let live = BooleanArray::from(segment.live.clone());
+                batches.push(filter_record_batch(&segment.rows, &live)?);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// The live rows of the groups some row of `of` has, each once (`of`
+    /// may hold several rows of a group), in no set order.
+    pub fn rows_of_groups_in(&self, of: &RecordBatch) -> Result<RecordBatch> {
+        let keys = self.key_rows(of)?;
+        let mut found: Vec<(usize, usize)> = (0..keys.num_rows())
+            .filter_map(|i| self.find(keys.row(i).data()))
+            .map(|at| (at.segment as usize, at.row as usize))
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        if found.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.layout.schema)));
+        }
+        let segments: Vec<&RecordBatch> = self.segments.iter().map(|s| &s.rows).collect();
+        Ok(interleave_record_batch(&segments, &found)?)
+    }
+
+    /// Puts `rows` in the state: each replaces the live row of its group,
+    /// if there is one.
+    pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let rows = RecordBatch::try_new(Arc::clone(&self.layout.schema), rows.columns().to_vec())?;
+        let key_rows = self.key_rows(&rows)?;
+        let segment = self.segments.len() as u32;
+        self.segments.push(Segment {
+            live: vec![true; rows.num_rows()],
+            live_rows: rows.num_rows(),
+            rows,
+            earliest_end: None,
+        });
+        self.live_rows += key_rows.num_rows();
+        for row in 0..key_rows.num_rows() {
+            let key = key_rows.row(row).data();
+            let at = At {
+                segment,
+                row: row as u32,
+            };
+            let hash = self.hasher.hash_one(key);
+            let (keys, hasher) = (&mut self.keys, &self.hasher);
+            match self.index.entry(
+                hash,
+                |k| keys.key(*k) == key,
+                |k| hasher.hash_one(keys.key(*k)),
+            ) {
+                Entry::Occupied(entry) => {
+                    let k = *entry.get() as usize;
+                    if let Some(old) = std::mem::replace(&mut keys.at[k], at).live() {
+                        Self::kill(&mut self.segments, old);
+                        self.live_rows -= 1;
+                        self.dead_rows += 1;
+                    }
+                }
+                Entry::Vacant(entry) => {
+                    let k = keys.push(key, at);
+                    entry.insert(k);
+                }
+            }
+        }
+        self.compact_if_sparse()
+    }
+
+    /// Removes the groups of `rows`' keys.
+    pub fn remove(&mut self, rows: &RecordBatch) -> Result<()> {
+        let key_rows = self.key_rows(rows)?;
+        for row in 0..key_rows.num_rows() {
+            self.remove_key(key_rows.row(row).data());
+        }
+        self.compact_if_sparse()
+    }
+
+    /// Removes and returns the rows whose windows end at or before the
+    /// watermark; only segments that may hold one are looked at.
+    pub fn expire(&mut self, watermark_ms: i64) -> Result<RecordBatch> {
+        let schema = Arc::clone(&self.layout.schema);
+        let Some(window_end) = self.layout.window_end else {
+            return Ok(RecordBatch::new_empty(schema));
+        };
+        let mut closed = Vec::new();
+        for segment in &mut self.segments {
+            if segment.live_rows == 0 {
+                continue;
+            }
+            let mut ends = None;
+            let earliest = match segment.earliest_end {
+                Some(earliest) => earliest,
+                None => earliest_live(segment, ends.insert(window_end.of(&segment.rows)?)),
+            };
+            segment.earliest_end = Some(earliest);
+            if earliest.is_none_or(|end| end > watermark_ms) {
+                continue;
+            }
+            let ends = match ends {
+                Some(ends) => ends,
+                None => window_end.of(&segment.rows)?,
+            };
+            let mask: BooleanArray = ends
+                .iter()
+                .zip(&segment.live)
+                .map(|(end, live)| Some(*live && end.is_some_and(|end| end <= watermark_ms)))
+                .collect();
+            closed.push(filter_record_batch(&segment.rows, &mask)?);
+            segment.earliest_end = Some(earliest_live_after(segment, &ends, &mask));
+        }
+        let closed = concat_batches(&schema, &closed)?;
+        // Their keys leave the index, which marks their rows dead.
+        self.remove(&closed)?;
+        Ok(closed)
+    }
+
+    fn remove_key(&mut self, key: &[u8]) {
+        let hash = self.hasher.hash_one(key);
+        let keys = &mut self.keys;
+        if let Ok(entry) = self.index.find_entry(hash, |k| keys.key(*k) == key) {
+            let (k, _) = entry.remove();
+            if let Some(old) = std::mem::replace(&mut keys.at[k as usize], At::GONE).live() {
+                Self::kill(&mut self.segments, old);
+                self.live_rows -= 1;
+                self.dead_rows += 1;
+            }
+        }
+    }
+
+    fn find(&self, key: &[u8]) -> Option<At> {
+        let hash = self.hasher.hash_one(key);
+        let k = self.index.find(hash, |k| self.keys.key(*k) == key)?;
+        self.keys.at[*k as usize].live()
+    }
+
+    fn kill(segments: &mut [Segment], at: At) {
+        let segment = &mut segments[at.segment as usize];
+        segment.live[at.row as usize] = false;
+        segment.live_rows -= 1;
+    }
+
+    fn key_rows(&self, rows: &RecordBatch) -> Result<Rows> {
+        Ok(self
+            .converter
+            .convert_columns(&rows.columns()[..self.layout.keys])?)
+    }
+
+    /// Once dead rows outnumber live ones: the live rows as one segment,
+    /// the index pointing into it. Keys are not hashed again.
+    fn compact_if_sparse(&mut self) -> Result<()> {
+        if self.dead_rows <= self.live_rows.max(1024) && self.segments.len() <= 256 {
+            return Ok(());
+        }
+        // Where each segment's live rows land in the compacted one.
+        let mut ranks: Vec<Vec<u32>> = Vec::with_capacity(self.segments.len());
+        let mut next = 0u32;
+        for segment in &self.segments {
+            ranks.push(
+                segment
+                    .live
+                    .iter()
+                    .map(|live| {
+                        let rank = next;
+                        next += u32::from(*live);
+                        rank
+                    })
+                    .collect(),
+            );
+        }
+        let rows = concat_batches(&self.layout.schema, &self.rows()?)?;
+        // Keys of removed groups go too; the index's entries are renumbered.
+        let mut keys = Keys::default();
+        let mut renumbered = vec![u32::MAX; self.keys.at.len()];
+        for (k, at) in self.keys.at.iter().enumerate() {
+            if let Some(at) = at.live() {
+                let row = ranks[at.segment as usize][at.row as usize];
+                renumbered[k] = keys.push(self.keys.key(k as u32), At { segment: 0, row });
+            }
+        }
+        self.index.retain(|k| {
+            *k = renumbered[*k as usize];
+            *k != u32::MAX
+        });
+        self.keys = keys;
+        self.segments = vec![Segment {
+            live: vec![true; rows.num_rows()],
+            live_rows: rows.num_rows(),
+            rows,
+            earliest_end: None,
+        }];
+        self.dead_rows = 0;
+        Ok(())
+    }
+}
+
+fn earliest_live(segment: &Segment, ends: &[Option<i64>]) -> Option<i64> {
+    ends.iter()
+        .zip(&segment.live)
+        .filter(|(_, live)| **live)
+        .filter_map(|(end, _)| *end)
+        .min()
+}
+
+/// The earliest end among rows live and not in `leaving`.
+fn earliest_live_after(
+    segment: &Segment,
+    ends: &[Option<i64>],
+    leaving: &BooleanArray,
+) -> Option<i64> {
+    ends.iter()
+        .zip(&segment.live)
+        .zip(leaving.values().iter())
+        .filter(|((_, live), leaves)| **live && !*leaves)
+        .filter_map(|((end, _), _)| *end)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// `(id, window start, total)` rows; windows are 10 ms wide.
+    fn layout() -> StateLayout {
+        StateLayout {
+            schema: Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new(
+                    "start",
+                    DataType::Timestamp(TimeUnit::Millisecond, None),
+                    false,
+                ),
+                Field::new("total", DataType::Int64, false),
+            ])),
+            keys: 2,
+            window_end: Some(WindowEnd::StartPlus {
+                column: 1,
+                width_ms: 10,
+            }),
+        }
+    }
+
+    type Model = BTreeMap<(i64, i64), i64>;
+
+    fn batch(rows: &[((i64, i64), i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            layout().schema,
+            vec![
+                Arc::new(rows.iter().map(|r| r.0.0).collect::<Int64Array>()),
+                Arc::new(TimestampMillisecondArray::from(
+                    rows.iter().map(|r| r.0.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn contents(batches: &[RecordBatch]) -> Model {
+        let mut model = Model::new();
+        for b in batches {
+            let ids = b.column(0).as_primitive::<Int64Type>();
+            let starts = epoch_millis(b.column(1)).unwrap();
+            let totals = b.column(2).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                let old = model.insert((ids.value(i), starts.value(i)), totals.value(i));
+                assert!(
+                    old.is_none(),
+                    "group ({}, {}) twice",
+                    ids.value(i),
+                    starts.value(i)
+                );
+            }
+        }
+        model
+    }
+
+    #[test]
+    fn updates_removals_and_expiry_keep_one_row_per_group_through_compactions() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut state = KeyedState::new(layout()).unwrap();
+        let mut model = Model::new();
+        let mut compacted = false;
+        for batch_no in 0..400i64 {
+            // Keys over a small space, so groups are updated again and again.
+            let mut changed = BTreeMap::new();
+            for _ in 0..rng.random_range(0..300) {
+                let key = (rng.random_range(0..500), batch_no / 20 * 10);
+                changed.insert(key, rng.random_range(0..1000));
+            }
+            let rows: Vec<_> = changed.into_iter().collect();
+            let touched = state.rows_of_groups_in(&batch(&rows)).unwrap();
+            let expected: Model = rows
+                .iter()
+                .filter_map(|(k, _)| model.get(k).map(|v| (*k, *v)))
+                .collect();
+            assert_eq!(contents(&[touched]), expected, "batch {batch_no}");
+            state.upsert(batch(&rows)).unwrap();
+            model.extend(rows.iter().copied());
+
+            let gone: Vec<_> = model
+                .iter()
+                .filter(|_| rng.random_bool(0.01))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            state.remove(&batch(&gone)).unwrap();
+            for (k, _) in &gone {
+                model.remove(k);
+            }
+
+            if batch_no % 7 == 0 {
+                let watermark = batch_no / 20 * 10 - 5;
+                let closed = contents(&[state.expire(watermark).unwrap()]);
+                let expected: Model = model
+                    .iter()
+                    .filter(|((_, start), _)| start + 10 <= watermark)
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                assert_eq!(closed, expected, "closed at {watermark}");
+                model.retain(|k, _| !expected.contains_key(k));
+            }
+            compacted |= state.segments.len() == 1 && batch_no > 0;
+            assert_eq!(state.len(), model.len());
+            assert_eq!(contents(&state.rows().unwrap()), model, "batch {batch_no}");
+        }
+        assert!(compacted, "the test never compacted the state");
+    }
+
+    #[test]
+    fn a_batch_touches_its_own_groups_not_the_state() {
+        let rows: Vec<_> = (0..100_000).map(|i| ((i, 0), i)).collect();
+        let mut state = KeyedState::from_rows(layout(), batch(&rows)).unwrap();
+        let update = batch(&[((5, 0), 50), ((7, 0), 70), ((100_001, 0), 1)]);
+        assert_eq!(state.rows_of_groups_in(&update).unwrap().num_rows(), 2);
+        let twice = batch(&[((5, 0), 1), ((5, 0), 2)]);
+        assert_eq!(
+            state.rows_of_groups_in(&twice).unwrap().num_rows(),
+            1,
+            "a group once"
+        );
+        state.upsert(update).unwrap();
+        // The update is a segment of its own; the big one is not copied.
+        assert_eq!(state.segments.len(), 2);
+        assert_eq!(state.segments[0].live_rows, 100_000 - 2);
+        assert_eq!(state.len(), 100_001);
+        // No window of the big segment ends before 10: it is not scanned.
+        assert_eq!(state.expire(5).unwrap().num_rows(), 0);
+        assert_eq!(state.expire(10).unwrap().num_rows(), 100_001);
+        assert!(state.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod string_key_tests {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn keys_of_many_lengths_are_found_after_fixed_width_ones() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let rows = |names: Vec<Option<&str>>| {
+            let n: Int64Array = (0..names.len() as i64).collect();
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(StringArray::from(names)), Arc::new(n)],
+            )
+            .unwrap()
+        };
+        let layout = StateLayout {
+            schema: Arc::clone(&schema),
+            keys: 1,
+            window_end: None,
+        };
+        let mut state = KeyedState::from_rows(layout, rows(vec![Some("ab"), Some("cd")])).unwrap();
+        state
+            .upsert(rows(vec![Some("a much longer name"), None, Some("cd")]))
+            .unwrap();
+        assert_eq!(state.len(), 4);
+        let found = state
+            .rows_of_groups_in(&rows(vec![
+                Some("ab"),
+                Some("a much longer name"),
+                None,
+                Some("x"),
+            ]))
+            .unwrap();
+        assert_eq!(found.num_rows(), 3);
+        state.remove(&rows(vec![Some("ab"), None])).unwrap();
+        assert_eq!(state.len(), 2);
+        assert_eq!(
+            state
+                .rows_of_groups_in(&rows(vec![Some("ab"), Some("cd")]))
+                .unwrap()
+                .num_rows(),
+            1
+        );
+    }
+}
