@@ -20,13 +20,13 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use spate_engine::Workspace;
 use spate_engine::state::{PartitionState, StateCache};
 use spate_engine::stateful::{OutputMode, StateScope, StatefulAggregateExec, StatefulSpec};
+use spate_engine::{Workspace, WorkspaceLocation};
 
 use crate::{Error, Figure, percentile};
 
-#[derive(clap::Args, Clone, Copy, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct StateArgs {
     /// Distinct ids of the small run.
     #[arg(long, default_value_t = 100_000)]
@@ -40,6 +40,11 @@ pub struct StateArgs {
     /// Batches measured after the first.
     #[arg(long, default_value_t = 30)]
     pub state_batches: u64,
+    /// Where the runs keep their state, a fresh folder under it each: a
+    /// local folder, or s3://bucket/prefix to measure an object store
+    /// (configured by the AWS_* variables). A temporary folder by default.
+    #[arg(long, value_name = "LOCATION")]
+    pub state_workspace: Option<WorkspaceLocation>,
 }
 
 /// One run's figures.
@@ -56,8 +61,8 @@ struct Run {
 pub async fn run(args: StateArgs) -> Result<Vec<Figure>, Error> {
     let mut figures = Vec::new();
     for limited in [false, true] {
-        let small = one_run(args.small_ids, args, limited).await?;
-        let large = one_run(args.large_ids, args, limited).await?;
+        let small = one_run(args.small_ids, &args, limited).await?;
+        let large = one_run(args.large_ids, &args, limited).await?;
         let cache = if limited {
             "cache at half the state"
         } else {
@@ -104,9 +109,20 @@ pub async fn run(args: StateArgs) -> Result<Vec<Figure>, Error> {
     Ok(figures)
 }
 
-async fn one_run(ids: u64, args: StateArgs, limited: bool) -> Result<Run, Error> {
+async fn one_run(ids: u64, args: &StateArgs, limited: bool) -> Result<Run, Error> {
     let scratch = tempfile::tempdir()?;
-    let ws = Workspace::open(scratch.path())?;
+    let run_folder = format!("b9-{ids}-{}", uuid::Uuid::new_v4().simple());
+    let ws = Workspace::open(match &args.state_workspace {
+        None => WorkspaceLocation::Local(scratch.path().to_path_buf()),
+        Some(WorkspaceLocation::Local(root)) => WorkspaceLocation::Local(root.join(&run_folder)),
+        Some(WorkspaceLocation::S3 { bucket, prefix }) => WorkspaceLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: format!("{}/{run_folder}", prefix.trim_end_matches('/'))
+                .trim_start_matches('/')
+                .to_string(),
+        },
+    })?;
+    ws.probe().await?;
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -205,6 +221,8 @@ async fn one_run(ids: u64, args: StateArgs, limited: bool) -> Result<Run, Error>
     }
     deltas.sort_unstable();
     run.delta_bytes = percentile(&deltas, 50.0);
+    // A folder of its own under a given workspace: the run's files go.
+    ws.delete_dir("state").await?;
     Ok(run)
 }
 

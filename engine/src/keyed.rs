@@ -270,6 +270,15 @@ impl KeyedState {
         }
         let rows = RecordBatch::try_new(Arc::clone(&self.layout.schema), rows.columns().to_vec())?;
         let key_rows = self.key_rows(&rows)?;
+        if self.index.is_empty() {
+            // A state read back: its keys in one go, without regrowing.
+            let hasher = &self.hasher;
+            let keys = &self.keys;
+            self.index
+                .reserve(key_rows.num_rows(), |k| hasher.hash_one(keys.key(*k)));
+            self.keys.at.reserve(key_rows.num_rows());
+            self.keys.bytes.reserve(key_rows.lengths().sum());
+        }
         let segment = self.segments.len() as u32;
         self.segments.push(Segment {
             live: vec![true; rows.num_rows()],

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
+use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -199,14 +199,23 @@ pub struct StateChange {
     pub removed: Vec<RecordBatch>,
 }
 
-/// Applies a delta: its removed rows' groups leave, its changed rows
-/// replace those of their groups.
-fn apply_delta(state: &mut KeyedState, delta: &RecordBatch) -> Result<()> {
-    let flag = delta.num_columns() - 1;
-    let removed = delta.column(flag).as_boolean();
-    let rows = delta.project(&(0..flag).collect::<Vec<_>>())?;
-    state.remove(&filter_record_batch(&rows, removed)?)?;
-    state.upsert(filter_record_batch(&rows, &not(removed)?)?)
+/// Applies a delta (its batches): its removed rows' groups leave, then its
+/// changed rows replace those of their groups.
+fn apply_delta(state: &mut KeyedState, delta: &[RecordBatch]) -> Result<()> {
+    let split = |part: &RecordBatch| -> Result<(RecordBatch, BooleanArray)> {
+        let flag = part.num_columns() - 1;
+        let removed = part.column(flag).as_boolean().clone();
+        Ok((part.project(&(0..flag).collect::<Vec<_>>())?, removed))
+    };
+    for part in delta {
+        let (rows, removed) = split(part)?;
+        state.remove(&filter_record_batch(&rows, &removed)?)?;
+    }
+    for part in delta {
+        let (rows, removed) = split(part)?;
+        state.upsert(filter_record_batch(&rows, &not(&removed)?)?)?;
+    }
+    Ok(())
 }
 
 fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
@@ -254,9 +263,11 @@ impl PartitionState {
             None => at_or_before.iter().map(|(v, _)| *v).min().unwrap_or(0),
         };
         if let Some(s) = snapshot
-            && let Some(rows) = self.read_file(s, VersionKind::Snapshot).await?
+            && let Some(batches) = self.read_file(s, VersionKind::Snapshot).await?
         {
-            state.upsert(rows)?;
+            for rows in batches {
+                state.upsert(rows)?;
+            }
         }
         for v in first_delta..=version {
             let Some(delta) = self.read_file(v, VersionKind::Delta).await? else {
@@ -270,16 +281,14 @@ impl PartitionState {
         Ok(state)
     }
 
-    /// One version file, its batches as one; None when it is not there.
-    async fn read_file(&self, version: u64, kind: VersionKind) -> Result<Option<RecordBatch>> {
+    /// One version file's batches; None when it is not there.
+    async fn read_file(&self, version: u64, kind: VersionKind) -> Result<Option<Vec<RecordBatch>>> {
         let path = version_path(&self.dir, version, kind);
         let Some(bytes) = self.workspace.get(&path).await? else {
             return Ok(None);
         };
         let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)?;
-        let schema = reader.schema();
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Some(concat_batches(&schema, &batches)?))
+        Ok(Some(reader.collect::<std::result::Result<Vec<_>, _>>()?))
     }
 
     async fn versions(&self) -> Result<Vec<(u64, VersionKind)>> {
