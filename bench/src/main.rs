@@ -17,7 +17,9 @@
 //! - B8 sinks: running totals per id into Kafka, Redis and PostgreSQL beside
 //!   Parquet, and each sink's per-batch floor;
 //! - B9 state that scales: a running total's batch time and bytes written
-//!   at 10,000,000 ids beside 100,000.
+//!   at 10,000,000 ids beside 100,000;
+//! - B10 Nexmark: the suite's queries Spate runs, events/s per core beside
+//!   the published figures of Flink and Feldera.
 //!
 //! Kafka is the development broker (librdkafka's mock cluster, the Kafka
 //! protocol on loopback); Spate runs a master and workers in this process.
@@ -27,6 +29,7 @@
 mod distribution;
 mod floor;
 mod latency;
+mod nexmark;
 mod sinks;
 mod spark;
 mod state;
@@ -109,6 +112,13 @@ enum Bench {
         sinks: sinks::SinkArgs,
         #[command(flatten)]
         state: state::StateArgs,
+        #[command(flatten)]
+        nexmark: nexmark::NexmarkArgs,
+    },
+    /// B10: the Nexmark queries Spate runs, per core, beside Flink's and Feldera's published figures.
+    Nexmark {
+        #[command(flatten)]
+        args: nexmark::NexmarkArgs,
     },
     /// B9: a running total's batch time and bytes written at 10,000,000 ids beside 100,000.
     State {
@@ -175,6 +185,7 @@ async fn main() -> Result<(), Error> {
             latency,
             sinks,
             state,
+            nexmark,
         } => {
             let workloads = [Workload::Stateless, Workload::Tumbling, Workload::Sliding];
             figures.extend(throughput::run(&workloads, throughput).await?);
@@ -184,7 +195,9 @@ async fn main() -> Result<(), Error> {
             figures.push(spark::run(throughput).await?);
             figures.extend(sinks::run(sinks).await?);
             figures.extend(state::run(state).await?);
+            figures.extend(nexmark::run(nexmark).await?);
         }
+        Bench::Nexmark { args } => figures.extend(nexmark::run(args).await?),
         Bench::Sinks { args } => figures.extend(sinks::run(args).await?),
         Bench::State { args } => figures.extend(state::run(args).await?),
         Bench::Throughput { workload, args } => {
@@ -366,17 +379,8 @@ impl BenchCluster {
 
     /// Waits for an available-now job to finish; returns its output rows.
     async fn wait_finished(&self, job_id: &str) -> Result<u64, Error> {
-        let mut client = self.client.clone();
         loop {
-            let jobs = client
-                .list_jobs(spate_proto::ListJobsRequest {})
-                .await?
-                .into_inner()
-                .jobs;
-            let job = jobs
-                .iter()
-                .find(|j| j.job_id == job_id)
-                .ok_or("the job vanished")?;
+            let job = self.job(job_id).await?;
             use spate_proto::JobState;
             match job.state() {
                 JobState::Finished => return Ok(job.output_rows),
@@ -389,8 +393,8 @@ impl BenchCluster {
         }
     }
 
-    /// A job's state and error, as the master lists it.
-    async fn job_state(&self, job_id: &str) -> Result<String, Error> {
+    /// A job as the master lists it.
+    async fn job(&self, job_id: &str) -> Result<spate_proto::JobInfo, Error> {
         let jobs = self
             .client
             .clone()
@@ -398,11 +402,21 @@ impl BenchCluster {
             .await?
             .into_inner()
             .jobs;
-        let job = jobs
-            .iter()
+        Ok(jobs
+            .into_iter()
             .find(|j| j.job_id == job_id)
-            .ok_or("the job vanished")?;
+            .ok_or("the job vanished")?)
+    }
+
+    /// A job's state and error, as the master lists it.
+    async fn job_state(&self, job_id: &str) -> Result<String, Error> {
+        let job = self.job(job_id).await?;
         Ok(format!("{} {}", job.state().as_str_name(), job.error))
+    }
+
+    /// The records a job has read.
+    async fn input_rows(&self, job_id: &str) -> Result<u64, Error> {
+        Ok(self.job(job_id).await?.input_rows)
     }
 
     async fn shutdown(self) {

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use spate_config::settings;
 use spate_engine::kafka::KafkaAdmin;
+use spate_engine::nexmark::{NexmarkConfig, NexmarkTable};
 use spate_proto::dial::{self, Client};
 use spate_proto::{
     JobInfo, JobState, ListJobsRequest, ListWorkersRequest, StopJobRequest, SubmitJobRequest,
@@ -153,6 +154,8 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         #[command(flatten)]
+        nexmark: NexmarkArgs,
+        #[command(flatten)]
         kafka: KafkaArgs,
     },
     /// List or create Kafka topics.
@@ -190,6 +193,52 @@ enum Command {
     /// A notebook's cells are the REPL's cells; rows come back as tables,
     /// the interrupt button cancels a running query on the workers.
     Kernel(repl::kernel::KernelArgs),
+}
+
+/// `driver produce --nexmark`: the benchmark's events instead of sales.
+#[derive(clap::Args, Debug)]
+struct NexmarkArgs {
+    /// Produce the Nexmark benchmark's events (persons, auctions, bids as
+    /// JSON) into the topics person, auction and bid; --count and --rate
+    /// count events.
+    #[arg(long, conflicts_with_all = ["file", "topic"])]
+    nexmark: bool,
+    /// Nexmark: events per second of event time (default: --rate, or
+    /// 10,000,000 with --rate 0, the suite's own default).
+    #[arg(long, requires = "nexmark")]
+    event_rate: Option<u64>,
+    /// Nexmark: shuffle event time within groups of this many events.
+    #[arg(long, default_value_t = 1, requires = "nexmark")]
+    out_of_order: u64,
+    /// Nexmark: event time of the first event, as RFC 3339 (default: now).
+    #[arg(long, requires = "nexmark")]
+    start: Option<String>,
+}
+
+impl NexmarkArgs {
+    fn config(&self, rate: u64, seed: Option<u64>) -> Result<NexmarkConfig, DriverError> {
+        let base_time_ms = match &self.start {
+            None => spate_engine::now_ms(),
+            Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|_| {
+                    DriverError::Usage(format!(
+                        "--start '{text}' is not a time in RFC 3339, such as 2026-12-01T09:00:00Z"
+                    ))
+                })?
+                .timestamp_millis(),
+        };
+        let default_rate = NexmarkConfig::default().events_per_second;
+        Ok(NexmarkConfig {
+            base_time_ms,
+            events_per_second: self
+                .event_rate
+                .unwrap_or(if rate == 0 { default_rate } else { rate })
+                .max(1),
+            out_of_order_group: self.out_of_order.max(1),
+            seed: seed.unwrap_or_default(),
+            ..NexmarkConfig::default()
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,8 +347,13 @@ async fn run(command: Command) -> Result<(), DriverError> {
             partitions,
             file,
             seed,
+            nexmark,
             kafka,
         } => {
+            if nexmark.nexmark {
+                return produce_nexmark(&kafka.bootstrap, &nexmark, rate, count, partitions, seed)
+                    .await;
+            }
             if let Some(partitions) = partitions {
                 ensure_topic(&kafka.bootstrap, &topic, partitions).await?;
             }
@@ -367,6 +421,47 @@ async fn run(command: Command) -> Result<(), DriverError> {
         Command::Repl(args) => repl::run(args).await,
         Command::Kernel(args) => repl::kernel::run(args).await,
     }
+}
+
+async fn produce_nexmark(
+    bootstrap: &str,
+    args: &NexmarkArgs,
+    rate: u64,
+    count: Option<u64>,
+    partitions: Option<i32>,
+    seed: Option<u64>,
+) -> Result<(), DriverError> {
+    let config = args.config(rate, seed)?;
+    let mut topics = produce::NexmarkTopics { partitions: [4; 3] };
+    let admin = KafkaAdmin::new(bootstrap, &Default::default());
+    for (table, slot) in NexmarkTable::ALL.iter().zip(&mut topics.partitions) {
+        ensure_topic(bootstrap, table.name(), partitions.unwrap_or(4)).await?;
+        if let Ok(existing) = admin.partition_offsets(table.name()).await {
+            *slot = existing.len().max(1) as i32;
+        }
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    });
+    let sent =
+        produce::produce_nexmark(bootstrap, &topics, config, rate, count, false, stopped).await?;
+    let mut table = table(&["Topic", "Partitions", "Events"]);
+    for ((name, partitions), events) in NexmarkTable::ALL
+        .iter()
+        .map(|t| t.name())
+        .zip(topics.partitions)
+        .zip(sent)
+    {
+        table.add_row(vec![Cell::new(name), num(partitions), num(events)]);
+    }
+    println!("{table}");
+    println!(
+        "produced {} Nexmark events at {bootstrap}",
+        sent.iter().sum::<u64>()
+    );
+    Ok(())
 }
 
 async fn create_topic(admin: &KafkaAdmin, name: &str, partitions: i32) -> Result<(), DriverError> {

@@ -1,5 +1,5 @@
-//! The sales generator of the classic Spark + Kafka demos, and loading JSON
-//! lines from a file, into a Kafka topic.
+//! The sales generator of the classic Spark + Kafka demos, the Nexmark
+//! benchmark's events, and loading JSON lines from a file, into Kafka.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,6 +13,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use spate_engine::kafka::enqueue;
+use spate_engine::nexmark::{NexmarkConfig, NexmarkGenerator, NexmarkTable};
 
 use crate::DriverError;
 
@@ -89,11 +90,15 @@ async fn send(
     producer: &FutureProducer,
     topic: &str,
     key: Option<&str>,
+    partition: Option<i32>,
     payload: &[u8],
 ) -> Result<(), DriverError> {
     let mut record = FutureRecord::<str, [u8]>::to(topic).payload(payload);
     if let Some(k) = key {
         record = record.key(k);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
     }
     // Delivery is checked at flush; failures there are reported.
     enqueue(producer, record)
@@ -148,19 +153,13 @@ pub async fn produce_sales(
     let mut sent = 0u64;
     let mut buffer = Vec::with_capacity(256);
     while count.is_none_or(|n| sent < n) && !*stop.borrow() {
-        if rate > 0 {
-            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = spate_engine::stop_signalled(&mut stop) => break,
-                }
-            }
+        if !wait_turn(rate, sent, started, &mut stop).await {
+            break;
         }
         let sale = generator.next_sale();
         buffer.clear();
         serde_json::to_writer(&mut buffer, &sale).expect("a sale serializes");
-        send(&producer, topic, Some(&sale.id.to_string()), &buffer).await?;
+        send(&producer, topic, Some(&sale.id.to_string()), None, &buffer).await?;
         sent += 1;
         if sent.is_multiple_of(64) {
             bar.set_position(sent);
@@ -168,6 +167,79 @@ pub async fn produce_sales(
     }
     flush(&producer, topic).await?;
     bar.set_position(sent);
+    bar.finish();
+    Ok(sent)
+}
+
+/// Waits until record `sent` is due at `rate` records per second (0: at
+/// once); false when stopped first.
+async fn wait_turn(
+    rate: u64,
+    sent: u64,
+    started: Instant,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+    let Some(wait) = due.checked_sub(started.elapsed()) else {
+        return true;
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = spate_engine::stop_signalled(stop) => false,
+    }
+}
+
+/// Where `produce_nexmark` writes: the three topics and their partitions.
+pub struct NexmarkTopics {
+    /// Partitions of the person, auction and bid topics, in that order.
+    pub partitions: [i32; 3],
+}
+
+/// Produces the Nexmark stream into the topics `person`, `auction` and
+/// `bid` (JSON with the suite's field names) at `rate` events per second
+/// (0: as fast as possible), `count` events or until stopped. Event `n`
+/// goes to partition `n` modulo the topic's partitions, so partitions
+/// fill evenly in event order, as a partitioned source would read it.
+pub async fn produce_nexmark(
+    bootstrap: &str,
+    topics: &NexmarkTopics,
+    config: NexmarkConfig,
+    rate: u64,
+    count: Option<u64>,
+    quiet: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<[u64; 3], DriverError> {
+    let producer = producer(bootstrap)?;
+    let generator = NexmarkGenerator::new(config);
+    let bar = progress(count, quiet);
+    let started = Instant::now();
+    let mut sent = [0u64; 3];
+    let mut events = 0u64;
+    let mut buffer = Vec::with_capacity(512);
+    while count.is_none_or(|n| events < n) && !*stop.borrow() {
+        if !wait_turn(rate, events, started, &mut stop).await {
+            break;
+        }
+        let event = generator.event(events);
+        let table = event.table() as usize;
+        buffer.clear();
+        event.write_json(&mut buffer);
+        let partition = (events % topics.partitions[table].max(1) as u64) as i32;
+        let topic = NexmarkTable::ALL[table].name();
+        send(&producer, topic, None, Some(partition), &buffer).await?;
+        sent[table] += 1;
+        events += 1;
+        if events.is_multiple_of(64) {
+            bar.set_position(events);
+        }
+    }
+    for table in NexmarkTable::ALL {
+        flush(&producer, table.name()).await?;
+    }
+    bar.set_position(events);
     bar.finish();
     Ok(sent)
 }
@@ -198,7 +270,7 @@ pub async fn produce_file(
     let producer = producer(bootstrap)?;
     let bar = progress(Some(lines.len() as u64), quiet);
     for (i, (_, line)) in lines.iter().enumerate() {
-        send(&producer, topic, None, line.as_bytes()).await?;
+        send(&producer, topic, None, None, line.as_bytes()).await?;
         if i % 64 == 0 {
             bar.set_position(i as u64);
         }

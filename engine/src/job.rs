@@ -640,6 +640,20 @@ pub(crate) fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
         .unwrap_or(false)
 }
 
+/// The Kafka tables a plan reads, for messages: `bid`, `auction and bid`.
+fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> String {
+    let mut tables = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            tables.push(format!("'{}'", scan.source().table));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    tables.sort();
+    tables.dedup();
+    tables.join(" and ")
+}
+
 fn count_nodes(plan: &Arc<dyn ExecutionPlan>, f: impl Fn(&dyn ExecutionPlan) -> bool) -> usize {
     let mut count = 0;
     let _ = plan.apply(|node| {
@@ -785,9 +799,11 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
     }
     if let Some(join) = node.downcast_ref::<HashJoinExec>() {
         if reads_stream(join.left()) && reads_stream(join.right()) {
-            return Some(
-                "the query reads more than one Kafka table; joining two streams is not supported yet: a stream joins static tables (Parquet, CSV or JSON in the workspace)".to_string(),
-            );
+            return Some(format!(
+                "the query joins two streams ({} with {}), which is not supported yet: a stream joins static tables (Parquet, CSV or JSON in the workspace)",
+                stream_tables(join.left()),
+                stream_tables(join.right())
+            ));
         }
         if *join.partition_mode() != PartitionMode::CollectLeft || reads_stream(join.left()) {
             return Some(

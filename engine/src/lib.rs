@@ -13,6 +13,7 @@ pub mod insert;
 pub mod job;
 pub mod kafka;
 pub mod keyed;
+pub mod nexmark;
 pub mod postgres;
 pub mod query;
 pub mod redact;

@@ -1,0 +1,310 @@
+//! The Nexmark queries of `workspace/jobs/nexmark/` as jobs on two worker
+//! processes, over Kafka topics filled by `driver produce --nexmark` with
+//! out-of-order events, a worker SIGKILLed while they run. Each sink must
+//! equal DataFusion's answer over the same events as one batch (for
+//! windows, those the final watermark closed); the queries Spate cannot
+//! run yet must be refused with the reason.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+use spate_engine::nexmark::{NexmarkConfig, NexmarkGenerator, NexmarkTable};
+use spate_proto::JobState;
+
+use common::*;
+
+const EVENTS: u64 = 20_000;
+const EVENTS_PER_SECOND: u64 = 200;
+const OUT_OF_ORDER: u64 = 100;
+const SEED: u64 = 7;
+/// Ten seconds before midnight, so the day of Q17 closes during the run.
+const START: &str = "2026-12-01T23:59:50Z";
+/// The job files' watermark delay.
+const DELAY_MS: i64 = 4000;
+
+/// Queries that run, and for windowed ones the reference as DataFusion
+/// alone computes it (`{watermark}` is where the final watermark stands);
+/// a stateless query's reference is its own SELECT.
+const RUNS: &[(&str, Option<&str>)] = &[
+    ("q0", None),
+    ("q1", None),
+    ("q2", None),
+    ("q14", None),
+    ("q21", None),
+    ("q22", None),
+    (
+        "q11",
+        Some(
+            "WITH marked AS (
+                SELECT bidder, \"dateTime\" AS t,
+                    CASE WHEN \"dateTime\" < lag(\"dateTime\") OVER w + INTERVAL '10 seconds'
+                         THEN 0 ELSE 1 END AS starts
+                FROM bid WINDOW w AS (PARTITION BY bidder ORDER BY \"dateTime\")),
+             numbered AS (
+                SELECT bidder, t, sum(starts) OVER (PARTITION BY bidder ORDER BY t
+                    ROWS UNBOUNDED PRECEDING) AS session
+                FROM marked)
+            SELECT bidder, count(*) AS bid_count, min(t) AS starttime,
+                   max(t) + INTERVAL '10 seconds' AS endtime
+            FROM numbered GROUP BY bidder, session
+            HAVING max(t) + INTERVAL '10 seconds' <= {watermark}",
+        ),
+    ),
+    (
+        "q17",
+        Some(
+            "SELECT auction, date_bin(INTERVAL '1 day', \"dateTime\") AS day,
+                count(*) AS total_bids,
+                count(*) FILTER (WHERE price < 10000) AS rank1_bids,
+                count(*) FILTER (WHERE price >= 10000 AND price < 1000000) AS rank2_bids,
+                count(*) FILTER (WHERE price >= 1000000) AS rank3_bids,
+                min(price) AS min_price, max(price) AS max_price,
+                avg(price) AS avg_price, sum(price) AS sum_price
+            FROM bid
+            WHERE date_bin(INTERVAL '1 day', \"dateTime\") + INTERVAL '1 day' <= {watermark}
+            GROUP BY 1, 2",
+        ),
+    ),
+];
+
+/// Queries Spate refuses today, with what the refusal must say.
+const REFUSED: &[(&str, &str)] = &[
+    ("q3", "joins two streams ('auction' with 'person')"),
+    ("q4", "joins two streams ('auction' with 'bid')"),
+    ("q5", "joins two streams ('bid' with 'bid')"),
+    ("q7", "joins two streams ('bid' with 'bid')"),
+    ("q8", "joins two streams ('person' with 'auction')"),
+    ("q9", "needs an OVER (...) window function"),
+];
+
+fn job_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../workspace/jobs/nexmark")
+        .join(format!("{name}.sql"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A job file made to run many small batches and to finish when it has
+/// read what the topics held at its start.
+fn test_job(name: &str) -> String {
+    job_file(name).replace(
+        "'watermark'",
+        "'max_offsets_per_trigger' '1500', 'watermark'",
+    ) + "\nSET spate.trigger.interval = '50ms';\nSET spate.trigger.available_now = true;\n"
+}
+
+/// The SELECT a job file inserts.
+fn select_of(sql: &str) -> &str {
+    let insert = sql.find("INSERT INTO").expect("the job inserts");
+    let select = insert + sql[insert..].find("SELECT").expect("INSERT ... SELECT");
+    sql[select..].trim().trim_end_matches(';')
+}
+
+/// A result's rows, one line each and sorted, under its header.
+fn canonical(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<String> {
+    let text = pretty_format_batches(batches).unwrap().to_string();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.len() < 4 {
+        return lines;
+    }
+    lines.pop();
+    let mut rows = lines.split_off(3);
+    rows.sort();
+    lines.extend(rows);
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
+    let kafka = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for table in NexmarkTable::ALL {
+        kafka.create_topic(table.name(), 4, 1).unwrap();
+    }
+    let bootstrap = kafka.bootstrap_servers();
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &["--kafka-bootstrap", &bootstrap]);
+    let url = master.url();
+    let mut workers = start_workers(&url, ws.path(), &["w1", "w2"]);
+
+    let produced = std::process::Command::new(bin("driver"))
+        .args([
+            "produce",
+            "--nexmark",
+            "--rate",
+            "0",
+            "--bootstrap",
+            &bootstrap,
+        ])
+        .args(["--count", &EVENTS.to_string()])
+        .args(["--event-rate", &EVENTS_PER_SECOND.to_string()])
+        .args(["--out-of-order", &OUT_OF_ORDER.to_string()])
+        .args(["--seed", &SEED.to_string(), "--start", START])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&produced.stdout);
+    assert!(
+        produced.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    assert!(
+        printed.contains("produced 20000 Nexmark events"),
+        "{printed}"
+    );
+
+    // The same events, made in this process, as DataFusion's tables.
+    let generator = NexmarkGenerator::new(NexmarkConfig {
+        base_time_ms: chrono::DateTime::parse_from_rfc3339(START)
+            .unwrap()
+            .timestamp_millis(),
+        events_per_second: EVENTS_PER_SECOND,
+        out_of_order_group: OUT_OF_ORDER,
+        seed: SEED,
+        ..NexmarkConfig::default()
+    });
+    let events: Vec<_> = (0..EVENTS).map(|n| generator.event(n)).collect();
+    let files = tempfile::tempdir().unwrap();
+    let reference = SessionContext::new();
+    for table in NexmarkTable::ALL {
+        let mut lines = Vec::new();
+        for event in events.iter().filter(|e| e.table() == table) {
+            event.write_json(&mut lines);
+            lines.push(b'\n');
+        }
+        let file = files.path().join(format!("{}.json", table.name()));
+        std::fs::write(&file, lines).unwrap();
+        reference
+            .sql(&format!(
+                "CREATE EXTERNAL TABLE {} ({}) STORED AS JSON LOCATION '{}'",
+                table.name(),
+                table.columns(),
+                file.display()
+            ))
+            .await
+            .unwrap();
+    }
+    let last_bid = events
+        .iter()
+        .filter(|e| e.table() == NexmarkTable::Bid)
+        .map(|e| e.date_time())
+        .max()
+        .unwrap();
+    let watermark = chrono::DateTime::from_timestamp_millis(last_bid - DELAY_MS).unwrap();
+    let watermark = format!("TIMESTAMP '{}'", watermark.format("%Y-%m-%d %H:%M:%S%.3f"));
+
+    for (name, reason) in REFUSED {
+        let refused = submit(&url, name, &test_job(name))
+            .await
+            .expect_err(&format!("{name} should be refused"));
+        assert!(
+            refused.message().contains(reason),
+            "{name}: the refusal should say '{reason}': {}",
+            refused.message()
+        );
+    }
+
+    for (name, _) in RUNS {
+        submit(&url, name, &test_job(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", e.message()));
+    }
+    // A worker dies while the jobs run; another joins.
+    wait_until(
+        "a job past its third batch",
+        Duration::from_secs(120),
+        || async { job(&url, "q0").await.is_some_and(|j| j.batches >= 3) },
+    )
+    .await;
+    workers.remove(0).kill();
+    workers.push(start_worker(&url, ws.path(), "w3"));
+
+    let bids = events
+        .iter()
+        .filter(|e| e.table() == NexmarkTable::Bid)
+        .count() as u64;
+    for (name, windowed) in RUNS {
+        wait_until(
+            &format!("{name} to finish"),
+            Duration::from_secs(300),
+            || async {
+                let state = job(&url, name).await.map(|j| (j.state(), j.error.clone()));
+                if let Some((JobState::Failed, error)) = &state {
+                    panic!("{name} failed: {error}");
+                }
+                state.is_some_and(|(s, _)| s == JobState::Finished)
+            },
+        )
+        .await;
+        let finished = job(&url, name).await.unwrap();
+        assert_eq!(finished.input_rows, bids, "{name} read each bid once");
+
+        let want_sql = match windowed {
+            Some(sql) => sql.replace("{watermark}", &watermark),
+            None => select_of(&job_file(name)).to_string(),
+        };
+        let want = reference
+            .sql(&want_sql)
+            .await
+            .unwrap_or_else(|e| panic!("{name}'s reference: {e}"))
+            .collect()
+            .await
+            .unwrap();
+        let sink = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
+            ws.path().open(),
+            String::new(),
+        ));
+        sink.sql(&format!(
+            "CREATE EXTERNAL TABLE out STORED AS PARQUET LOCATION 'output/nexmark/{name}/'"
+        ))
+        .await
+        .unwrap();
+        let got = sink
+            .sql("SELECT * FROM out")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let (got, want) = (canonical(&got), canonical(&want));
+        assert!(want.len() > 4, "{name}: the reference has no rows");
+        if got != want {
+            let (have, wanted): (HashSet<&String>, HashSet<&String>) =
+                (got.iter().collect(), want.iter().collect());
+            let missing: Vec<_> = wanted.difference(&have).take(5).collect();
+            let extra: Vec<_> = have.difference(&wanted).take(5).collect();
+            panic!(
+                "{name}: the sink ({} lines) differs from DataFusion ({} lines)\nmissing: {missing:#?}\nextra: {extra:#?}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+}
+
+/// The job files declare the tables with the columns the generator writes.
+#[test]
+fn job_files_declare_the_generators_columns() {
+    let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let names = RUNS
+        .iter()
+        .map(|(n, _)| n)
+        .chain(REFUSED.iter().map(|(n, _)| n));
+    for name in names {
+        let sql = squeeze(&job_file(name));
+        for table in NexmarkTable::ALL {
+            let declared = format!("CREATE EXTERNAL TABLE {} (", table.name());
+            if sql.contains(&declared) {
+                assert!(
+                    sql.contains(&format!("{declared} {} )", squeeze(table.columns()))),
+                    "{name} declares {} with other columns than the generator's",
+                    table.name()
+                );
+            }
+        }
+    }
+}

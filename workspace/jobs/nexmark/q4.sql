@@ -1,0 +1,56 @@
+-- Nexmark Q4: Average price for a category.
+--
+-- The average closing price of auctions per category: the highest bid of
+-- each auction while it was open, averaged per category.
+--
+-- Translation: Unchanged. A join of two streams with a time bound, then two
+-- aggregations chained; Flink's result is a changelog (retractions),
+-- Spate's would be updates per category.
+--
+-- Output: Parquet in workspace/output/nexmark/q4/.
+-- Feed it: driver produce --nexmark
+
+CREATE EXTERNAL TABLE auction (
+    id BIGINT,
+    "itemName" VARCHAR,
+    description VARCHAR,
+    "initialBid" BIGINT,
+    reserve BIGINT,
+    "dateTime" TIMESTAMP,
+    expires TIMESTAMP,
+    seller BIGINT,
+    category BIGINT,
+    extra VARCHAR
+)
+STORED AS KAFKA
+LOCATION 'auction'
+OPTIONS ('watermark' 'dateTime - INTERVAL 4 SECONDS');
+
+CREATE EXTERNAL TABLE bid (
+    auction BIGINT,
+    bidder BIGINT,
+    price BIGINT,
+    channel VARCHAR,
+    url VARCHAR,
+    "dateTime" TIMESTAMP,
+    extra VARCHAR
+)
+STORED AS KAFKA
+LOCATION 'bid'
+OPTIONS ('watermark' 'dateTime - INTERVAL 4 SECONDS');
+
+CREATE EXTERNAL TABLE q4_out
+STORED AS PARQUET
+LOCATION 'output/nexmark/q4/';
+
+SET spate.trigger.interval = '1s';
+
+INSERT INTO q4_out
+SELECT Q.category, AVG(Q.final) AS avg_final
+FROM (
+    SELECT MAX(B.price) AS final, A.category
+    FROM auction A, bid B
+    WHERE A.id = B.auction AND B."dateTime" BETWEEN A."dateTime" AND A.expires
+    GROUP BY A.id, A.category
+) Q
+GROUP BY Q.category;

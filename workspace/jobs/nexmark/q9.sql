@@ -1,0 +1,56 @@
+-- Nexmark Q9: Winning bids.
+--
+-- Each auction with its winning bid: the highest bid made while it was
+-- open, the earliest among equal ones.
+--
+-- Translation: Unchanged: a join of two streams with a time bound and a
+-- top-1 per auction (ROW_NUMBER() ... <= 1).
+--
+-- Output: Parquet in workspace/output/nexmark/q9/.
+-- Feed it: driver produce --nexmark
+
+CREATE EXTERNAL TABLE auction (
+    id BIGINT,
+    "itemName" VARCHAR,
+    description VARCHAR,
+    "initialBid" BIGINT,
+    reserve BIGINT,
+    "dateTime" TIMESTAMP,
+    expires TIMESTAMP,
+    seller BIGINT,
+    category BIGINT,
+    extra VARCHAR
+)
+STORED AS KAFKA
+LOCATION 'auction'
+OPTIONS ('watermark' 'dateTime - INTERVAL 4 SECONDS');
+
+CREATE EXTERNAL TABLE bid (
+    auction BIGINT,
+    bidder BIGINT,
+    price BIGINT,
+    channel VARCHAR,
+    url VARCHAR,
+    "dateTime" TIMESTAMP,
+    extra VARCHAR
+)
+STORED AS KAFKA
+LOCATION 'bid'
+OPTIONS ('watermark' 'dateTime - INTERVAL 4 SECONDS');
+
+CREATE EXTERNAL TABLE q9_out
+STORED AS PARQUET
+LOCATION 'output/nexmark/q9/';
+
+SET spate.trigger.interval = '1s';
+
+INSERT INTO q9_out
+SELECT id, "itemName", description, "initialBid", reserve, "dateTime", expires, seller,
+       category, extra, auction, bidder, price, bid_datetime, bid_extra
+FROM (
+    SELECT A.*, B.auction, B.bidder, B.price, B."dateTime" AS bid_datetime, B.extra AS bid_extra,
+           ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B."dateTime" ASC) AS rownum
+    FROM auction A, bid B
+    WHERE A.id = B.auction AND B."dateTime" BETWEEN A."dateTime" AND A.expires
+)
+WHERE rownum <= 1;
