@@ -430,9 +430,12 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     })?;
     let sink = sink_spec(&ctx, &insert).await?;
     let sink_columns = crate::insert::describe_columns(insert.target.schema().as_ref());
-    let aggregates = insert
-        .input
-        .exists(|node| Ok(matches!(node, LogicalPlan::Aggregate(_))))?;
+    let aggregates = insert.input.exists(|node| {
+        Ok(matches!(
+            node,
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_)
+        ))
+    })?;
     let mut state = ctx.state();
     if aggregates {
         // A stateful job needs its shuffle, which one partition would not plan.
@@ -531,6 +534,13 @@ fn make_stateful(
             "this query aggregates more than once; a streaming job keeps state for one aggregation",
         ));
     }
+    // An aggregation without aggregate functions (SELECT DISTINCT, or a
+    // GROUP BY of keys alone) emits each group once, when first seen.
+    let distinct = plan.exists(|node| {
+        Ok(node.downcast_ref::<AggregateExec>().is_some_and(|a| {
+            a.mode().output_mode() == AggregateOutputMode::Final && a.aggr_expr().is_empty()
+        }))
+    })?;
     if mode == OutputMode::Update && !sink.upserts() {
         return Err(EngineError::plan(
             "update output mode rewrites groups as they change, which a file sink cannot; write to a Kafka table (its _key column makes a compacted topic hold the latest row per key), or use append or complete",
@@ -548,7 +558,7 @@ fn make_stateful(
                 return Ok(Transformed::no(node));
             };
             if aggregate.mode().output_mode() == AggregateOutputMode::Partial {
-                window = event_window(aggregate);
+                window = event_window(aggregate).or_else(|| event_time_key(aggregate, source));
                 return Ok(Transformed::no(node));
             }
             let spec = StatefulSpec {
@@ -562,7 +572,7 @@ fn make_stateful(
             ))
         })?
         .data;
-    if mode == OutputMode::Append && (window.is_none() || source.watermark.is_none()) {
+    if mode == OutputMode::Append && !distinct && (window.is_none() || source.watermark.is_none()) {
         return Err(EngineError::plan(
             "append output mode emits each group once, when the watermark closes its window, so the query must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) and the Kafka table must declare 'watermark' 'ts - INTERVAL 5 SECONDS'; or SET spate.output_mode = 'update' or 'complete'",
         ));
@@ -694,6 +704,21 @@ fn event_window(partial: &AggregateExec) -> Option<EventWindow> {
                 width_ms: width.days as i64 * 86_400_000 + width.nanoseconds / 1_000_000,
             })
         })
+}
+
+/// A group key that is the source's event-time column itself: its groups
+/// take no rows once the watermark has passed it (later rows are late).
+fn event_time_key(partial: &AggregateExec, source: &KafkaSourceSpec) -> Option<EventWindow> {
+    let watermark = source.watermark.as_ref()?;
+    partial
+        .group_expr()
+        .expr()
+        .iter()
+        .position(|(expr, _)| {
+            expr.downcast_ref::<Column>()
+                .is_some_and(|c| c.name().eq_ignore_ascii_case(&watermark.column))
+        })
+        .map(|column| EventWindow::EventTime { column })
 }
 
 pub(crate) fn summary(statement: &DfStatement) -> String {

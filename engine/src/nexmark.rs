@@ -254,7 +254,7 @@ pub struct NexmarkGenerator {
 
 impl NexmarkGenerator {
     pub fn new(config: NexmarkConfig) -> Self {
-        let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x6e65_786d_6172_6b);
+        let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x006e_6578_6d61_726b);
         let hot_urls = std::array::from_fn(|_| base_url(&mut rng));
         NexmarkGenerator {
             inter_event_delay_us: 1_000_000.0 / config.events_per_second.max(1) as f64,
@@ -411,7 +411,11 @@ impl NexmarkGenerator {
 /// The last person's id (base 0) at event `id`: this event's, if it makes one.
 fn last_person(id: u64) -> u64 {
     let epoch = id / PROPORTION_DENOMINATOR;
-    let offset = (id % PROPORTION_DENOMINATOR).min(PERSON_PROPORTION - 1);
+    let mut offset = id % PROPORTION_DENOMINATOR;
+    if offset >= PERSON_PROPORTION {
+        // An auction or a bid: the last person is this epoch's last.
+        offset = PERSON_PROPORTION - 1;
+    }
     epoch * PERSON_PROPORTION + offset
 }
 
@@ -519,12 +523,14 @@ mod tests {
         // Persons and auctions are numbered in order from their first ids.
         let people: Vec<i64> = all
             .iter()
-            .filter_map(|e| matches!(e, Event::Person(_)).then(|| e.key()))
+            .filter(|e| matches!(e, Event::Person(_)))
+            .map(Event::key)
             .collect();
         assert_eq!(people, (1000..2000).collect::<Vec<_>>());
         let auctions: Vec<i64> = all
             .iter()
-            .filter_map(|e| matches!(e, Event::Auction(_)).then(|| e.key()))
+            .filter(|e| matches!(e, Event::Auction(_)))
+            .map(Event::key)
             .collect();
         assert_eq!(auctions, (1000..4000).collect::<Vec<_>>());
         // In order, a millisecond apart at 1000 events a second.

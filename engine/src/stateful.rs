@@ -96,6 +96,9 @@ pub enum EventWindow {
     /// `session_window(ts, gap)`: a struct `{start, end}` that grows as
     /// sessions of the same key overlap and merge.
     Session { column: usize },
+    /// The event-time column itself, grouped by: closed once the
+    /// watermark is past it, when a row of its time would be late.
+    EventTime { column: usize },
 }
 
 /// Known only inside a task.
@@ -323,6 +326,13 @@ impl Merge {
         self.rebuild.group_by.expr().len()
     }
 
+    /// Append mode over groups without aggregates (SELECT DISTINCT): a
+    /// group's row is final when first seen, so it is written then, and
+    /// the state only remembers it until its window or time closes.
+    fn emits_first_seen(&self) -> bool {
+        self.mode == OutputMode::Append && self.rebuild.aggr_expr.is_empty()
+    }
+
     /// What the state's rows are, for the store.
     fn layout(&self) -> StateLayout {
         StateLayout {
@@ -392,7 +402,13 @@ impl Merge {
         context: &Arc<TaskContext>,
     ) -> DfResult<Merged> {
         let touched = state.rows_of_groups_in(&new_rows)?;
-        let reduced = self.reduce(&[touched, new_rows], context).await?;
+        let mut reduced = self.reduce(&[touched.clone(), new_rows], context).await?;
+        if self.emits_first_seen() {
+            // A group seen before is already written and has nothing to
+            // change: only new groups enter the state and the output.
+            let seen = key_in(&reduced, &touched, self.groups())?;
+            reduced = filter_record_batch(&reduced, &not(&seen)?)?;
+        }
         state.upsert(reduced.clone())?;
         let closed = match (self.mode, watermark_ms) {
             // Complete mode shows every group every time, so nothing leaves.
@@ -408,6 +424,7 @@ impl Merge {
             _ => reduced.clone(),
         };
         let to_emit = match self.mode {
+            OutputMode::Append if self.emits_first_seen() => reduced,
             OutputMode::Append => closed.clone(),
             OutputMode::Update => reduced,
             OutputMode::Complete => concat_batches(&self.partial_schema, &state.rows()?)?,
@@ -506,6 +523,12 @@ impl EventWindow {
                 WindowEnd::StructEnd { column }
             }
             EventWindow::Bin { column, width_ms } => WindowEnd::StartPlus { column, width_ms },
+            // Rows older than the watermark are late, so a time ends a
+            // millisecond after itself.
+            EventWindow::EventTime { column } => WindowEnd::StartPlus {
+                column,
+                width_ms: 1,
+            },
         }
     }
 }

@@ -482,6 +482,10 @@ impl From<&StatefulSpec> for pb::StatefulAggregate {
                     column: *column as u32,
                     kind: Some(Kind::Session(true)),
                 },
+                EventWindow::EventTime { column } => pb::EventWindow {
+                    column: *column as u32,
+                    kind: Some(Kind::EventTime(true)),
+                },
             }),
         }
     }
@@ -506,6 +510,7 @@ impl TryFrom<pb::StatefulAggregate> for StatefulSpec {
                     Kind::StructWindow(_) => EventWindow::Struct { column },
                     Kind::BinWidthMs(width_ms) => EventWindow::Bin { column, width_ms },
                     Kind::Session(_) => EventWindow::Session { column },
+                    Kind::EventTime(_) => EventWindow::EventTime { column },
                 })
             }
         };
@@ -524,6 +529,27 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field};
 
     use super::*;
+
+    #[test]
+    fn every_event_window_crosses_the_wire() {
+        for window in [
+            EventWindow::Struct { column: 1 },
+            EventWindow::Bin {
+                column: 0,
+                width_ms: 60_000,
+            },
+            EventWindow::Session { column: 2 },
+            EventWindow::EventTime { column: 3 },
+        ] {
+            let spec = StatefulSpec {
+                operator: 1,
+                mode: OutputMode::Append,
+                window: Some(window.clone()),
+            };
+            let back = StatefulSpec::try_from(pb::StatefulAggregate::from(&spec)).unwrap();
+            assert_eq!(back.window, Some(window));
+        }
+    }
 
     // fuzz/decode_plan found arrow-ipc panicking on an Int of bit width 255.
     #[test]
