@@ -11,15 +11,21 @@ use datafusion::common::{JoinType, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateOutputMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -453,6 +459,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     let physical = stream_on_probe_side(physical)?;
     let source = check_streamable(&physical)?;
     let physical = make_stateful(physical, &source, &sink, options.output_mode)?;
+    check_per_window(&physical)?;
     let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
     let stages = split_into_stages(physical, CutMerges::No)?
@@ -549,8 +556,16 @@ fn make_stateful(
     let mut window = None;
     let stateful = plan
         .transform_up(|node| {
+            // The aggregation's own shuffle, not one above it.
+            let feeds_the_merge = |shuffle: &RepartitionExec| {
+                shuffle
+                    .input()
+                    .downcast_ref::<AggregateExec>()
+                    .is_some_and(|a| a.mode().output_mode() == AggregateOutputMode::Partial)
+            };
             if let (Some(EventWindow::Session { column }), Some(shuffle)) =
                 (&window, node.downcast_ref::<RepartitionExec>())
+                && feeds_the_merge(shuffle)
             {
                 return Ok(Transformed::yes(by_session_key(shuffle, *column)?));
             }
@@ -808,6 +823,10 @@ fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<KafkaSourceSpec> {
 /// Why a streaming job cannot run this operator, if it cannot.
 fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
     let name = node.name();
+    if is_per_window(node) && above_an_aggregation(node) {
+        // Judged once the aggregation is stateful: see `check_per_window`.
+        return None;
+    }
     if !STREAMING_OPERATORS.contains(&name) {
         let what = match name {
             "SortExec" | "SortPreservingMergeExec" => "ORDER BY",
@@ -818,9 +837,7 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
             }
             _ => name,
         };
-        return Some(format!(
-            "this query needs {what} ({name}), which a streaming job cannot run: an unbounded stream has no last row to sort or limit by; aggregate it by window, or run the query in the REPL over a sink"
-        ));
+        return Some(refusal_of(what, name));
     }
     if let Some(join) = node.downcast_ref::<HashJoinExec>() {
         if reads_stream(join.left()) && reads_stream(join.right()) {
@@ -843,6 +860,138 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
         }
     }
     None
+}
+
+fn refusal_of(what: &str, operator: &str) -> String {
+    format!(
+        "this query needs {what} ({operator}), which a streaming job cannot run: an unbounded stream has no last row to sort or limit by; aggregate it by window (a window function may then rank each window's rows: PARTITION BY window.start), or run the query in the REPL over a sink"
+    )
+}
+
+/// A window function and the sort it reads, which may run over what a
+/// windowed aggregation emits.
+fn is_per_window(node: &dyn ExecutionPlan) -> bool {
+    node.is::<BoundedWindowAggExec>() || node.is::<WindowAggExec>() || node.is::<SortExec>()
+}
+
+fn above_an_aggregation(node: &dyn ExecutionPlan) -> bool {
+    node.children().iter().any(|child| {
+        child
+            .exists(|n| {
+                Ok(n.downcast_ref::<AggregateExec>()
+                    .is_some_and(|a| a.mode().output_mode() == AggregateOutputMode::Final))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// An OVER (...) window function above a windowed aggregation in append
+/// mode runs, each batch, over the windows the watermark closed: each
+/// comes out whole, in one batch, so per-window functions (top-N by
+/// `ROW_NUMBER()` or `RANK()`, a share of the window's total) see every
+/// row of it. That holds only when the function partitions by the
+/// aggregation's window; anything else would mix batches, and is refused.
+fn check_per_window(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    let mut feeding_windows = Vec::new();
+    let mut refused = None;
+    plan.apply(|node| {
+        let partition_keys = if let Some(w) = node.downcast_ref::<BoundedWindowAggExec>() {
+            Some(w.partition_keys())
+        } else {
+            node.downcast_ref::<WindowAggExec>()
+                .map(WindowAggExec::partition_keys)
+        };
+        if let Some(keys) = partition_keys {
+            let input = Arc::clone(node.children()[0]);
+            if input.is::<SortExec>() {
+                feeding_windows.push(Arc::as_ptr(&input) as *const () as usize);
+            }
+            if let Some(why) = per_window_refusal(&input, &keys) {
+                refused.get_or_insert(why);
+            }
+        } else if node.is::<SortExec>()
+            && !feeding_windows.contains(&(Arc::as_ptr(node) as *const () as usize))
+        {
+            refused.get_or_insert_with(|| refusal_of("ORDER BY", node.name()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    refused.map_or(Ok(()), |why| Err(EngineError::plan(why)))
+}
+
+fn per_window_refusal(
+    input: &Arc<dyn ExecutionPlan>,
+    keys: &[Arc<dyn PhysicalExpr>],
+) -> Option<String> {
+    let stateful = find_stateful(input)?;
+    let spec = stateful.spec();
+    let per_window = "an OVER (...) window function over a streaming aggregation runs on each window's rows when the watermark closes it";
+    if spec.mode != OutputMode::Append {
+        return Some(format!(
+            "{per_window}, which needs append output mode, not {}",
+            spec.mode.name()
+        ));
+    }
+    match &spec.window {
+        None => Some(format!(
+            "{per_window}, so the aggregation must GROUP BY an event-time window"
+        )),
+        Some(EventWindow::Session { .. }) => Some(format!(
+            "{per_window}; sessions close one key at a time, so they cannot be ranked together"
+        )),
+        Some(window) => {
+            let by_window = keys.iter().any(|key| {
+                collect_columns(key)
+                    .iter()
+                    .any(|c| from_window(input, c.index(), window.column()))
+            });
+            (!by_window).then(|| {
+                format!(
+                    "{per_window}, so it must PARTITION BY the window (e.g. PARTITION BY window.start), or it would mix windows that close in different batches"
+                )
+            })
+        }
+    }
+}
+
+fn find_stateful(plan: &Arc<dyn ExecutionPlan>) -> Option<&StatefulAggregateExec> {
+    if let Some(stateful) = plan.downcast_ref::<StatefulAggregateExec>() {
+        return Some(stateful);
+    }
+    plan.children().into_iter().find_map(find_stateful)
+}
+
+/// Whether column `column` of `plan`'s output is computed from the window
+/// group column `window` of the stateful aggregation below.
+fn from_window(plan: &Arc<dyn ExecutionPlan>, column: usize, window: usize) -> bool {
+    if plan.is::<StatefulAggregateExec>() {
+        return column == window;
+    }
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        return projection.expr().get(column).is_some_and(|p| {
+            collect_columns(&p.expr)
+                .iter()
+                .any(|c| from_window(projection.input(), c.index(), window))
+        });
+    }
+    let Some(input) = plan.children().first().map(|c| Arc::clone(c)) else {
+        return false;
+    };
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let column = match filter.projection() {
+            Some(projection) => match projection.get(column) {
+                Some(c) => *c,
+                None => return false,
+            },
+            None => column,
+        };
+        return from_window(&input, column, window);
+    }
+    let passes_columns = plan.is::<RepartitionExec>()
+        || plan.is::<SortExec>()
+        || plan.is::<BoundedWindowAggExec>()
+        || plan.is::<WindowAggExec>();
+    passes_columns && column < input.schema().fields().len() && from_window(&input, column, window)
 }
 
 /// Per-partition starting offsets as the source spec gives them, resolved

@@ -516,6 +516,16 @@ struct Merged {
 }
 
 impl EventWindow {
+    /// The group column holding the window.
+    pub fn column(&self) -> usize {
+        match *self {
+            EventWindow::Struct { column }
+            | EventWindow::Bin { column, .. }
+            | EventWindow::Session { column }
+            | EventWindow::EventTime { column } => column,
+        }
+    }
+
     /// How the store finds a row's window end.
     fn end(&self) -> WindowEnd {
         match *self {

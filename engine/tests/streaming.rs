@@ -421,6 +421,18 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT e.customer FROM events e JOIN clicks c ON e.customer = c.customer"),
             "joins two streams ('events' with 'clicks')",
         ),
+        (
+            format!("{watermarked}; {files}; INSERT INTO out SELECT s, n FROM (SELECT s, n, row_number() OVER (PARTITION BY c ORDER BY n DESC) AS r FROM (SELECT window.start AS s, customer AS c, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), customer)) WHERE r <= 3"),
+            "so it must PARTITION BY the window",
+        ),
+        (
+            format!("{watermarked}; {files}; INSERT INTO out SELECT s, n FROM (SELECT s, n, row_number() OVER (PARTITION BY s ORDER BY n DESC) AS r FROM (SELECT session_window.start AS s, customer AS c, count(*) AS n FROM events GROUP BY session_window(ts, '1 minute'), customer)) WHERE r <= 3"),
+            "sessions close one key at a time",
+        ),
+        (
+            format!("{watermarked}; {files}; INSERT INTO out SELECT window.start, count(*) AS n FROM events GROUP BY window(ts, '1 minute') ORDER BY n"),
+            "needs ORDER BY",
+        ),
     ];
     for (sql, expected) in cases {
         let error = plan_job(&env, &sql, "bad").await.unwrap_err().to_string();
