@@ -330,7 +330,7 @@ impl NexmarkGenerator {
     }
 
     fn auction(&self, id: u64, rng: &mut SmallRng, date_time: i64) -> Auction {
-        let seller = if rng.random_range(0..self.config.hot_sellers_ratio.max(1)) > 0 {
+        let seller = if is_hot(rng, self.config.hot_sellers_ratio) {
             last_person(id) / HOT_GROUP * HOT_GROUP
         } else {
             self.next_person(id, rng)
@@ -357,13 +357,13 @@ impl NexmarkGenerator {
     }
 
     fn bid(&self, id: u64, rng: &mut SmallRng, date_time: i64) -> Bid {
-        let auction = if rng.random_range(0..self.config.hot_auction_ratio.max(1)) > 0 {
+        let auction = if is_hot(rng, self.config.hot_auction_ratio) {
             last_auction(id) / HOT_GROUP * HOT_GROUP
         } else {
             self.next_auction(id, rng)
         };
         // The second person of a group, so hot bidders are not hot sellers.
-        let bidder = if rng.random_range(0..self.config.hot_bidders_ratio.max(1)) > 0 {
+        let bidder = if is_hot(rng, self.config.hot_bidders_ratio) {
             last_person(id) / HOT_GROUP * HOT_GROUP + 1
         } else {
             self.next_person(id, rng)
@@ -436,6 +436,11 @@ fn last_auction(id: u64) -> u64 {
         offset -= PERSON_PROPORTION;
     }
     epoch * AUCTION_PROPORTION + offset
+}
+
+/// All but one in `ratio` picks are hot.
+fn is_hot(rng: &mut SmallRng, ratio: u64) -> bool {
+    rng.random_range(0..ratio.max(1)) > 0
 }
 
 /// Cents, log-uniform between 1 dollar and 1 million.

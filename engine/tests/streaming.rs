@@ -56,6 +56,19 @@ struct LocalJob {
 }
 
 impl LocalJob {
+    /// The job before its first batch, with an empty state cache.
+    fn new(ws: &Workspace, planned: PlannedJob) -> Self {
+        LocalJob {
+            ws: ws.clone(),
+            planned,
+            cache: Arc::default(),
+            batch: 0,
+            read_to: vec![0; PARTITIONS],
+            max_event_time_ms: None,
+            watermark_ms: None,
+        }
+    }
+
     fn task(
         &self,
         stage: usize,
@@ -156,15 +169,7 @@ async fn sliding_windows_close_with_the_watermark_and_equal_one_batch() {
     .await
     .unwrap();
     assert_eq!(planned.stages.len(), 2, "{}", planned.explain);
-    let mut job = LocalJob {
-        ws: ws.clone(),
-        planned,
-        cache: Arc::default(),
-        batch: 0,
-        read_to: vec![0; PARTITIONS],
-        max_event_time_ms: None,
-        watermark_ms: None,
-    };
+    let mut job = LocalJob::new(&ws, planned);
     let mut on_time = Vec::new();
 
     // Batch 0: a minute of events, in order.
@@ -300,15 +305,7 @@ async fn distinct_rows_are_written_when_first_seen_and_forgotten_after_the_water
     )
     .await
     .unwrap();
-    let mut job = LocalJob {
-        ws: ws.clone(),
-        planned,
-        cache: Arc::default(),
-        batch: 0,
-        read_to: vec![0; PARTITIONS],
-        max_event_time_ms: None,
-        watermark_ms: None,
-    };
+    let mut job = LocalJob::new(&ws, planned);
     let written = |outcomes: &[TaskOutcome]| outcomes.iter().map(|o| o.output_rows).sum::<u64>();
     let twice = |events: &[String]| -> Vec<String> {
         events.iter().flat_map(|e| [e.clone(), e.clone()]).collect()
