@@ -360,11 +360,6 @@ async fn run(command: Command) -> Result<(), DriverError> {
             let sent = match file {
                 Some(path) => produce::produce_file(&kafka.bootstrap, &topic, &path, false).await?,
                 None => {
-                    let (stop, stopped) = tokio::sync::watch::channel(false);
-                    tokio::spawn(async move {
-                        let _ = tokio::signal::ctrl_c().await;
-                        let _ = stop.send(true);
-                    });
                     produce::produce_sales(
                         &kafka.bootstrap,
                         &topic,
@@ -372,7 +367,7 @@ async fn run(command: Command) -> Result<(), DriverError> {
                         count,
                         seed,
                         false,
-                        stopped,
+                        stop_on_ctrl_c(),
                     )
                     .await?
                 }
@@ -432,21 +427,21 @@ async fn produce_nexmark(
     seed: Option<u64>,
 ) -> Result<(), DriverError> {
     let config = args.config(rate, seed)?;
-    let mut topics = produce::NexmarkTopics { partitions: [4; 3] };
-    let admin = KafkaAdmin::new(bootstrap, &Default::default());
+    let mut topics = produce::NexmarkTopics { partitions: [0; 3] };
     for (table, slot) in NexmarkTable::ALL.iter().zip(&mut topics.partitions) {
-        ensure_topic(bootstrap, table.name(), partitions.unwrap_or(4)).await?;
-        if let Ok(existing) = admin.partition_offsets(table.name()).await {
-            *slot = existing.len().max(1) as i32;
-        }
+        let wanted = partitions.unwrap_or(AUTO_CREATED_PARTITIONS);
+        *slot = ensure_topic(bootstrap, table.name(), wanted).await?;
     }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = stop.send(true);
-    });
-    let sent =
-        produce::produce_nexmark(bootstrap, &topics, config, rate, count, false, stopped).await?;
+    let sent = produce::produce_nexmark(
+        bootstrap,
+        &topics,
+        config,
+        rate,
+        count,
+        false,
+        stop_on_ctrl_c(),
+    )
+    .await?;
     let mut table = table(&["Topic", "Partitions", "Events"]);
     for ((name, partitions), events) in NexmarkTable::ALL
         .iter()
@@ -478,29 +473,45 @@ async fn create_topic(admin: &KafkaAdmin, name: &str, partitions: i32) -> Result
     })
 }
 
-async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), DriverError> {
+/// Partitions a broker gives a topic it creates on first write (the
+/// development broker does).
+const AUTO_CREATED_PARTITIONS: i32 = 4;
+
+/// Makes sure `topic` exists, creating it with `partitions` when it does
+/// not; returns the partitions it has (or will have when the broker
+/// creates it on first write).
+async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<i32, DriverError> {
     let admin = KafkaAdmin::new(bootstrap, &Default::default());
     match admin.partition_offsets(topic).await {
-        Ok(existing) if existing.len() as i32 != partitions => {
-            eprintln!(
-                "note: topic '{topic}' exists with {} partitions",
-                existing.len()
-            );
-            Ok(())
+        Ok(existing) => {
+            let existing = existing.len().max(1) as i32;
+            if existing != partitions {
+                eprintln!("note: topic '{topic}' exists with {existing} partitions");
+            }
+            Ok(existing)
         }
-        Ok(_) => Ok(()),
-        Err(_) => {
-            if let Err(e) = create_topic(&admin, topic, partitions).await {
-                // Brokers that auto-create topics (the development broker
-                // does, with 4 partitions) still take the records.
+        Err(_) => match create_topic(&admin, topic, partitions).await {
+            Ok(()) => Ok(partitions),
+            Err(e) => {
+                // Brokers that auto-create topics still take the records.
                 eprintln!(
                     "note: {e}
 producing anyway; the broker may create the topic on first write"
                 );
+                Ok(AUTO_CREATED_PARTITIONS)
             }
-            Ok(())
-        }
+        },
     }
+}
+
+/// Turns true at Ctrl-C.
+fn stop_on_ctrl_c() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop.send(true);
+    });
+    stopped
 }
 
 /// A client of the master at `url`, with `secret` on every call.

@@ -224,13 +224,12 @@ pub async fn produce_nexmark(
             break;
         }
         let event = generator.event(events);
-        let table = event.table() as usize;
+        let table = event.table();
         buffer.clear();
         event.write_json(&mut buffer);
-        let partition = (events % topics.partitions[table].max(1) as u64) as i32;
-        let topic = NexmarkTable::ALL[table].name();
-        send(&producer, topic, None, Some(partition), &buffer).await?;
-        sent[table] += 1;
+        let partition = (events % topics.partitions[table as usize].max(1) as u64) as i32;
+        send(&producer, table.name(), None, Some(partition), &buffer).await?;
+        sent[table as usize] += 1;
         events += 1;
         if events.is_multiple_of(64) {
             bar.set_position(events);

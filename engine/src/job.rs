@@ -524,10 +524,7 @@ fn make_stateful(
     sink: &SinkSpec,
     mode: OutputMode,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let finals = count_nodes(&plan, |node| {
-        node.downcast_ref::<AggregateExec>()
-            .is_some_and(|a| a.mode().output_mode() == AggregateOutputMode::Final)
-    });
+    let finals = count_nodes(&plan, |node| final_aggregate(node).is_some());
     if finals == 0 {
         if mode == OutputMode::Complete {
             return Err(EngineError::plan(
@@ -544,9 +541,7 @@ fn make_stateful(
     // An aggregation without aggregate functions (SELECT DISTINCT, or a
     // GROUP BY of keys alone) emits each group once, when first seen.
     let distinct = plan.exists(|node| {
-        Ok(node.downcast_ref::<AggregateExec>().is_some_and(|a| {
-            a.mode().output_mode() == AggregateOutputMode::Final && a.aggr_expr().is_empty()
-        }))
+        Ok(final_aggregate(node.as_ref()).is_some_and(|a| a.aggr_expr().is_empty()))
     })?;
     if mode == OutputMode::Update && !sink.upserts() {
         return Err(EngineError::plan(
@@ -877,12 +872,15 @@ fn is_per_window(node: &dyn ExecutionPlan) -> bool {
 fn above_an_aggregation(node: &dyn ExecutionPlan) -> bool {
     node.children().iter().any(|child| {
         child
-            .exists(|n| {
-                Ok(n.downcast_ref::<AggregateExec>()
-                    .is_some_and(|a| a.mode().output_mode() == AggregateOutputMode::Final))
-            })
+            .exists(|n| Ok(final_aggregate(n.as_ref()).is_some()))
             .unwrap_or(false)
     })
+}
+
+/// The aggregate that gives a query's aggregated rows (final or single mode).
+fn final_aggregate(node: &dyn ExecutionPlan) -> Option<&AggregateExec> {
+    node.downcast_ref::<AggregateExec>()
+        .filter(|a| a.mode().output_mode() == AggregateOutputMode::Final)
 }
 
 /// An OVER (...) window function above a windowed aggregation in append
