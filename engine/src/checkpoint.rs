@@ -62,10 +62,13 @@ pub struct CommitEntry {
     /// only the latest entry.
     pub total_input_rows: u64,
     pub total_output_rows: u64,
-    /// The largest event time seen up to this batch (Unix ms), from which
-    /// the next batch's watermark follows.
+    /// The largest event time seen up to this batch (Unix ms).
     #[serde(default)]
     pub max_event_time_ms: Option<i64>,
+    /// Per topic, the largest event time read up to this batch (Unix ms),
+    /// from which the next batch's watermark follows.
+    #[serde(default)]
+    pub event_times: std::collections::BTreeMap<String, i64>,
     #[serde(default)]
     pub writer: Option<Writer>,
 }
@@ -74,7 +77,9 @@ pub struct CommitEntry {
 /// first starts: a resubmitted job must match it to resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointMetadata {
-    pub topic: String,
+    /// The topics the job reads, in its sources' order.
+    #[serde(alias = "topic", deserialize_with = "crate::job::one_or_many")]
+    pub topics: Vec<String>,
     /// Partitions of the shuffle and the state; none for a stateless job.
     pub shuffle_partitions: Option<usize>,
     /// The stateful operator's state columns as `name: type`.
@@ -95,10 +100,15 @@ impl CheckpointMetadata {
         let start_fresh = format!(
             "submit it with `driver submit --fresh` to start it afresh, forgetting its checkpoint and its sink's output (or give it another spate.job.name than '{job}')"
         );
-        if self.topic != old.topic {
+        if self.topics != old.topics {
+            let topics = |t: &[String]| {
+                let quoted: Vec<String> = t.iter().map(|t| format!("'{t}'")).collect();
+                quoted.join(" and ")
+            };
             return Some(format!(
-                "job '{job}' has a checkpoint of topic '{}', and the query now reads topic '{}'; {start_fresh}",
-                old.topic, self.topic
+                "job '{job}' has a checkpoint of topic {}, and the query now reads topic {}; {start_fresh}",
+                topics(&old.topics),
+                topics(&self.topics)
             ));
         }
         if self.state_columns != old.state_columns {

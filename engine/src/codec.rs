@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use datafusion::common::JoinSide;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
@@ -15,6 +16,7 @@ use spate_proto::{KafkaScan, PlanNode, ShuffleWriter};
 
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
+use crate::join::{JoinScope, StreamJoinExec, StreamJoinSpec, side_dir};
 use crate::kafka::KafkaScanExec;
 use crate::shuffle::{ShuffleReaderExec, ShuffleScope, ShuffleWriterExec};
 use crate::state::{PartitionState, StateCache, partition_dir};
@@ -171,6 +173,32 @@ impl PhysicalExtensionCodec for SpateCodec {
                     scope,
                 )?))
             }
+            Node::StreamJoin(join) => {
+                let spec = StreamJoinSpec::from(join);
+                let [join] = inputs else {
+                    return Err(DataFusionError::Internal(
+                        "a stream join has one input".into(),
+                    ));
+                };
+                let scope = self.state.as_ref().map(|task| {
+                    let side = |side| PartitionState {
+                        workspace: task.workspace.clone(),
+                        dir: side_dir(&task.job, spec.operator, side, task.partition),
+                        cache: Arc::clone(&task.cache),
+                    };
+                    JoinScope {
+                        left: side(JoinSide::Left),
+                        right: side(JoinSide::Right),
+                        batch: task.batch,
+                        watermark_ms: self.watermark_ms,
+                    }
+                });
+                Ok(Arc::new(StreamJoinExec::new(
+                    spec,
+                    Arc::clone(join),
+                    scope,
+                )?))
+            }
         }
     }
 
@@ -194,6 +222,8 @@ impl PhysicalExtensionCodec for SpateCodec {
             Node::ShuffleReader((&reader.spec()).try_into()?)
         } else if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
             Node::StatefulAggregate(stateful.spec().into())
+        } else if let Some(join) = node.downcast_ref::<StreamJoinExec>() {
+            Node::StreamJoin(join.spec().into())
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "Spate cannot ship operator {} to workers",

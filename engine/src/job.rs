@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{JoinType, ScalarValue};
+use datafusion::common::{JoinSide, JoinType, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
@@ -36,6 +36,7 @@ use crate::codec::SpateCodec;
 use crate::error::readable;
 use crate::error::{EngineError, Result};
 use crate::files::{WorkspaceTable, WorkspaceTableFactory};
+use crate::join::{StreamJoinExec, StreamJoinSpec, expiry_of};
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
 use crate::postgres::{PostgresTable, PostgresTableFactory};
 use crate::redis::{RedisTable, RedisTableFactory};
@@ -202,7 +203,10 @@ impl PlanEnv {
 pub struct PlannedJob {
     pub name: String,
     pub sql: String,
-    pub source: KafkaSourceSpec,
+    /// The Kafka tables the job reads, one per topic; two when it joins
+    /// two streams. The first is the one a single-stream job reads.
+    #[serde(alias = "source", deserialize_with = "one_or_many")]
+    pub sources: Vec<KafkaSourceSpec>,
     pub sink: SinkSpec,
     /// In the order they run; the last one writes the sink.
     pub stages: Vec<PlannedStage>,
@@ -232,6 +236,29 @@ pub struct PlannedStage {
     /// A query's stage over files: one task per partition of its scans.
     #[serde(default)]
     pub reads_files: bool,
+    /// The Kafka topic a stage without shuffle inputs reads; its tasks
+    /// take the batch's ranges of that topic.
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+/// A list recorded as one value by Spate before joins of two streams
+/// (a job's `source`, a checkpoint's `topic`).
+pub(crate) fn one_or_many<'de, D, T>(deserializer: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(Box<T>),
+        Many(Vec<T>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![*one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 impl PlannedJob {
@@ -240,10 +267,35 @@ impl PlannedJob {
         self.stages.len() > 1
     }
 
+    /// Whether the job joins two streams: two stages read Kafka.
+    pub fn joins_streams(&self) -> bool {
+        self.stages.iter().filter(|s| s.topic.is_some()).count() > 1
+    }
+
+    /// The source a single-stream job reads; the first of a join's.
+    pub fn source(&self) -> &KafkaSourceSpec {
+        &self.sources[0]
+    }
+
+    /// The source that reads `topic`.
+    pub fn source_of(&self, topic: &str) -> Option<&KafkaSourceSpec> {
+        self.sources.iter().find(|s| s.topic == topic)
+    }
+
+    /// The topics the job reads, as messages name them: `'bid'`, `'auction' and 'bid'`.
+    pub fn describe_topics(&self) -> String {
+        let topics: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| format!("'{}'", s.topic))
+            .collect();
+        topics.join(" and ")
+    }
+
     /// What the job's checkpoint is bound to.
     pub fn checkpoint_metadata(&self) -> CheckpointMetadata {
         CheckpointMetadata {
-            topic: self.source.topic.clone(),
+            topics: self.sources.iter().map(|s| s.topic.clone()).collect(),
             shuffle_partitions: self
                 .is_stateful()
                 .then_some(self.options.shuffle_partitions)
@@ -457,8 +509,16 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         .await
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let physical = stream_on_probe_side(physical)?;
-    let source = check_streamable(&physical)?;
-    let physical = make_stateful(physical, &source, &sink, options.output_mode)?;
+    let sources = check_streamable(&physical)?;
+    let join_partitions = options
+        .shuffle_partitions
+        .unwrap_or(env.shuffle_partitions)
+        .max(2);
+    let (physical, joins) = make_stream_joins(physical, &sources, join_partitions)?;
+    if joins {
+        options.shuffle_partitions = Some(join_partitions);
+    }
+    let physical = make_stateful(physical, &sources[0], &sink, options.output_mode)?;
     check_per_window(&physical)?;
     let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
@@ -475,6 +535,11 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
                 id: stage.id,
                 explain: displayable(stage.plan.as_ref()).indent(true).to_string(),
                 plan: SpateCodec::default().encode_plan(Arc::clone(&stage.plan))?,
+                topic: stage
+                    .reads
+                    .is_empty()
+                    .then(|| first_stream_source(&stage.plan, |s| s.topic.clone()))
+                    .flatten(),
                 reads: stage.reads,
                 tasks: stage.tasks,
                 reads_files: false,
@@ -488,7 +553,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     Ok(PlannedJob {
         name,
         sql: sql.to_string(),
-        source,
+        sources,
         sink,
         stages,
         explain,
@@ -660,8 +725,8 @@ pub(crate) fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
         .unwrap_or(false)
 }
 
-/// The Kafka tables a plan reads, for messages: `bid`, `auction and bid`.
-fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> String {
+/// The Kafka tables a plan reads, for messages: `'bid'`, `'auction' and 'bid'`.
+fn describe_stream_tables(plan: &Arc<dyn ExecutionPlan>) -> String {
     let mut tables = Vec::new();
     let _ = plan.apply(|node| {
         if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
@@ -672,6 +737,22 @@ fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> String {
     tables.sort();
     tables.dedup();
     tables.join(" and ")
+}
+
+/// What `of` says of the first Kafka table a plan reads.
+fn first_stream_source<T>(
+    plan: &Arc<dyn ExecutionPlan>,
+    of: impl Fn(&KafkaSourceSpec) -> T,
+) -> Option<T> {
+    let mut found = None;
+    let _ = plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            found = Some(of(scan.source()));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
 }
 
 fn count_nodes(plan: &Arc<dyn ExecutionPlan>, f: impl Fn(&dyn ExecutionPlan) -> bool) -> usize {
@@ -789,13 +870,16 @@ const STREAMING_OPERATORS: &[&str] = &[
     "EmptyExec",
 ];
 
-/// Checks that the plan can run per micro-batch task, and returns its one Kafka source.
-fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<KafkaSourceSpec> {
-    let mut sources = Vec::new();
+/// Checks that the plan can run per micro-batch task, and returns its
+/// Kafka sources, one per topic.
+fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<Vec<KafkaSourceSpec>> {
+    let mut sources: Vec<KafkaSourceSpec> = Vec::new();
     let mut refused = None;
     plan.apply(|node| {
         if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
-            sources.push(scan.source().as_ref().clone());
+            if !sources.iter().any(|s| s.topic == scan.source().topic) {
+                sources.push(scan.source().as_ref().clone());
+            }
         } else if refused.is_none() {
             refused = refusal(node.as_ref());
         }
@@ -804,15 +888,12 @@ fn check_streamable(plan: &Arc<dyn ExecutionPlan>) -> Result<KafkaSourceSpec> {
     if let Some(why) = refused {
         return Err(EngineError::plan(why));
     }
-    match sources.len() {
-        0 => Err(EngineError::plan(
+    if sources.is_empty() {
+        return Err(EngineError::plan(
             "the query reads no Kafka table; a streaming job reads one table STORED AS KAFKA",
-        )),
-        1 => Ok(sources.remove(0)),
-        _ => Err(EngineError::plan(
-            "the query reads more than one Kafka table; joining two streams is not supported yet",
-        )),
+        ));
     }
+    Ok(sources)
 }
 
 /// Why a streaming job cannot run this operator, if it cannot.
@@ -836,11 +917,8 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
     }
     if let Some(join) = node.downcast_ref::<HashJoinExec>() {
         if reads_stream(join.left()) && reads_stream(join.right()) {
-            return Some(format!(
-                "the query joins two streams ({} with {}), which is not supported yet: a stream joins static tables (Parquet, CSV or JSON in the workspace)",
-                stream_tables(join.left()),
-                stream_tables(join.right())
-            ));
+            // Judged in `make_stream_joins`, which knows the time bounds.
+            return None;
         }
         if *join.partition_mode() != PartitionMode::CollectLeft || reads_stream(join.left()) {
             return Some(
@@ -855,6 +933,122 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
         }
     }
     None
+}
+
+/// A join of two streams becomes a `StreamJoinExec` over both sides
+/// shuffled by the join keys (one more stage per side), whose state keeps
+/// each side's rows while the join condition lets them match. Returns the
+/// plan and whether it joins streams.
+fn make_stream_joins(
+    plan: Arc<dyn ExecutionPlan>,
+    sources: &[KafkaSourceSpec],
+    partitions: usize,
+) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
+    let mut operator = 1;
+    let planned = plan.transform_up(|node| {
+        let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if !(reads_stream(join.left()) && reads_stream(join.right())) {
+            return Ok(Transformed::no(node));
+        }
+        let tables = format!(
+            "the query joins two streams ({} with {})",
+            describe_stream_tables(join.left()),
+            describe_stream_tables(join.right())
+        );
+        let join_type = *join.join_type();
+        if !matches!(
+            join_type,
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+        ) {
+            return Err(DataFusionError::Plan(format!(
+                "{tables} as a {join_type} join, which is not supported: join two streams with an inner, left, right or full outer join"
+            )));
+        }
+        let shuffle = |side: &Arc<dyn ExecutionPlan>, keys: Vec<Arc<dyn PhysicalExpr>>| {
+            RepartitionExec::try_new(under_merges(side), Partitioning::Hash(keys, partitions))
+                .map(|r| Arc::new(r) as Arc<dyn ExecutionPlan>)
+        };
+        let shuffled = HashJoinExec::try_new(
+            shuffle(join.left(), join.on().iter().map(|(l, _)| Arc::clone(l)).collect())?,
+            shuffle(join.right(), join.on().iter().map(|(_, r)| Arc::clone(r)).collect())?,
+            join.on().to_vec(),
+            join.filter().cloned(),
+            &join_type,
+            join.projection.as_ref().map(|p| p.to_vec()),
+            PartitionMode::Partitioned,
+            join.null_equality(),
+            join.null_aware,
+        )?;
+        let (left, right) = expiry_of(&shuffled, |side, column| {
+            let plan = match side {
+                JoinSide::Left => shuffled.left(),
+                _ => shuffled.right(),
+            };
+            is_event_time(plan, column, sources)
+        });
+        let unbounded = |outer: &str, other: &str| {
+            DataFusionError::Plan(format!(
+                "{tables} with a {join_type} join, which emits a {outer} row without a match once the watermark makes a match impossible; so the join condition must bound the {other} side's event time by the {outer} side's, e.g. {other}.ts BETWEEN {outer}.ts AND {outer}.ts + INTERVAL '1 hour', and both tables must declare a 'watermark'"
+            ))
+        };
+        if matches!(join_type, JoinType::Left | JoinType::Full) && left.is_none() {
+            return Err(unbounded("left", "right"));
+        }
+        if matches!(join_type, JoinType::Right | JoinType::Full) && right.is_none() {
+            return Err(unbounded("right", "left"));
+        }
+        operator += 1;
+        let spec = StreamJoinSpec {
+            operator,
+            left,
+            right,
+        };
+        Ok(Transformed::yes(Arc::new(
+            StreamJoinExec::new(spec, Arc::new(shuffled), None).map_err(DataFusionError::from)?,
+        ) as Arc<dyn ExecutionPlan>))
+    });
+    let planned = planned.map_err(|e| EngineError::from(e).unwrap_datafusion())?;
+    let joins = planned.transformed;
+    if joins && count_nodes(&planned.data, |n| n.is::<AggregateExec>()) > 0 {
+        return Err(EngineError::plan(
+            "this query joins two streams and aggregates; a streaming job keeps state for one of them so far: aggregate in a second job that reads the join's output",
+        ));
+    }
+    Ok((planned.data, joins))
+}
+
+/// A side of a join below the merges DataFusion put there to collect it.
+fn under_merges(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    if plan.is::<CoalescePartitionsExec>() || plan.name() == "CoalesceBatchesExec" {
+        return under_merges(plan.children()[0]);
+    }
+    Arc::clone(plan)
+}
+
+/// Whether column `column` of `plan`'s output is the watermark column of
+/// the Kafka table it reads, so that its rows in later batches are never
+/// older than the watermark.
+fn is_event_time(
+    plan: &Arc<dyn ExecutionPlan>,
+    column: usize,
+    sources: &[KafkaSourceSpec],
+) -> bool {
+    let Some(topic) = first_stream_source(plan, |s| s.topic.clone()) else {
+        return false;
+    };
+    let Some(watermark) = sources
+        .iter()
+        .find(|s| s.topic == topic)
+        .and_then(|s| s.watermark.as_ref())
+    else {
+        return false;
+    };
+    plan.schema()
+        .fields()
+        .get(column)
+        .is_some_and(|f| f.name().eq_ignore_ascii_case(&watermark.column))
 }
 
 fn refusal_of(what: &str, operator: &str) -> String {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod fuzz;
 pub mod insert;
 pub mod job;
+pub mod join;
 pub mod kafka;
 pub mod keyed;
 pub mod nexmark;

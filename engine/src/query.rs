@@ -138,6 +138,8 @@ pub async fn plan_statement(env: &PlanEnv, session: &[String], text: &str) -> Re
                 reads: stage.reads,
                 tasks: stage.tasks,
                 explain: text,
+                // A query reads one topic, whose ranges every source task splits.
+                topic: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -18,6 +18,7 @@ use crate::OffsetRange;
 use crate::codec::{SpateCodec, TaskState};
 use crate::error::{EngineError, Result};
 use crate::job::{PlanEnv, session};
+use crate::join::StreamJoinExec;
 use crate::kafka::KafkaScanExec;
 use crate::shuffle::{ShuffleScope, ShuffleWriterExec, batch_dir};
 use crate::sink::{Attempt, SinkPart, SinkSpec};
@@ -164,14 +165,13 @@ fn measure(plan: &Arc<dyn ExecutionPlan>) -> TaskOutcome {
             outcome.late_rows += scan.scan_stats().late_rows();
             outcome.malformed_rows += scan.scan_stats().malformed();
             outcome.max_event_time_ms = outcome.max_event_time_ms.max(scan.scan_stats().max_ms());
-        } else if node.is::<StatefulAggregateExec>() {
-            outcome.state = StateMetrics {
-                rows: counter("state_rows"),
-                bytes: counter("state_bytes"),
-                rows_updated: counter("state_rows_updated"),
-                rows_removed: counter("state_rows_removed"),
-                bytes_written: counter("state_bytes_written"),
-            };
+        } else if node.is::<StatefulAggregateExec>() || node.is::<StreamJoinExec>() {
+            let state = &mut outcome.state;
+            state.rows += counter("state_rows");
+            state.bytes += counter("state_bytes");
+            state.rows_updated += counter("state_rows_updated");
+            state.rows_removed += counter("state_rows_removed");
+            state.bytes_written += counter("state_bytes_written");
         }
         Ok(TreeNodeRecursion::Continue)
     });

@@ -15,6 +15,7 @@ use spate_proto as pb;
 use crate::OffsetRange;
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::files::{FileFormatKind, FileFormatSpec};
+use crate::join::{Expiry, StreamJoinSpec};
 use crate::kafka::{
     KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
 };
@@ -519,6 +520,38 @@ impl TryFrom<pb::StatefulAggregate> for StatefulSpec {
             mode,
             window,
         })
+    }
+}
+
+impl From<&StreamJoinSpec> for pb::StreamJoin {
+    fn from(spec: &StreamJoinSpec) -> Self {
+        let expiry = |e: &Option<Expiry>| {
+            e.map(|e| pb::JoinExpiry {
+                column: e.column as u32,
+                after_ms: e.after_ms,
+            })
+        };
+        pb::StreamJoin {
+            operator: spec.operator,
+            left_expiry: expiry(&spec.left),
+            right_expiry: expiry(&spec.right),
+        }
+    }
+}
+
+impl From<pb::StreamJoin> for StreamJoinSpec {
+    fn from(s: pb::StreamJoin) -> Self {
+        let expiry = |e: Option<pb::JoinExpiry>| {
+            e.map(|e| Expiry {
+                column: e.column as usize,
+                after_ms: e.after_ms,
+            })
+        };
+        StreamJoinSpec {
+            operator: s.operator,
+            left: expiry(s.left_expiry),
+            right: expiry(s.right_expiry),
+        }
     }
 }
 

@@ -415,8 +415,16 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             "window(): the window size 'soon' is not a positive duration",
         ),
         (
-            format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT e.customer FROM events e JOIN clicks c ON e.customer = c.customer"),
-            "joins two streams ('events' with 'clicks')",
+            format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT e.customer FROM events e LEFT JOIN clicks c ON e.customer = c.customer"),
+            "so the join condition must bound the right side's event time by the left side's",
+        ),
+        (
+            format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR) STORED AS PARQUET LOCATION 'out/'; INSERT INTO out SELECT e.customer FROM events e WHERE e.customer IN (SELECT customer FROM clicks)"),
+            "which is not supported: join two streams with an inner, left, right or full outer join",
+        ),
+        (
+            format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT e.customer, count(*) FROM events e JOIN clicks c ON e.customer = c.customer GROUP BY e.customer"),
+            "this query joins two streams and aggregates",
         ),
         (
             format!("{watermarked}; {files}; INSERT INTO out SELECT s, n FROM (SELECT s, n, row_number() OVER (PARTITION BY c ORDER BY n DESC) AS r FROM (SELECT window.start AS s, customer AS c, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), customer)) WHERE r <= 3"),
@@ -436,6 +444,64 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
         assert!(
             error.contains(expected),
             "{sql}\n  gave: {error}\n  expected it to say: {expected}"
+        );
+    }
+}
+
+/// A join of two streams keeps each side's rows while the join condition
+/// lets a future row of the other side match them: the bound is read off
+/// the condition, whichever way it is written, and only a side's
+/// watermark column bounds the other side.
+#[tokio::test]
+async fn a_stream_join_keeps_each_side_while_its_condition_lets_it_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = PlanEnv::new(Workspace::open(dir.path()).unwrap(), "localhost:9092");
+    let tables = "
+        CREATE EXTERNAL TABLE imps (ts TIMESTAMP, ad BIGINT, shown TIMESTAMP) STORED AS KAFKA LOCATION 'imps'
+            OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS');
+        CREATE EXTERNAL TABLE clicks (at TIMESTAMP, ad BIGINT) STORED AS KAFKA LOCATION 'clicks'
+            OPTIONS ('watermark' 'at - INTERVAL 5 SECONDS');
+        CREATE EXTERNAL TABLE out (ad BIGINT) STORED AS PARQUET LOCATION 'out/';
+        INSERT INTO out SELECT i.ad FROM imps i";
+    let cases = [
+        // c.at BETWEEN i.ts AND i.ts + 1 hour: an impression waits an hour
+        // (and a millisecond) past its time, a click until its own time.
+        (
+            "LEFT JOIN clicks c ON i.ad = c.ad AND c.at BETWEEN i.ts AND i.ts + INTERVAL '1' HOUR",
+            "left kept until watermark >= ts + 3600001 ms, right kept until watermark >= at + 1 ms",
+        ),
+        // Strict and written the other way round: a click comes less than
+        // ten seconds after its impression, and after it.
+        (
+            "JOIN clicks c ON i.ad = c.ad AND i.ts > c.at - INTERVAL '10' SECOND AND i.ts < c.at",
+            "left kept until watermark >= ts + 10000 ms, right kept until watermark >= at + 0 ms",
+        ),
+        // `shown` is no watermark column: it bounds nothing of the clicks.
+        (
+            "JOIN clicks c ON i.ad = c.ad AND c.at <= i.shown + INTERVAL '1' MINUTE AND i.shown <= c.at",
+            "left kept until watermark >= shown + 60001 ms, right kept until none",
+        ),
+        // A regular join keeps both sides.
+        (
+            "JOIN clicks c ON i.ad = c.ad",
+            "left kept until none, right kept until none",
+        ),
+    ];
+    for (join, expected) in cases {
+        let sql = format!("{tables} {join}");
+        let planned = plan_job(&env, &sql, "joins")
+            .await
+            .unwrap_or_else(|e| panic!("{join}: {e}"));
+        assert_eq!(planned.stages.len(), 3, "{join}: two shuffles and the join");
+        assert!(planned.joins_streams());
+        assert!(
+            planned.explain.contains(expected),
+            "{join}: expected '{expected}' in\n{}",
+            planned.explain
+        );
+        assert_eq!(
+            planned.checkpoint_metadata().topics,
+            vec!["imps".to_string(), "clicks".to_string()]
         );
     }
 }

@@ -221,7 +221,7 @@ impl JobEntry {
             avg_input_rows_per_second: rate(input_seconds),
             avg_processed_rows_per_second: rate(processing_seconds),
             latest_batch: self.progress.back().map(|p| p.batch_id),
-            source: format!("kafka topic {}", record.planned.source.topic),
+            source: format!("kafka topic {}", record.planned.describe_topics()),
             sink: record.planned.sink.describe(),
             // Shown on pages, in the API and CLIs: credentials stay out.
             sql: spate_engine::redact::sql(&record.planned.sql),

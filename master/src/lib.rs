@@ -334,10 +334,15 @@ impl Master {
         reservation: Reservation,
         first: impl State,
     ) {
-        let source = &planned.source;
         let offsets = KafkaOffsets {
-            admin: KafkaAdmin::new(&source.bootstrap_servers, &source.client_options),
-            topic: source.topic.clone(),
+            topics: planned
+                .sources
+                .iter()
+                .map(|s| {
+                    let admin = KafkaAdmin::new(&s.bootstrap_servers, &s.client_options);
+                    (admin, s.topic.clone())
+                })
+                .collect(),
         };
         let tasks: Arc<dyn TaskRunner> = Arc::new(Arc::clone(&self.cluster));
         let sink = planned.sink.open(&self.ws, reservation.id());

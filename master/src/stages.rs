@@ -112,6 +112,7 @@ impl BatchStages<'_> {
                 .ranges
                 .iter()
                 .filter(|r| !r.is_empty())
+                .filter(|r| stage.topic.as_ref().is_none_or(|t| &r.topic == t))
                 .enumerate()
                 .map(|(index, range)| TaskPlace {
                     index: index as u32,

@@ -219,7 +219,7 @@ async fn run_job(name: &str, sql: String, source: &Source) {
     if let SinkSpec::Kafka(sink) = &planned.sink {
         cluster.broker.create_topic(&sink.topic, 2).unwrap();
     }
-    let delay_ms = planned.source.watermark.as_ref().map(|w| w.delay_ms);
+    let delay_ms = planned.source().watermark.as_ref().map(|w| w.delay_ms);
     let watermarked = delay_ms.is_some();
     // Which rows to compare: the fixture says; a windowed job in append
     // mode shows the windows the final watermark closed; others all rows.

@@ -23,7 +23,7 @@ pub struct BatchInFlight {
     pub entry: OffsetsEntry,
     /// Kafka's latest offsets when the batch was planned; none for a batch
     /// re-run from the log.
-    pub latest: Option<Vec<PartitionOffsets>>,
+    pub latest: Option<Vec<TopicLatest>>,
     pub started: Instant,
     pub started_ms: i64,
     pub durations: Durations,
@@ -41,7 +41,7 @@ impl BatchInFlight {
     /// A batch whose ranges are logged, starting now.
     pub fn new(
         entry: OffsetsEntry,
-        latest: Option<Vec<PartitionOffsets>>,
+        latest: Option<Vec<TopicLatest>>,
         durations: Durations,
         re_run: bool,
     ) -> Self {
@@ -59,12 +59,28 @@ impl BatchInFlight {
     }
 }
 
+/// Kafka's offsets of one topic a job reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLatest {
+    pub topic: String,
+    pub partitions: Vec<PartitionOffsets>,
+}
+
+/// A partition of a topic, as offsets maps key it.
+pub type TopicPartition = (String, i32);
+
+/// The largest event time read from each topic (Unix ms).
+pub type EventTimes = BTreeMap<String, i64>;
+
 /// What a batch's tasks did.
 #[derive(Debug, Clone, Default)]
 pub struct BatchRun {
     pub input_rows: u64,
+    /// Of `input_rows`, those of each topic.
+    pub input_rows_by_topic: BTreeMap<String, u64>,
     pub output_rows: u64,
     pub max_event_time_ms: Option<i64>,
+    pub event_times: EventTimes,
     pub late_rows: u64,
     pub malformed_rows: u64,
     pub state: StateMetrics,
@@ -74,10 +90,21 @@ pub struct BatchRun {
 
 impl BatchRun {
     /// Adds a stage's tasks; only the last stage's rows are output rows.
-    pub fn add(&mut self, tasks: &[TaskDone], last: bool) {
+    /// `topic` is the topic a source stage reads.
+    pub fn add(&mut self, tasks: &[TaskDone], last: bool, topic: Option<&str>) {
         self.num_tasks += tasks.len() as u32;
         for TaskDone { outcome, delay_ms } in tasks {
             self.input_rows += outcome.input_rows;
+            if let Some(topic) = topic {
+                *self
+                    .input_rows_by_topic
+                    .entry(topic.to_string())
+                    .or_default() += outcome.input_rows;
+                if let Some(time) = outcome.max_event_time_ms {
+                    let max = self.event_times.entry(topic.to_string()).or_insert(time);
+                    *max = (*max).max(time);
+                }
+            }
             self.late_rows += outcome.late_rows;
             self.malformed_rows += outcome.malformed_rows;
             self.max_event_time_ms = self.max_event_time_ms.max(outcome.max_event_time_ms);
@@ -94,79 +121,124 @@ impl BatchRun {
     }
 }
 
-/// The watermark of the next batch: the largest event time seen so far
-/// minus the source's delay, never moving back.
+/// The watermark of the next batch: for each source with a watermark, the
+/// largest event time read from it minus its delay; the least of those
+/// (Spark's global watermark), never moving back. It waits until every
+/// such source has been read from: a join must not drop the rows of the
+/// side that has not come yet.
 pub fn watermark_after(
     planned: &PlannedJob,
-    max_event_time_ms: Option<i64>,
+    event_times: &EventTimes,
     previous: Option<i64>,
 ) -> Option<i64> {
-    let delay = planned.source.watermark.as_ref()?.delay_ms;
-    previous.max(max_event_time_ms.map(|m| m - delay))
+    let mut least = None;
+    for source in &planned.sources {
+        let Some(watermark) = &source.watermark else {
+            continue;
+        };
+        let Some(time) = event_times.get(&source.topic) else {
+            return previous;
+        };
+        let own = time - watermark.delay_ms;
+        least = Some(least.map_or(own, |l: i64| l.min(own)));
+    }
+    previous.max(least)
 }
 
 /// Where a job without a logged batch starts reading, per partition: the
 /// table's starting offsets, resolved once, at the job's first look at
 /// Kafka (Spark's `latest` is the latest offsets when the query starts,
 /// not at each trigger, which would never leave an empty first batch).
-pub fn starting_offsets(planned: &PlannedJob, latest: &[PartitionOffsets]) -> BTreeMap<i32, i64> {
+pub fn starting_offsets(
+    planned: &PlannedJob,
+    latest: &[TopicLatest],
+) -> BTreeMap<TopicPartition, i64> {
+    let mut starting = BTreeMap::new();
+    for topic in latest {
+        let Some(source) = planned.source_of(&topic.topic) else {
+            continue;
+        };
+        for p in &topic.partitions {
+            let start = starting_offset(source, p.partition, p.low, p.high);
+            starting.insert((topic.topic.clone(), p.partition), start);
+        }
+    }
+    starting
+}
+
+/// Where each partition ends now: an available-now job reads to there.
+pub fn ends(latest: &[TopicLatest]) -> BTreeMap<TopicPartition, i64> {
     latest
         .iter()
-        .map(|p| {
-            let start = starting_offset(&planned.source, p.partition, p.low, p.high);
-            (p.partition, start)
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| ((t.topic.clone(), p.partition), p.high))
         })
         .collect()
 }
 
 /// The ranges of the next batch: from where the previous batch ended
-/// (or the job's starting offsets) to the latest offsets, capped; and
-/// the ranges Kafka deleted before they were read, which the batch skips.
+/// (or the job's starting offsets) to the latest offsets, capped per
+/// source; and the ranges Kafka deleted before they were read, which the
+/// batch skips.
 pub fn next_ranges(
     planned: &PlannedJob,
-    latest: &[PartitionOffsets],
+    latest: &[TopicLatest],
     previous: Option<&OffsetsEntry>,
-    starting: &BTreeMap<i32, i64>,
-    end_of_input: Option<&BTreeMap<i32, i64>>,
+    starting: &BTreeMap<TopicPartition, i64>,
+    end_of_input: Option<&BTreeMap<TopicPartition, i64>>,
 ) -> (Vec<OffsetRange>, Vec<OffsetRange>) {
-    let source = &planned.source;
     let mut lost = Vec::new();
-    let mut ranges: Vec<OffsetRange> = latest
-        .iter()
-        .map(|p| {
-            let resume_at = previous
-                .and_then(|e| e.ranges.iter().find(|r| r.partition == p.partition))
-                .map(|r| r.end)
-                .unwrap_or_else(|| match (previous, starting.get(&p.partition)) {
-                    (None, Some(start)) => *start,
-                    // A partition added while the job runs is read from its start.
-                    _ => p.low,
-                });
-            let start = resume_at.max(p.low);
-            if resume_at < p.low {
-                lost.push(OffsetRange {
-                    topic: source.topic.clone(),
+    let mut all = Vec::new();
+    for TopicLatest { topic, partitions } in latest {
+        let mut ranges: Vec<OffsetRange> = partitions
+            .iter()
+            .map(|p| {
+                let key = (topic.clone(), p.partition);
+                let resume_at = previous
+                    .and_then(|e| {
+                        e.ranges
+                            .iter()
+                            .find(|r| r.partition == p.partition && &r.topic == topic)
+                    })
+                    .map(|r| r.end)
+                    .unwrap_or_else(|| match (previous, starting.get(&key)) {
+                        (None, Some(start)) => *start,
+                        // A partition (or a topic) added while the job runs
+                        // is read from its start.
+                        _ => p.low,
+                    });
+                let start = resume_at.max(p.low);
+                if resume_at < p.low {
+                    lost.push(OffsetRange {
+                        topic: topic.clone(),
+                        partition: p.partition,
+                        start: resume_at,
+                        end: p.low,
+                    });
+                }
+                let end = end_of_input
+                    .and_then(|e| e.get(&key).copied())
+                    .unwrap_or(p.high)
+                    .max(start);
+                OffsetRange {
+                    topic: topic.clone(),
                     partition: p.partition,
-                    start: resume_at,
-                    end: p.low,
-                });
-            }
-            let end = end_of_input
-                .and_then(|e| e.get(&p.partition).copied())
-                .unwrap_or(p.high)
-                .max(start);
-            OffsetRange {
-                topic: source.topic.clone(),
-                partition: p.partition,
-                start,
-                end,
-            }
-        })
-        .collect();
-    if let Some(limit) = source.max_offsets_per_trigger {
-        cap_ranges(&mut ranges, limit);
+                    start,
+                    end,
+                }
+            })
+            .collect();
+        if let Some(limit) = planned
+            .source_of(topic)
+            .and_then(|s| s.max_offsets_per_trigger)
+        {
+            cap_ranges(&mut ranges, limit);
+        }
+        all.extend(ranges);
     }
-    (ranges, lost)
+    (all, lost)
 }
 
 /// Records Kafka deleted before the job read them: a failed job naming
@@ -180,12 +252,13 @@ pub fn data_loss(planned: &PlannedJob, lost: &[OffsetRange]) -> Result<u64, Stri
         .iter()
         .map(|r| format!("partition {} offsets {}..{}", r.partition, r.start, r.end))
         .collect();
-    if planned.source.fail_on_data_loss {
+    let source = planned.source_of(&first.topic).unwrap_or(planned.source());
+    if source.fail_on_data_loss {
         return Err(format!(
             "records of topic '{}' were deleted by Kafka (retention) before the job read them: {}; nothing after them was read. To skip lost records and go on, set 'fail_on_data_loss' 'false' on table '{}'",
             first.topic,
             ranges.join(", "),
-            planned.source.table
+            source.table
         ));
     }
     tracing::warn!(
@@ -208,44 +281,70 @@ pub fn progress(
 ) -> BatchProgress {
     let (entry, run, durations) = (&batch.entry, &batch.run, batch.durations.clone());
     let trigger_started_ms = batch.started_ms;
-    let latest = batch.latest.as_deref();
-    let topic = &planned.source.topic;
-    let by_partition = |offsets: &mut dyn Iterator<Item = (i32, i64)>| -> TopicOffsets {
-        let partitions = offsets.map(|(p, o)| (p.to_string(), o)).collect();
-        TopicOffsets::from([(topic.clone(), partitions)])
-    };
-    let start = by_partition(&mut entry.ranges.iter().map(|r| (r.partition, r.start)));
-    let end = by_partition(&mut entry.ranges.iter().map(|r| (r.partition, r.end)));
-    // A batch re-run from the log has no fresh look at Kafka: its end is all it knows.
-    let (latest, behind) = match latest {
-        Some(latest) => {
-            let behind = latest
-                .iter()
-                .map(|p| {
-                    let read_to = entry.ranges.iter().find(|r| r.partition == p.partition);
-                    (p.high - read_to.map_or(p.low, |r| r.end)).max(0)
-                })
-                .sum();
-            (
-                by_partition(&mut latest.iter().map(|p| (p.partition, p.high))),
-                behind,
-            )
-        }
-        None => (end.clone(), 0),
-    };
     let since_previous = previous_trigger_ms
         .map(|previous| (trigger_started_ms - previous) as f64 / 1000.0)
         .filter(|s| *s > 0.0)
         .unwrap_or(durations.trigger_execution as f64 / 1000.0);
-    let rate = |seconds: f64| {
+    let rate = |rows: u64, seconds: f64| {
         if seconds > 0.0 {
-            run.input_rows as f64 / seconds
+            rows as f64 / seconds
         } else {
             0.0
         }
     };
-    let input_rate = rate(since_previous);
-    let processed_rate = rate(durations.trigger_execution as f64 / 1000.0);
+    let trigger_seconds = durations.trigger_execution as f64 / 1000.0;
+    let input_rate = rate(run.input_rows, since_previous);
+    let processed_rate = rate(run.input_rows, trigger_seconds);
+    let sources = planned
+        .sources
+        .iter()
+        .map(|source| {
+            let topic = &source.topic;
+            let ranges: Vec<&OffsetRange> =
+                entry.ranges.iter().filter(|r| &r.topic == topic).collect();
+            let by_partition = |offsets: &mut dyn Iterator<Item = (i32, i64)>| -> TopicOffsets {
+                let partitions = offsets.map(|(p, o)| (p.to_string(), o)).collect();
+                TopicOffsets::from([(topic.clone(), partitions)])
+            };
+            let start = by_partition(&mut ranges.iter().map(|r| (r.partition, r.start)));
+            let end = by_partition(&mut ranges.iter().map(|r| (r.partition, r.end)));
+            let latest = batch
+                .latest
+                .as_deref()
+                .and_then(|latest| latest.iter().find(|t| &t.topic == topic));
+            // A batch re-run from the log has no fresh look at Kafka: its end is all it knows.
+            let (latest, behind) = match latest {
+                Some(latest) => {
+                    let behind = latest
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            let read_to = ranges.iter().find(|r| r.partition == p.partition);
+                            (p.high - read_to.map_or(p.low, |r| r.end)).max(0)
+                        })
+                        .sum();
+                    let high = &mut latest.partitions.iter().map(|p| (p.partition, p.high));
+                    (by_partition(high), behind)
+                }
+                None => (end.clone(), 0),
+            };
+            let rows = if planned.sources.len() == 1 {
+                run.input_rows
+            } else {
+                run.input_rows_by_topic.get(topic).copied().unwrap_or(0)
+            };
+            SourceProgress {
+                description: format!("KafkaSource[{topic}]"),
+                start_offset: start,
+                end_offset: end,
+                latest_offset: latest,
+                num_input_rows: rows,
+                input_rows_per_second: rate(rows, since_previous),
+                processed_rows_per_second: rate(rows, trigger_seconds),
+                offsets_behind_latest: behind,
+            }
+        })
+        .collect();
     BatchProgress {
         id: job_id.to_string(),
         name: planned.name.clone(),
@@ -264,7 +363,11 @@ pub fn progress(
         event_time: event_time(entry.watermark_ms, max_event_time_ms),
         state_operators: if planned.is_stateful() {
             vec![StateOperatorProgress {
-                operator_name: "stateful aggregate".to_string(),
+                operator_name: if planned.joins_streams() {
+                    "stream join".to_string()
+                } else {
+                    "stateful aggregate".to_string()
+                },
                 num_rows_total: run.state.rows,
                 num_rows_updated: run.state.rows_updated,
                 num_rows_removed: run.state.rows_removed,
@@ -278,16 +381,7 @@ pub fn progress(
         late_rows_dropped: run.late_rows,
         records_lost_to_retention: entry.skipped_records,
         malformed_rows: run.malformed_rows,
-        sources: vec![SourceProgress {
-            description: format!("KafkaSource[{topic}]"),
-            start_offset: start,
-            end_offset: end,
-            latest_offset: latest,
-            num_input_rows: run.input_rows,
-            input_rows_per_second: input_rate,
-            processed_rows_per_second: processed_rate,
-            offsets_behind_latest: behind,
-        }],
+        sources,
         sink: SinkProgress {
             description: planned.sink.describe(),
             num_output_rows: run.output_rows,

@@ -23,11 +23,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use spate_engine::checkpoint::{Checkpoint, Writer};
 use spate_engine::job::{PlanEnv, PlannedJob};
-use spate_engine::kafka::{KafkaAdmin, PartitionOffsets};
+use spate_engine::kafka::KafkaAdmin;
 use spate_engine::sink::Sink;
 use spate_engine::{EngineError, Workspace};
 use tokio::sync::{oneshot, watch};
 
+pub use batch::{EventTimes, TopicLatest, TopicPartition};
 pub use states::{State, Submitting};
 
 use crate::cluster::TaskRunner;
@@ -36,19 +37,26 @@ use crate::jobs::{Jobs, Reservation, StopRequest};
 /// Where a controller learns the latest offsets of its job's topic.
 #[async_trait]
 pub trait OffsetSource: Send + Sync {
-    async fn latest(&self) -> Result<Vec<PartitionOffsets>, EngineError>;
+    /// The offsets of each topic the job reads.
+    async fn latest(&self) -> Result<Vec<TopicLatest>, EngineError>;
 }
 
-/// Kafka itself.
+/// Kafka itself: a client per topic, each on its table's cluster.
 pub struct KafkaOffsets {
-    pub admin: KafkaAdmin,
-    pub topic: String,
+    pub topics: Vec<(KafkaAdmin, String)>,
 }
 
 #[async_trait]
 impl OffsetSource for KafkaOffsets {
-    async fn latest(&self) -> Result<Vec<PartitionOffsets>, EngineError> {
-        self.admin.partition_offsets(&self.topic).await
+    async fn latest(&self) -> Result<Vec<TopicLatest>, EngineError> {
+        let mut latest = Vec::with_capacity(self.topics.len());
+        for (admin, topic) in &self.topics {
+            latest.push(TopicLatest {
+                topic: topic.clone(),
+                partitions: admin.partition_offsets(topic).await?,
+            });
+        }
+        Ok(latest)
     }
 }
 
@@ -98,13 +106,14 @@ pub struct JobContext {
     pub first_batch: u64,
     /// Input and output rows over every committed batch.
     pub totals: (u64, u64),
-    pub max_event_time_ms: Option<i64>,
+    /// The largest event time read from each topic so far.
+    pub event_times: EventTimes,
     pub last_watermark_ms: Option<i64>,
     /// available_now: the offsets at the first look are where the job ends.
-    pub end_of_input: Option<BTreeMap<i32, i64>>,
+    pub end_of_input: Option<BTreeMap<TopicPartition, i64>>,
     /// Where the job starts reading, resolved at its first look at Kafka
     /// while no batch is logged.
-    pub starting: Option<BTreeMap<i32, i64>>,
+    pub starting: Option<BTreeMap<TopicPartition, i64>>,
     pub kafka_backoff: Duration,
     /// The states the job went through, newest last.
     pub visited: VecDeque<&'static str>,
@@ -147,7 +156,7 @@ impl JobContext {
             timings,
             first_batch: 0,
             totals: (0, 0),
-            max_event_time_ms: None,
+            event_times: EventTimes::new(),
             last_watermark_ms: None,
             end_of_input: None,
             starting: None,

@@ -27,7 +27,7 @@ use spate_engine::checkpoint::{CommitEntry, OffsetsEntry, totals_after};
 use spate_engine::sink::Committing;
 use spate_engine::{EngineError, ErrorKind, OffsetRange, now_ms};
 
-use super::batch::{self, BatchInFlight, BatchRun};
+use super::batch::{self, BatchInFlight, BatchRun, EventTimes};
 use super::{Admission, JobContext, killed};
 use crate::jobs::{JobState, JobStatus, StopRequest};
 use crate::progress::Durations;
@@ -187,7 +187,15 @@ impl Submitting {
         }
         let (next_batch, input_rows, output_rows) = totals_after(last_commit.as_ref());
         ctx.totals = (input_rows, output_rows);
-        ctx.max_event_time_ms = last_commit.and_then(|c| c.max_event_time_ms);
+        ctx.event_times = match last_commit {
+            // A commit of a Spate before joins knows one time, its topic's.
+            Some(c) if c.event_times.is_empty() => c
+                .max_event_time_ms
+                .map(|t| EventTimes::from([(ctx.planned.source().topic.clone(), t)]))
+                .unwrap_or_default(),
+            Some(c) => c.event_times,
+            None => EventTimes::new(),
+        };
         ctx.last_watermark_ms = match next_batch.checked_sub(1) {
             Some(b) => ctx
                 .checkpoint
@@ -379,7 +387,7 @@ impl State for Idle {
             None => None,
         };
         if ctx.planned.options.available_now && ctx.end_of_input.is_none() {
-            ctx.end_of_input = Some(latest.iter().map(|p| (p.partition, p.high)).collect());
+            ctx.end_of_input = Some(batch::ends(&latest));
         }
         if previous.is_none() && ctx.starting.is_none() {
             ctx.starting = Some(batch::starting_offsets(&ctx.planned, &latest));
@@ -399,7 +407,7 @@ impl State for Idle {
             }
         };
         let watermark_ms =
-            batch::watermark_after(&ctx.planned, ctx.max_event_time_ms, ctx.last_watermark_ms);
+            batch::watermark_after(&ctx.planned, &ctx.event_times, ctx.last_watermark_ms);
         // A stateful job runs a batch without data when the watermark
         // moved, so the windows it closed are emitted.
         let watermark_moved = ctx.planned.is_stateful() && watermark_ms > ctx.last_watermark_ms;
@@ -539,7 +547,7 @@ impl State for RunningStage {
         let batch = &mut self.batch;
         batch.durations.add_batch += millis(running.elapsed());
         batch.durations.query_planning += done.placing_ms;
-        batch.run.add(&done.tasks, last);
+        batch.run.add(&done.tasks, last, stage.topic.as_deref());
         batch.abandoned += done.abandoned;
         batch.stems.insert(stage.id, done.stems.clone());
         if !last {
@@ -597,8 +605,12 @@ impl State for SinkCommitted {
         let (input_rows, output_rows) = (batch.run.input_rows, batch.run.output_rows);
         ctx.totals.0 += input_rows;
         ctx.totals.1 += output_rows;
-        ctx.max_event_time_ms = ctx.max_event_time_ms.max(batch.run.max_event_time_ms);
+        for (topic, time) in &batch.run.event_times {
+            let max = ctx.event_times.entry(topic.clone()).or_insert(*time);
+            *max = (*max).max(*time);
+        }
         ctx.last_watermark_ms = batch.entry.watermark_ms;
+        let max_event_time_ms = ctx.event_times.values().max().copied();
         let commit = CommitEntry {
             batch: batch.entry.batch,
             committed_ms: now_ms(),
@@ -606,7 +618,8 @@ impl State for SinkCommitted {
             output_rows,
             total_input_rows: ctx.totals.0,
             total_output_rows: ctx.totals.1,
-            max_event_time_ms: ctx.max_event_time_ms,
+            max_event_time_ms,
+            event_times: ctx.event_times.clone(),
             writer: Some(ctx.writer.clone()),
         };
         if let Err(e) = ctx.checkpoint.write_commit(&commit).await {
@@ -629,7 +642,7 @@ impl State for SinkCommitted {
             &ctx.planned,
             &ctx.job_id,
             batch,
-            ctx.max_event_time_ms,
+            max_event_time_ms,
             previous_trigger_ms,
         );
         ctx.jobs.add_batch(progress).await;

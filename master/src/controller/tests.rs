@@ -19,7 +19,7 @@ use spate_engine::{EngineError, ErrorKind, OffsetRange, Workspace};
 use tokio::sync::oneshot;
 
 use super::states::Submitting;
-use super::{JobContext, OffsetSource, run};
+use super::{JobContext, OffsetSource, TopicLatest, run};
 use crate::cluster::{TaskEnd, TaskFailure, TaskHandle, TaskRunner};
 use crate::jobs::{JobState, Jobs, StopRequest};
 
@@ -156,23 +156,26 @@ impl TaskRunner for Arc<ScriptedTasks> {
 }
 
 /// Kafka's answers in turn; the last one repeats.
-struct ScriptedOffsets(Mutex<VecDeque<Result<Vec<PartitionOffsets>, String>>>);
+struct ScriptedOffsets(Mutex<VecDeque<Result<Vec<TopicLatest>, String>>>);
+
+/// Topic `sales` with one partition holding `[0, high)`.
+fn sales(high: i64) -> Vec<TopicLatest> {
+    vec![TopicLatest {
+        topic: "sales".into(),
+        partitions: vec![PartitionOffsets {
+            partition: 0,
+            low: 0,
+            high,
+        }],
+    }]
+}
 
 impl ScriptedOffsets {
     fn new(answers: Vec<Result<i64, &str>>) -> Arc<Self> {
         Arc::new(ScriptedOffsets(Mutex::new(
             answers
                 .into_iter()
-                .map(|a| {
-                    a.map(|high| {
-                        vec![PartitionOffsets {
-                            partition: 0,
-                            low: 0,
-                            high,
-                        }]
-                    })
-                    .map_err(str::to_string)
-                })
+                .map(|a| a.map(sales).map_err(str::to_string))
                 .collect(),
         )))
     }
@@ -181,17 +184,13 @@ impl ScriptedOffsets {
     fn set(&self, high: i64) {
         let mut answers = self.0.lock().unwrap();
         answers.clear();
-        answers.push_back(Ok(vec![PartitionOffsets {
-            partition: 0,
-            low: 0,
-            high,
-        }]));
+        answers.push_back(Ok(sales(high)));
     }
 }
 
 #[async_trait::async_trait]
 impl OffsetSource for ScriptedOffsets {
-    async fn latest(&self) -> Result<Vec<PartitionOffsets>, EngineError> {
+    async fn latest(&self) -> Result<Vec<TopicLatest>, EngineError> {
         let mut answers = self.0.lock().unwrap();
         let answer = if answers.len() > 1 {
             answers.pop_front().unwrap()
@@ -547,7 +546,7 @@ async fn a_submission_for_a_missing_topic_is_refused_and_leaves_no_job() {
     struct NoTopic;
     #[async_trait::async_trait]
     impl OffsetSource for NoTopic {
-        async fn latest(&self) -> Result<Vec<PartitionOffsets>, EngineError> {
+        async fn latest(&self) -> Result<Vec<TopicLatest>, EngineError> {
             Err(EngineError::UnknownTopic {
                 bootstrap: "scripted:9092".into(),
                 topic: "sales".into(),

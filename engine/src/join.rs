@@ -1,0 +1,675 @@
+//! A join of two streams, one shuffle partition per task (Spark's
+//! stream-stream join, in micro-batches). Both sides are shuffled by the
+//! join keys; each side's rows are kept in the state until the watermark
+//! makes a match with a future row of the other side impossible.
+//!
+//! Each batch, with L and R the rows the state holds and ΔL, ΔR the
+//! batch's new rows:
+//!
+//! 1. the new matches are (L ∪ ΔL) ⋈ ΔR and ΔL ⋈ R, computed by
+//!    DataFusion's own hash join (inner, with the query's keys and filter);
+//! 2. ΔL and ΔR join the state; an outer side marks its rows that matched;
+//! 3. rows whose time bound the watermark passed leave the state, and an
+//!    outer side emits those that never matched, with nulls for the other
+//!    side (append mode, as Spark does).
+//!
+//! A row's time bound comes from the join condition (`b.ts BETWEEN a.ts
+//! AND a.ts + INTERVAL '1 hour'`): see `expiry_of`. A join without one (a
+//! regular join) keeps its rows, and its state grows with them, as in
+//! Spark and Flink. Each side is a `KeyedState` keyed by a row number, so
+//! it is saved as deltas and snapshots and cached like an aggregation's.
+//!
+//! The wrapped `HashJoinExec` (partitioned, over the two shuffles) is kept
+//! as the only child, so datafusion-proto carries its keys and filter.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, new_null_array,
+};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{JoinSide, JoinType, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
+use datafusion::physical_expr::split_conjunction;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect,
+};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::keyed::{KeyedState, StateLayout, WindowEnd};
+use crate::state::{PartitionState, StateChange};
+
+/// The column numbering a side's rows in its state (its group key).
+const ROW: &str = "_spate_row";
+/// Whether a row of an outer side has matched.
+const MATCHED: &str = "_spate_matched";
+
+/// When a side's row can match no future row of the other side: once the
+/// watermark reaches its time column plus `after_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
+    /// The column of the side's input holding the row's time.
+    pub column: usize,
+    pub after_ms: i64,
+}
+
+/// What the codec carries besides the wrapped join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamJoinSpec {
+    /// Names the operator's state folders (one per side).
+    pub operator: u32,
+    pub left: Option<Expiry>,
+    pub right: Option<Expiry>,
+}
+
+/// Known only inside a task.
+#[derive(Debug, Clone)]
+pub struct JoinScope {
+    pub left: PartitionState,
+    pub right: PartitionState,
+    pub batch: u64,
+    /// The batch's watermark (Unix ms): rows of the batch are not older.
+    pub watermark_ms: Option<i64>,
+}
+
+/// The state folder of one side of a join operator's partition.
+pub fn side_dir(job: &str, operator: u32, side: JoinSide, partition: u32) -> String {
+    let side = match side {
+        JoinSide::Left => "left",
+        _ => "right",
+    };
+    format!(
+        "{}/state/{operator}-{side}/{partition}",
+        crate::checkpoint::job_dir(job)
+    )
+}
+
+#[derive(Debug)]
+pub struct StreamJoinExec {
+    spec: StreamJoinSpec,
+    /// A partitioned `HashJoinExec` over the two sides' shuffles.
+    join: Arc<dyn ExecutionPlan>,
+    scope: Option<JoinScope>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl StreamJoinExec {
+    pub fn new(
+        spec: StreamJoinSpec,
+        join: Arc<dyn ExecutionPlan>,
+        scope: Option<JoinScope>,
+    ) -> Result<Self> {
+        if !join.is::<HashJoinExec>() {
+            return Err(EngineError::plan(
+                "internal: a stream join wraps a HashJoinExec",
+            ));
+        }
+        Ok(StreamJoinExec {
+            spec,
+            join,
+            scope,
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    pub fn spec(&self) -> &StreamJoinSpec {
+        &self.spec
+    }
+
+    fn join(&self) -> &HashJoinExec {
+        self.join
+            .downcast_ref::<HashJoinExec>()
+            .expect("checked in new")
+    }
+}
+
+impl DisplayAs for StreamJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let join = self.join();
+        let bound = |e: &Option<Expiry>, side: &Arc<dyn ExecutionPlan>| {
+            e.map_or("none".to_string(), |e| {
+                let schema = side.schema();
+                let column = schema
+                    .fields()
+                    .get(e.column)
+                    .map_or_else(|| format!("column {}", e.column), |f| f.name().clone());
+                format!("watermark >= {column} + {} ms", e.after_ms)
+            })
+        };
+        write!(
+            f,
+            "StreamJoinExec: operator={}, type={}, left kept until {}, right kept until {}",
+            self.spec.operator,
+            join.join_type(),
+            bound(&self.spec.left, join.left()),
+            bound(&self.spec.right, join.right())
+        )
+    }
+}
+
+impl ExecutionPlan for StreamJoinExec {
+    fn name(&self) -> &'static str {
+        "StreamJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.join.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.join]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let join = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("StreamJoinExec needs its child".into()))?;
+        Ok(Arc::new(StreamJoinExec::new(
+            self.spec.clone(),
+            join,
+            self.scope.clone(),
+        )?))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let scope = self.scope.clone().ok_or_else(|| {
+            DataFusionError::Internal("a stream join runs only inside a task".into())
+        })?;
+        let join = self.join();
+        let step = JoinStep {
+            on: join.on().to_vec(),
+            filter: join.filter().cloned(),
+            null_equality: join.null_equality(),
+            projection: join.projection.as_ref().map(|p| p.to_vec()),
+            left: Side::new(
+                join.left().schema(),
+                self.spec.left,
+                outer_left(join.join_type()),
+            ),
+            right: Side::new(
+                join.right().schema(),
+                self.spec.right,
+                outer_right(join.join_type()),
+            ),
+            output: self.schema(),
+        };
+        let left_new = join.left().execute(partition, Arc::clone(&context))?;
+        let right_new = join.right().execute(partition, Arc::clone(&context))?;
+        let metric =
+            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
+        let counters = [
+            metric("state_rows"),
+            metric("state_bytes"),
+            metric("state_rows_updated"),
+            metric("state_rows_removed"),
+            metric("state_bytes_written"),
+        ];
+        let output_schema = self.schema();
+        let run = async move {
+            let left_new: Vec<RecordBatch> = left_new.try_collect().await?;
+            let right_new: Vec<RecordBatch> = right_new.try_collect().await?;
+            let left = scope
+                .left
+                .load_before(scope.batch, &step.left.layout)
+                .await?;
+            let right = scope
+                .right
+                .load_before(scope.batch, &step.right.layout)
+                .await?;
+            let done = step
+                .run(
+                    (left, left_new),
+                    (right, right_new),
+                    scope.batch,
+                    scope.watermark_ms,
+                    context,
+                )
+                .await?;
+            let [rows, size, updated, removed, bytes_written] = &counters;
+            let mut written = 0;
+            for (store, change) in [(&scope.left, done.left), (&scope.right, done.right)] {
+                rows.add(change.state.len());
+                size.add(change.state.memory_size());
+                updated.add(change.changed.iter().map(RecordBatch::num_rows).sum());
+                removed.add(change.removed.iter().map(RecordBatch::num_rows).sum());
+                written += store.save(scope.batch, change).await?;
+            }
+            bytes_written.add(written as usize);
+            Ok::<_, DataFusionError>(futures::stream::iter(done.emit.into_iter().map(Ok)))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            output_schema,
+            futures::stream::once(run).try_flatten(),
+        )))
+    }
+}
+
+fn outer_left(join_type: &JoinType) -> bool {
+    matches!(join_type, JoinType::Left | JoinType::Full)
+}
+
+fn outer_right(join_type: &JoinType) -> bool {
+    matches!(join_type, JoinType::Right | JoinType::Full)
+}
+
+/// One side's rows as the state keeps them: `[_spate_row, the side's
+/// columns..., _spate_matched]`.
+struct Side {
+    /// The side's own columns.
+    columns: usize,
+    layout: StateLayout,
+    /// Unmatched rows are emitted when they leave the state.
+    outer: bool,
+}
+
+impl Side {
+    fn new(input: SchemaRef, expiry: Option<Expiry>, outer: bool) -> Self {
+        let mut fields = vec![Arc::new(Field::new(ROW, DataType::Int64, false))];
+        fields.extend(input.fields().iter().cloned());
+        fields.push(Arc::new(Field::new(MATCHED, DataType::Boolean, false)));
+        Side {
+            columns: input.fields().len(),
+            layout: StateLayout {
+                schema: Arc::new(Schema::new(fields)),
+                keys: 1,
+                window_end: expiry.map(|e| WindowEnd::StartPlus {
+                    column: e.column + 1,
+                    width_ms: e.after_ms,
+                }),
+            },
+            outer,
+        }
+    }
+
+    /// The batch's new rows in the state's layout, numbered after the
+    /// batch, unmatched.
+    fn number(&self, rows: &[RecordBatch], batch: u64) -> DfResult<RecordBatch> {
+        let input = Arc::new(Schema::new(
+            self.layout.schema.fields()[1..=self.columns].to_vec(),
+        ));
+        let rows = concat_batches(&input, rows)?;
+        let first = (batch as i64) << 32;
+        let ids: ArrayRef = Arc::new(Int64Array::from_iter_values(
+            (0..rows.num_rows() as i64).map(|i| first + i),
+        ));
+        let matched: ArrayRef = Arc::new(BooleanArray::from(vec![false; rows.num_rows()]));
+        let mut columns = vec![ids];
+        columns.extend(rows.columns().iter().cloned());
+        columns.push(matched);
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.layout.schema),
+            columns,
+        )?)
+    }
+
+    /// State rows as the join reads them: the side's columns, then the row
+    /// number (so the join's column indices stay as planned).
+    fn for_join(&self, rows: &RecordBatch) -> DfResult<RecordBatch> {
+        let mut order: Vec<usize> = (1..=self.columns).collect();
+        order.push(0);
+        Ok(rows.project(&order)?)
+    }
+
+    /// The rows of `rows` whose numbers are in `matched`, flagged matched.
+    fn newly_matched(&self, rows: &RecordBatch, matched: &HashSet<i64>) -> DfResult<RecordBatch> {
+        let ids = rows.column(0).as_primitive::<Int64Type>();
+        let flags = rows.column(self.columns + 1).as_boolean();
+        let mask: BooleanArray = (0..rows.num_rows())
+            .map(|i| Some(!flags.value(i) && matched.contains(&ids.value(i))))
+            .collect();
+        let newly = filter_record_batch(rows, &mask)?;
+        let mut columns = newly.columns().to_vec();
+        columns[self.columns + 1] = Arc::new(BooleanArray::from(vec![true; newly.num_rows()]));
+        Ok(RecordBatch::try_new(newly.schema(), columns)?)
+    }
+
+    /// Of the rows that left the state, those that never matched.
+    fn unmatched(&self, gone: &RecordBatch) -> DfResult<RecordBatch> {
+        let matched = gone.column(self.columns + 1).as_boolean();
+        Ok(filter_record_batch(gone, &not(matched)?)?)
+    }
+}
+
+/// A batch's work, from the task's scope and the wrapped join.
+struct JoinStep {
+    on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    filter: Option<datafusion::physical_plan::joins::utils::JoinFilter>,
+    null_equality: datafusion::common::NullEquality,
+    /// Columns of `left ++ right` the join outputs.
+    projection: Option<Vec<usize>>,
+    left: Side,
+    right: Side,
+    output: SchemaRef,
+}
+
+struct Joined {
+    emit: Vec<RecordBatch>,
+    left: StateChange,
+    right: StateChange,
+}
+
+impl JoinStep {
+    async fn run(
+        &self,
+        (mut left, left_new): (KeyedState, Vec<RecordBatch>),
+        (mut right, right_new): (KeyedState, Vec<RecordBatch>),
+        batch: u64,
+        watermark_ms: Option<i64>,
+        context: Arc<TaskContext>,
+    ) -> DfResult<Joined> {
+        let left_new = self.left.number(&left_new, batch)?;
+        let right_new = self.right.number(&right_new, batch)?;
+        let left_old = concat_batches(&self.left.layout.schema, &left.rows()?)?;
+        let right_old = concat_batches(&self.right.layout.schema, &right.rows()?)?;
+        // (L ∪ ΔL) ⋈ ΔR, then ΔL ⋈ R: every new pair once.
+        let mut pairs = self
+            .pairs(&[&left_old, &left_new], &right_new, &context)
+            .await?;
+        pairs.extend(self.pairs(&[&left_new], &right_old, &context).await?);
+
+        let mut emit = Vec::with_capacity(pairs.len());
+        let (mut left_ids, mut right_ids) = (HashSet::new(), HashSet::new());
+        let left_id = self.left.columns;
+        let right_id = self.left.columns + 1 + self.right.columns;
+        for pair in &pairs {
+            if pair.num_rows() == 0 {
+                continue;
+            }
+            if self.left.outer {
+                left_ids.extend(pair.column(left_id).as_primitive::<Int64Type>().values());
+            }
+            if self.right.outer {
+                right_ids.extend(pair.column(right_id).as_primitive::<Int64Type>().values());
+            }
+            let columns = self.output_columns(|i| Arc::clone(pair.column(i)));
+            emit.push(RecordBatch::try_new(Arc::clone(&self.output), columns)?);
+        }
+
+        let mut changes = Vec::with_capacity(2);
+        for (side, state, old, new, matched) in [
+            (&self.left, &mut left, &left_old, left_new, &left_ids),
+            (&self.right, &mut right, &right_old, right_new, &right_ids),
+        ] {
+            let new = if side.outer {
+                let flags: BooleanArray = new
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .map(|id| Some(matched.contains(id)))
+                    .collect();
+                let mut columns = new.columns().to_vec();
+                columns[side.columns + 1] = Arc::new(flags);
+                RecordBatch::try_new(new.schema(), columns)?
+            } else {
+                new
+            };
+            let mut changed = vec![new.clone()];
+            state.upsert(new)?;
+            if side.outer && !matched.is_empty() {
+                let newly = side.newly_matched(old, matched)?;
+                state.upsert(newly.clone())?;
+                changed.push(newly);
+            }
+            let gone = match watermark_ms {
+                Some(watermark_ms) => state.expire(watermark_ms)?,
+                None => RecordBatch::new_empty(Arc::clone(&side.layout.schema)),
+            };
+            changes.push((changed, gone));
+        }
+        let (right_changed, right_gone) = changes.pop().expect("two sides");
+        let (left_changed, left_gone) = changes.pop().expect("two sides");
+        if self.left.outer {
+            emit.push(self.unmatched_left(&self.left.unmatched(&left_gone)?)?);
+        }
+        if self.right.outer {
+            emit.push(self.unmatched_right(&self.right.unmatched(&right_gone)?)?);
+        }
+        emit.retain(|b| b.num_rows() > 0);
+        Ok(Joined {
+            emit,
+            left: StateChange {
+                state: left,
+                changed: left_changed,
+                removed: vec![left_gone],
+            },
+            right: StateChange {
+                state: right,
+                changed: right_changed,
+                removed: vec![right_gone],
+            },
+        })
+    }
+
+    /// The matching pairs of `left` (state-layout batches) and `right`:
+    /// `[left columns, left row, right columns, right row]`.
+    async fn pairs(
+        &self,
+        left: &[&RecordBatch],
+        right: &RecordBatch,
+        context: &Arc<TaskContext>,
+    ) -> DfResult<Vec<RecordBatch>> {
+        let left: Vec<RecordBatch> = left
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| self.left.for_join(b))
+            .collect::<DfResult<_>>()?;
+        if left.is_empty() || right.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let right = self.right.for_join(right)?;
+        let left_schema = left[0].schema();
+        let right_schema = right.schema();
+        let join = HashJoinExec::try_new(
+            MemorySourceConfig::try_new_exec(&[left], left_schema, None)?,
+            MemorySourceConfig::try_new_exec(&[vec![right]], right_schema, None)?,
+            self.on.clone(),
+            self.filter.clone(),
+            &JoinType::Inner,
+            None,
+            PartitionMode::CollectLeft,
+            self.null_equality,
+            false,
+        )?;
+        collect(Arc::new(join), Arc::clone(context)).await
+    }
+
+    /// The output's columns, given how to get column `i` of
+    /// `[left columns, left row, right columns, right row]`.
+    fn output_columns(&self, column: impl Fn(usize) -> ArrayRef) -> Vec<ArrayRef> {
+        let both = self.left.columns + self.right.columns;
+        let chosen: Vec<usize> = match &self.projection {
+            Some(projection) => projection.clone(),
+            None => (0..both).collect(),
+        };
+        chosen
+            .into_iter()
+            .map(|i| {
+                if i < self.left.columns {
+                    column(i)
+                } else {
+                    column(i + 1)
+                }
+            })
+            .collect()
+    }
+
+    /// Left rows that never matched, with nulls for the right side.
+    fn unmatched_left(&self, rows: &RecordBatch) -> DfResult<RecordBatch> {
+        self.padded(rows, |i| (i < self.left.columns).then_some(i + 1))
+    }
+
+    /// Right rows that never matched, with nulls for the left side.
+    fn unmatched_right(&self, rows: &RecordBatch) -> DfResult<RecordBatch> {
+        let first_right = self.left.columns + 1;
+        self.padded(rows, |i| {
+            (first_right..first_right + self.right.columns)
+                .contains(&i)
+                .then(|| i - first_right + 1)
+        })
+    }
+
+    /// An output row per state row: `from(i)` is the state column that
+    /// gives pair column `i`, none for the other side's nulls.
+    fn padded(
+        &self,
+        rows: &RecordBatch,
+        from: impl Fn(usize) -> Option<usize>,
+    ) -> DfResult<RecordBatch> {
+        let n = rows.num_rows();
+        let mut fields = self.output.fields().iter();
+        let columns = self.output_columns(|i| match from(i) {
+            Some(c) => Arc::clone(rows.column(c)),
+            None => new_null_array(&DataType::Null, 0),
+        });
+        // Nulls take the output field's type.
+        let columns = columns
+            .into_iter()
+            .map(|c| {
+                let field = fields.next().expect("one field per column");
+                if c.data_type() == &DataType::Null {
+                    new_null_array(field.data_type(), n)
+                } else {
+                    c
+                }
+            })
+            .collect();
+        Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
+    }
+}
+
+/// The time bounds a join's condition puts on each side's rows: a row of
+/// side Y can be dropped once no future row of side X can match it. Rows
+/// of X not older than the watermark W come (older ones are late), so a
+/// conjunct `X.t <= Y.u + c`, with `t` the watermark column of X's source,
+/// ends Y's row once `u + c < W`. `is_event_time(side, column)` tells
+/// whether a side's input column is its source's watermark column.
+pub fn expiry_of(
+    join: &HashJoinExec,
+    is_event_time: impl Fn(JoinSide, usize) -> bool,
+) -> (Option<Expiry>, Option<Expiry>) {
+    let (mut left, mut right): (Option<Expiry>, Option<Expiry>) = (None, None);
+    let Some(filter) = join.filter() else {
+        return (None, None);
+    };
+    let column_of = |expr: &Arc<dyn PhysicalExpr>| -> Option<(JoinSide, usize, i64)> {
+        let (index, offset) = linear(expr)?;
+        let at = filter.column_indices().get(index)?;
+        Some((at.side, at.index, offset))
+    };
+    for conjunct in split_conjunction(filter.expression()) {
+        let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
+            continue;
+        };
+        let (Some(lhs), Some(rhs)) = (column_of(binary.left()), column_of(binary.right())) else {
+            continue;
+        };
+        // As `bounded + c op bounding` or the other way round.
+        let (x, y, strict) = match binary.op() {
+            // X + cx <= Y + cy: X is bounded above by Y's time.
+            Operator::LtEq => (lhs, rhs, false),
+            Operator::Lt => (lhs, rhs, true),
+            Operator::GtEq => (rhs, lhs, false),
+            Operator::Gt => (rhs, lhs, true),
+            _ => continue,
+        };
+        if x.0 == y.0 || !is_event_time(x.0, x.1) {
+            continue;
+        }
+        // X <= Y + (cy - cx): Y's row ends once u + c < W, i.e. at u + c + 1.
+        let after_ms = y.2 - x.2 + i64::from(!strict);
+        let expiry = Expiry {
+            column: y.1,
+            after_ms,
+        };
+        let slot = match y.0 {
+            JoinSide::Left => &mut left,
+            _ => &mut right,
+        };
+        if slot.is_none_or(|s| s.column == expiry.column && after_ms < s.after_ms) {
+            *slot = Some(expiry);
+        }
+    }
+    (left, right)
+}
+
+/// `column`, `column ± interval` (through casts): the filter column and
+/// the offset in milliseconds.
+fn linear(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64)> {
+    if let Some(column) = expr.downcast_ref::<Column>() {
+        return Some((column.index(), 0));
+    }
+    if let Some(cast) = expr.downcast_ref::<CastExpr>() {
+        return linear(cast.expr());
+    }
+    if let Some(cast) = expr.downcast_ref::<TryCastExpr>() {
+        return linear(cast.expr());
+    }
+    let binary = expr.downcast_ref::<BinaryExpr>()?;
+    let sign = match binary.op() {
+        Operator::Plus => 1,
+        Operator::Minus => -1,
+        _ => return None,
+    };
+    if let Some(ms) = interval_ms(binary.right()) {
+        let (column, offset) = linear(binary.left())?;
+        return Some((column, offset + sign * ms));
+    }
+    if sign == 1
+        && let Some(ms) = interval_ms(binary.left())
+    {
+        let (column, offset) = linear(binary.right())?;
+        return Some((column, offset + ms));
+    }
+    None
+}
+
+/// A literal interval or duration of fixed length, in milliseconds.
+fn interval_ms(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
+    let literal = expr.downcast_ref::<Literal>()?;
+    match literal.value() {
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            Some(v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            Some(v.days as i64 * 86_400_000 + v.milliseconds as i64)
+        }
+        ScalarValue::DurationSecond(Some(s)) => Some(s * 1000),
+        ScalarValue::DurationMillisecond(Some(ms)) => Some(*ms),
+        ScalarValue::DurationMicrosecond(Some(us)) => Some(us / 1000),
+        ScalarValue::DurationNanosecond(Some(ns)) => Some(ns / 1_000_000),
+        _ => None,
+    }
+}
