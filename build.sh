@@ -81,6 +81,7 @@ make_base_image() {
     if ! command -v debootstrap >/dev/null; then
         say "installing debootstrap (apt-get)"
         export DEBIAN_FRONTEND=noninteractive
+        dpkg --configure -a  # finish an install a stopped machine cut short
         apt-get update -qq
         apt-get install -y -qq debootstrap >/dev/null
     fi

@@ -30,6 +30,9 @@ done
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
+    # An install cut short earlier (a machine stopped mid-apt) leaves dpkg
+    # refusing every later install until it is finished.
+    as_root env DEBIAN_FRONTEND=noninteractive dpkg --configure -a
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
