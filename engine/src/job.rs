@@ -510,15 +510,15 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let physical = stream_on_probe_side(physical)?;
     let sources = check_streamable(&physical)?;
+    let (physical, aggregations) = make_stateful(physical, &sources, &sink, options.output_mode)?;
     let join_partitions = options
         .shuffle_partitions
         .unwrap_or(env.shuffle_partitions)
         .max(2);
-    let (physical, joins) = make_stream_joins(physical, &sources, join_partitions)?;
+    let (physical, joins) = make_stream_joins(physical, join_partitions, aggregations)?;
     if joins {
         options.shuffle_partitions = Some(join_partitions);
     }
-    let physical = make_stateful(physical, &sources[0], &sink, options.output_mode)?;
     check_per_window(&physical)?;
     let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
@@ -563,32 +563,53 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
     })
 }
 
-/// The columns a stateful operator keeps: its partial aggregate's output.
+/// The columns each stateful operator keeps, as `name: type`: an
+/// aggregation its partial aggregate's output, a join each side's input.
+/// Operator 1's columns go bare, as in checkpoints of jobs with one
+/// operator; the others' are named `operator N:` (and the join's side).
 fn state_columns(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     let mut columns = Vec::new();
-    let _ = plan.apply(|node| {
-        if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
-            columns = stateful
-                .state_schema()
+    let mut add = |operator: u32, side: &str, schema: &datafusion::arrow::datatypes::SchemaRef| {
+        let prefix = match (operator, side) {
+            (1, "") => String::new(),
+            (_, "") => format!("operator {operator}: "),
+            _ => format!("operator {operator} {side}: "),
+        };
+        columns.extend(
+            schema
                 .fields()
                 .iter()
-                .map(|f| format!("{}: {}", f.name(), f.data_type()))
-                .collect();
+                .map(|f| format!("{prefix}{}: {}", f.name(), f.data_type())),
+        );
+    };
+    let _ = plan.apply(|node| {
+        if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
+            add(stateful.spec().operator, "", &stateful.state_schema());
+        }
+        if let Some(join) = node.downcast_ref::<StreamJoinExec>() {
+            let operator = join.spec().operator;
+            let [left, right] = join.side_schemas();
+            add(operator, "left", &left);
+            add(operator, "right", &right);
         }
         Ok(TreeNodeRecursion::Continue)
     });
     columns
 }
 
-/// Puts a `StatefulAggregateExec` in place of the job's final aggregate,
-/// after checking the output mode against the query and the sink with
-/// Spark's rules.
+/// Puts a `StatefulAggregateExec` in place of each final aggregate of the
+/// job, after checking the output mode against the query and the sink with
+/// Spark's rules. An aggregation that feeds another stateful operator (an
+/// aggregation over it, or a join of two streams) passes on the windows
+/// the watermark closed, in append mode whatever the job's; the job's
+/// output mode is its last operator's. Returns the plan and the number of
+/// operators, which are numbered from 1 in the order they run.
 fn make_stateful(
     plan: Arc<dyn ExecutionPlan>,
-    source: &KafkaSourceSpec,
+    sources: &[KafkaSourceSpec],
     sink: &SinkSpec,
     mode: OutputMode,
-) -> Result<Arc<dyn ExecutionPlan>> {
+) -> Result<(Arc<dyn ExecutionPlan>, u32)> {
     let finals = count_nodes(&plan, |node| final_aggregate(node).is_some());
     if finals == 0 {
         if mode == OutputMode::Complete {
@@ -596,63 +617,332 @@ fn make_stateful(
                 "complete output mode re-emits every group each batch, so it needs an aggregation (GROUP BY); this query has none: use append",
             ));
         }
-        return Ok(plan);
+        return Ok((plan, 0));
     }
-    if finals > 1 {
-        return Err(EngineError::plan(
-            "this query aggregates more than once; a streaming job keeps state for one aggregation",
-        ));
-    }
-    // An aggregation without aggregate functions (SELECT DISTINCT, or a
-    // GROUP BY of keys alone) emits each group once, when first seen.
-    let distinct = plan.exists(|node| {
-        Ok(final_aggregate(node.as_ref()).is_some_and(|a| a.aggr_expr().is_empty()))
-    })?;
     if mode == OutputMode::Update && !sink.upserts() {
         return Err(EngineError::plan(
             "update output mode rewrites groups as they change, which a file sink cannot; write to a Kafka table (its _key column makes a compacted topic hold the latest row per key), or use append or complete",
         ));
     }
-    let mut window = None;
-    let stateful = plan
-        .transform_up(|node| {
-            // The aggregation's own shuffle, not one above it.
-            let feeds_the_merge = |shuffle: &RepartitionExec| {
-                shuffle
-                    .input()
-                    .downcast_ref::<AggregateExec>()
-                    .is_some_and(|a| a.mode().output_mode() == AggregateOutputMode::Partial)
-            };
-            if let (Some(EventWindow::Session { column }), Some(shuffle)) =
-                (&window, node.downcast_ref::<RepartitionExec>())
-                && feeds_the_merge(shuffle)
-            {
-                return Ok(Transformed::yes(by_session_key(shuffle, *column)?));
-            }
-            let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            if aggregate.mode().output_mode() == AggregateOutputMode::Partial {
-                window = event_window(aggregate).or_else(|| event_time_key(aggregate, source));
-                return Ok(Transformed::no(node));
-            }
-            let spec = StatefulSpec {
-                operator: 1,
-                mode,
-                window: window.clone(),
-            };
-            Ok(Transformed::yes(
-                Arc::new(StatefulAggregateExec::new(spec, Arc::clone(&node), None)?)
-                    as Arc<dyn ExecutionPlan>,
-            ))
-        })?
-        .data;
-    if mode == OutputMode::Append && !distinct && (window.is_none() || source.watermark.is_none()) {
-        return Err(EngineError::plan(
-            "append output mode emits each group once, when the watermark closes its window, so the query must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) and the Kafka table must declare 'watermark' 'ts - INTERVAL 5 SECONDS'; or SET spate.output_mode = 'update' or 'complete'",
-        ));
+    let mut rewrite = StatefulRewrite {
+        sources,
+        mode,
+        operators: 0,
+    };
+    let plan = rewrite
+        .rewrite(plan, false)
+        .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
+    Ok((plan, rewrite.operators))
+}
+
+/// The walk of `make_stateful`: children first, so that operators are
+/// numbered in the order they run and an aggregation sees what is below it
+/// already stateful.
+struct StatefulRewrite<'a> {
+    sources: &'a [KafkaSourceSpec],
+    mode: OutputMode,
+    operators: u32,
+}
+
+impl StatefulRewrite<'_> {
+    /// `feeds_state`: an aggregation or a join of two streams is above.
+    fn rewrite(
+        &mut self,
+        node: Arc<dyn ExecutionPlan>,
+        feeds_state: bool,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let aggregate = final_aggregate(node.as_ref()).is_some();
+        let children_feed = feeds_state || aggregate || joins_two_streams(node.as_ref());
+        let children = node.children();
+        let mut rewritten = Vec::with_capacity(children.len());
+        let mut changed = false;
+        for child in children {
+            let new = self.rewrite(Arc::clone(child), children_feed)?;
+            changed |= !Arc::ptr_eq(&new, child);
+            rewritten.push(new);
+        }
+        let node = if changed {
+            node.replace_children(
+                rewritten,
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+            )?
+        } else {
+            node
+        };
+        if !aggregate {
+            return Ok(node);
+        }
+        self.stateful(node, feeds_state)
     }
-    Ok(stateful)
+
+    /// A final aggregate, made stateful.
+    fn stateful(
+        &mut self,
+        node: Arc<dyn ExecutionPlan>,
+        feeds_state: bool,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let final_agg = final_aggregate(node.as_ref()).expect("a final aggregate");
+        let Some(partial) = partial_under(final_agg.input()) else {
+            return Err(DataFusionError::Internal(
+                "a final aggregate without its partial one".into(),
+            ));
+        };
+        let upstream = final_agg
+            .input()
+            .exists(|n| Ok(n.is::<StatefulAggregateExec>()))?;
+        let upstream_first_seen = final_agg.input().exists(|n| {
+            Ok(n.downcast_ref::<StatefulAggregateExec>()
+                .is_some_and(StatefulAggregateExec::emits_first_seen))
+        })?;
+        if upstream_first_seen {
+            // Its windows come over many batches, not whole when closed.
+            return Err(DataFusionError::Plan(
+                "an aggregation over a GROUP BY without aggregate functions is not supported: that GROUP BY writes each group when first seen, not when its window closes; add an aggregate to it (count(*))".into(),
+            ));
+        }
+        let window = if upstream {
+            upstream_window(partial)
+        } else {
+            let sources = sources_of(&(Arc::clone(final_agg.input())));
+            let watermarked = sources.iter().all(|topic| {
+                self.sources
+                    .iter()
+                    .any(|s| &s.topic == topic && s.watermark.is_some())
+            });
+            event_window(partial)
+                .filter(|_| watermarked)
+                .or_else(|| event_time_key(partial))
+        };
+        let over_join = final_agg
+            .input()
+            .exists(|n| Ok(joins_two_streams(n.as_ref()) || n.is::<StreamJoinExec>()))?;
+        if over_join && window.is_some() {
+            return Err(DataFusionError::Plan(
+                "this query aggregates the join of two streams by an event-time window, which is not supported yet: a join's rows may come later than the watermark, by up to its time bound; aggregate without a window (SET spate.output_mode = 'update' or 'complete'), or write the join to a Kafka table and aggregate that in a second job".into(),
+            ));
+        }
+        let mode = if feeds_state {
+            OutputMode::Append
+        } else {
+            self.mode
+        };
+        // An aggregation without aggregate functions (SELECT DISTINCT, or
+        // a GROUP BY of keys alone) emits each group once, when first seen.
+        let distinct = final_agg.aggr_expr().is_empty();
+        // A GROUP BY without aggregates writes a group when first seen,
+        // which its window's end still bounds: it may feed a join.
+        if feeds_state && window.is_none() {
+            return Err(DataFusionError::Plan(
+                "an aggregation that feeds a join or another aggregation must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) of a table with a 'watermark': it passes on each window once the watermark closes it".into(),
+            ));
+        }
+        if feeds_state && matches!(window, Some(EventWindow::Session { .. })) {
+            return Err(DataFusionError::Plan(
+                "an aggregation over session windows cannot feed a join or another aggregation yet: sessions close one key at a time".into(),
+            ));
+        }
+        if mode == OutputMode::Append && !distinct && window.is_none() {
+            let why = if upstream {
+                "an aggregation over a windowed aggregation runs on each window when the watermark closes it, so it must GROUP BY that window (window.start, window.end or window itself), or SET spate.output_mode = 'update' or 'complete'"
+            } else {
+                "append output mode emits each group once, when the watermark closes its window, so the query must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) and the Kafka table must declare 'watermark' 'ts - INTERVAL 5 SECONDS'; or SET spate.output_mode = 'update' or 'complete'"
+            };
+            return Err(DataFusionError::Plan(why.into()));
+        }
+        let node = match &window {
+            Some(EventWindow::Session { column }) => session_shuffled(&node, *column)?,
+            _ => node,
+        };
+        self.operators += 1;
+        let spec = StatefulSpec {
+            operator: self.operators,
+            mode,
+            window,
+        };
+        Ok(Arc::new(
+            StatefulAggregateExec::new(spec, node, None).map_err(DataFusionError::from)?,
+        ))
+    }
+}
+
+/// Whether `node` is a hash join whose sides both read a stream.
+fn joins_two_streams(node: &dyn ExecutionPlan) -> bool {
+    node.downcast_ref::<HashJoinExec>()
+        .is_some_and(|j| reads_stream(j.left()) && reads_stream(j.right()))
+}
+
+/// The partial aggregate a final one merges: below its shuffle or merge.
+fn partial_under(plan: &Arc<dyn ExecutionPlan>) -> Option<&AggregateExec> {
+    if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
+        return (aggregate.mode().output_mode() == AggregateOutputMode::Partial)
+            .then_some(aggregate);
+    }
+    let passes = plan.is::<RepartitionExec>()
+        || plan.is::<CoalescePartitionsExec>()
+        || plan.name() == "CoalesceBatchesExec";
+    passes.then(|| partial_under(plan.children()[0])).flatten()
+}
+
+/// The topics a plan reads.
+fn sources_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    let mut topics = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<KafkaScanExec>() {
+            topics.push(scan.source().topic.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    topics
+}
+
+/// Sessions of one key merge with each other, so they must meet in one
+/// shuffle partition: the aggregation's own shuffle hashes the other group
+/// keys only.
+fn session_shuffled(
+    final_agg: &Arc<dyn ExecutionPlan>,
+    session_column: usize,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let input = Arc::clone(final_agg.children()[0]);
+    let Some(shuffle) = input.downcast_ref::<RepartitionExec>() else {
+        return Ok(Arc::clone(final_agg));
+    };
+    let shuffle = by_session_key(shuffle, session_column)?;
+    Arc::clone(final_agg).replace_children(
+        vec![shuffle],
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+    )
+}
+
+/// A group key of an aggregation over a windowed aggregation that is the
+/// window below (itself, its start or its end): each comes whole in the
+/// batch that closes it, so the group closes there too. The struct closes
+/// at its end, a start or end at itself, both already passed.
+fn upstream_window(partial: &AggregateExec) -> Option<EventWindow> {
+    partial
+        .group_expr()
+        .expr()
+        .iter()
+        .enumerate()
+        .find_map(|(column, (expr, _))| {
+            let input = expr.downcast_ref::<Column>()?;
+            match trace_time(partial.input(), input.index())? {
+                TimeColumn::Window => Some(EventWindow::Struct { column }),
+                TimeColumn::WindowStart { .. } | TimeColumn::WindowEnd => Some(EventWindow::Bin {
+                    column,
+                    width_ms: 0,
+                }),
+                TimeColumn::EventTime => None,
+            }
+        })
+}
+
+/// What a column of a plan's output is, as far as the watermark goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeColumn {
+    /// A Kafka table's watermark column: rows of later batches are not
+    /// older than the watermark (older ones are late).
+    EventTime,
+    /// The window struct of a windowed aggregation in append mode, which
+    /// emits a window once the watermark passed its end (or, without
+    /// aggregate functions, when first seen: from on-time rows, so its end
+    /// is after the watermark then too).
+    Window,
+    /// Such a window's start, and its width when known.
+    WindowStart { width_ms: Option<i64> },
+    /// Such a window's end.
+    WindowEnd,
+}
+
+impl TimeColumn {
+    /// `k` such that rows of later batches hold at least `watermark + k`
+    /// in this column.
+    fn floor_ms(self) -> Option<i64> {
+        match self {
+            TimeColumn::EventTime => Some(0),
+            // Windows ending at or before the watermark are out already.
+            TimeColumn::WindowEnd => Some(1),
+            TimeColumn::WindowStart { width_ms } => width_ms.map(|w| 1 - w),
+            TimeColumn::Window => None,
+        }
+    }
+}
+
+/// Follows column `column` of `plan` down through projections, filters
+/// and shuffles to a Kafka table's watermark column or a stateful
+/// aggregation's window.
+fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn> {
+    if let Some(scan) = plan.downcast_ref::<KafkaScanExec>() {
+        let watermark = scan.source().watermark.as_ref()?;
+        let schema = plan.schema();
+        let field = schema.fields().get(column)?;
+        return field
+            .name()
+            .eq_ignore_ascii_case(&watermark.column)
+            .then_some(TimeColumn::EventTime);
+    }
+    if let Some(stateful) = plan.downcast_ref::<StatefulAggregateExec>() {
+        let spec = stateful.spec();
+        if spec.mode != OutputMode::Append {
+            return None;
+        }
+        return match spec.window.as_ref()? {
+            EventWindow::Struct { column: c } if *c == column => Some(TimeColumn::Window),
+            EventWindow::Bin {
+                column: c,
+                width_ms,
+            } if *c == column && *width_ms > 0 => Some(TimeColumn::WindowStart {
+                width_ms: Some(*width_ms),
+            }),
+            _ => None,
+        };
+    }
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        let expr = &projection.expr().get(column)?.expr;
+        if let Some(c) = expr.downcast_ref::<Column>() {
+            return trace_time(projection.input(), c.index());
+        }
+        let call = expr.downcast_ref::<ScalarFunctionExpr>()?;
+        let (Some(of), Some(field)) = (call.args().first(), call.args().get(1)) else {
+            return None;
+        };
+        let of = of.downcast_ref::<Column>()?;
+        let field = field.downcast_ref::<Literal>()?.value().try_as_str()??;
+        if call.name() != "get_field"
+            || trace_time(projection.input(), of.index())? != TimeColumn::Window
+        {
+            return None;
+        }
+        return match field {
+            "start" => Some(TimeColumn::WindowStart { width_ms: None }),
+            "end" => Some(TimeColumn::WindowEnd),
+            _ => None,
+        };
+    }
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let column = match filter.projection() {
+            Some(projection) => *projection.get(column)?,
+            None => column,
+        };
+        return trace_time(filter.input(), column);
+    }
+    let passes = plan.is::<RepartitionExec>()
+        || plan.is::<CoalescePartitionsExec>()
+        || matches!(plan.name(), "CoalesceBatchesExec" | "CooperativeExec");
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>()
+        && !joins_two_streams(plan.as_ref())
+        && matches!(join.join_type(), JoinType::Inner | JoinType::Right)
+    {
+        // A stream joined with a table: the stream is the right side.
+        let column = match &join.projection {
+            Some(projection) => *projection.get(column)?,
+            None => column,
+        };
+        let left = join.left().schema().fields().len();
+        return trace_time(join.right(), column.checked_sub(left)?);
+    }
+    passes
+        .then(|| trace_time(plan.children()[0], column))
+        .flatten()
 }
 
 /// Sessions of one key merge with each other, so they must meet in one
@@ -797,17 +1087,18 @@ fn event_window(partial: &AggregateExec) -> Option<EventWindow> {
         })
 }
 
-/// A group key that is the source's event-time column itself: its groups
-/// take no rows once the watermark has passed it (later rows are late).
-fn event_time_key(partial: &AggregateExec, source: &KafkaSourceSpec) -> Option<EventWindow> {
-    let watermark = source.watermark.as_ref()?;
+/// A group key that is a Kafka table's event-time column itself: its
+/// groups take no rows once the watermark has passed it (later rows are
+/// late).
+fn event_time_key(partial: &AggregateExec) -> Option<EventWindow> {
     partial
         .group_expr()
         .expr()
         .iter()
         .position(|(expr, _)| {
-            expr.downcast_ref::<Column>()
-                .is_some_and(|c| c.name().eq_ignore_ascii_case(&watermark.column))
+            expr.downcast_ref::<Column>().is_some_and(|c| {
+                trace_time(partial.input(), c.index()) == Some(TimeColumn::EventTime)
+            })
         })
         .map(|column| EventWindow::EventTime { column })
 }
@@ -941,10 +1232,10 @@ fn refusal(node: &dyn ExecutionPlan) -> Option<String> {
 /// plan and whether it joins streams.
 fn make_stream_joins(
     plan: Arc<dyn ExecutionPlan>,
-    sources: &[KafkaSourceSpec],
     partitions: usize,
+    operators_before: u32,
 ) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
-    let mut operator = 1;
+    let mut operator = operators_before;
     let planned = plan.transform_up(|node| {
         let Some(join) = node.downcast_ref::<HashJoinExec>() else {
             return Ok(Transformed::no(node));
@@ -986,7 +1277,7 @@ fn make_stream_joins(
                 JoinSide::Left => shuffled.left(),
                 _ => shuffled.right(),
             };
-            is_event_time(plan, column, sources)
+            trace_time(plan, column).and_then(TimeColumn::floor_ms)
         });
         let unbounded = |outer: &str, other: &str| {
             DataFusionError::Plan(format!(
@@ -1010,13 +1301,7 @@ fn make_stream_joins(
         ) as Arc<dyn ExecutionPlan>))
     });
     let planned = planned.map_err(|e| EngineError::from(e).unwrap_datafusion())?;
-    let joins = planned.transformed;
-    if joins && count_nodes(&planned.data, |n| n.is::<AggregateExec>()) > 0 {
-        return Err(EngineError::plan(
-            "this query joins two streams and aggregates; a streaming job keeps state for one of them so far: aggregate in a second job that reads the join's output",
-        ));
-    }
-    Ok((planned.data, joins))
+    Ok((planned.data, planned.transformed))
 }
 
 /// A side of a join below the merges DataFusion put there to collect it.
@@ -1025,30 +1310,6 @@ fn under_merges(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
         return under_merges(plan.children()[0]);
     }
     Arc::clone(plan)
-}
-
-/// Whether column `column` of `plan`'s output is the watermark column of
-/// the Kafka table it reads, so that its rows in later batches are never
-/// older than the watermark.
-fn is_event_time(
-    plan: &Arc<dyn ExecutionPlan>,
-    column: usize,
-    sources: &[KafkaSourceSpec],
-) -> bool {
-    let Some(topic) = first_stream_source(plan, |s| s.topic.clone()) else {
-        return false;
-    };
-    let Some(watermark) = sources
-        .iter()
-        .find(|s| s.topic == topic)
-        .and_then(|s| s.watermark.as_ref())
-    else {
-        return false;
-    };
-    plan.schema()
-        .fields()
-        .get(column)
-        .is_some_and(|f| f.name().eq_ignore_ascii_case(&watermark.column))
 }
 
 fn refusal_of(what: &str, operator: &str) -> String {

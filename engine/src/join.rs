@@ -130,6 +130,12 @@ impl StreamJoinExec {
         &self.spec
     }
 
+    /// The schemas of the rows each side keeps (before the state's own
+    /// columns): left, then right.
+    pub fn side_schemas(&self) -> [SchemaRef; 2] {
+        [self.join().left().schema(), self.join().right().schema()]
+    }
+
     fn join(&self) -> &HashJoinExec {
         self.join
             .downcast_ref::<HashJoinExec>()
@@ -570,55 +576,79 @@ impl JoinStep {
     }
 }
 
+/// A column of one side of a join, plus a constant offset.
+type SideColumn = (JoinSide, usize, i64);
+
 /// The time bounds a join's condition puts on each side's rows: a row of
-/// side Y can be dropped once no future row of side X can match it. Rows
-/// of X not older than the watermark W come (older ones are late), so a
-/// conjunct `X.t <= Y.u + c`, with `t` the watermark column of X's source,
-/// ends Y's row once `u + c < W`. `is_event_time(side, column)` tells
-/// whether a side's input column is its source's watermark column.
+/// side Y can be dropped once no future row of side X can match it.
+/// `floor(side, column)` is `k` where rows of later batches hold at least
+/// `W + k` in that column, W being the watermark (0 for a table's
+/// watermark column, whose older rows are late; 1 for the end of a window
+/// an aggregation emitted once closed); none where nothing bounds it. So a
+/// conjunct `X.t <= Y.u + c` ends Y's row once `W + k > u + c`, that is
+/// once `W >= u + c - k + 1`. Equal join keys count both ways, which
+/// bounds joins of windows by their ends.
 pub fn expiry_of(
     join: &HashJoinExec,
-    is_event_time: impl Fn(JoinSide, usize) -> bool,
+    floor: impl Fn(JoinSide, usize) -> Option<i64>,
 ) -> (Option<Expiry>, Option<Expiry>) {
+    // (bounded, bounding, strict): bounded.t <= bounding.u + c.
+    let mut bounds: Vec<(SideColumn, SideColumn, bool)> = Vec::new();
+    for (left, right) in join.on() {
+        let (Some(l), Some(r)) = (linear(left), linear(right)) else {
+            continue;
+        };
+        let (l, r) = ((JoinSide::Left, l.0, l.1), (JoinSide::Right, r.0, r.1));
+        bounds.push((l, r, false));
+        bounds.push((r, l, false));
+    }
+    if let Some(filter) = join.filter() {
+        let column_of = |expr: &Arc<dyn PhysicalExpr>| -> Option<SideColumn> {
+            let (index, offset) = linear(expr)?;
+            let at = filter.column_indices().get(index)?;
+            Some((at.side, at.index, offset))
+        };
+        for conjunct in split_conjunction(filter.expression()) {
+            let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
+                continue;
+            };
+            let (Some(lhs), Some(rhs)) = (column_of(binary.left()), column_of(binary.right()))
+            else {
+                continue;
+            };
+            match binary.op() {
+                Operator::LtEq => bounds.push((lhs, rhs, false)),
+                Operator::Lt => bounds.push((lhs, rhs, true)),
+                Operator::GtEq => bounds.push((rhs, lhs, false)),
+                Operator::Gt => bounds.push((rhs, lhs, true)),
+                Operator::Eq => {
+                    bounds.push((lhs, rhs, false));
+                    bounds.push((rhs, lhs, false));
+                }
+                _ => {}
+            }
+        }
+    }
     let (mut left, mut right): (Option<Expiry>, Option<Expiry>) = (None, None);
-    let Some(filter) = join.filter() else {
-        return (None, None);
-    };
-    let column_of = |expr: &Arc<dyn PhysicalExpr>| -> Option<(JoinSide, usize, i64)> {
-        let (index, offset) = linear(expr)?;
-        let at = filter.column_indices().get(index)?;
-        Some((at.side, at.index, offset))
-    };
-    for conjunct in split_conjunction(filter.expression()) {
-        let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
-            continue;
-        };
-        let (Some(lhs), Some(rhs)) = (column_of(binary.left()), column_of(binary.right())) else {
-            continue;
-        };
-        // As `bounded + c op bounding` or the other way round.
-        let (x, y, strict) = match binary.op() {
-            // X + cx <= Y + cy: X is bounded above by Y's time.
-            Operator::LtEq => (lhs, rhs, false),
-            Operator::Lt => (lhs, rhs, true),
-            Operator::GtEq => (rhs, lhs, false),
-            Operator::Gt => (rhs, lhs, true),
-            _ => continue,
-        };
-        if x.0 == y.0 || !is_event_time(x.0, x.1) {
+    for (x, y, strict) in bounds {
+        if x.0 == y.0 {
             continue;
         }
-        // X <= Y + (cy - cx): Y's row ends once u + c < W, i.e. at u + c + 1.
-        let after_ms = y.2 - x.2 + i64::from(!strict);
+        let Some(k) = floor(x.0, x.1) else {
+            continue;
+        };
+        // X + cx <= Y + cy: X <= Y + c with c = cy - cx.
+        let c = y.2 - x.2;
         let expiry = Expiry {
             column: y.1,
-            after_ms,
+            after_ms: c - k + i64::from(!strict),
         };
         let slot = match y.0 {
             JoinSide::Left => &mut left,
             _ => &mut right,
         };
-        if slot.is_none_or(|s| s.column == expiry.column && after_ms < s.after_ms) {
+        // The earliest end wins; only one column holds each side's.
+        if slot.is_none_or(|s| s.column == expiry.column && expiry.after_ms < s.after_ms) {
             *slot = Some(expiry);
         }
     }

@@ -157,6 +157,12 @@ impl StatefulAggregateExec {
         self.aggregate().input().schema()
     }
 
+    /// A GROUP BY without aggregate functions in append mode: each group
+    /// is written once, in the batch that first sees it.
+    pub fn emits_first_seen(&self) -> bool {
+        self.spec.mode == OutputMode::Append && self.aggregate().aggr_expr().is_empty()
+    }
+
     fn aggregate(&self) -> &AggregateExec {
         self.aggregate
             .downcast_ref::<AggregateExec>()

@@ -423,8 +423,8 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             "which is not supported: join two streams with an inner, left, right or full outer join",
         ),
         (
-            format!("{events}; CREATE EXTERNAL TABLE clicks (customer VARCHAR) STORED AS KAFKA LOCATION 'clicks'; CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT e.customer, count(*) FROM events e JOIN clicks c ON e.customer = c.customer GROUP BY e.customer"),
-            "this query joins two streams and aggregates",
+            format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); {files}; INSERT INTO out SELECT window.start, count(*) FROM events e JOIN clicks c ON e.customer = c.customer GROUP BY window(e.ts, '10 seconds')"),
+            "this query aggregates the join of two streams by an event-time window",
         ),
         (
             format!("{watermarked}; {files}; INSERT INTO out SELECT s, n FROM (SELECT s, n, row_number() OVER (PARTITION BY c ORDER BY n DESC) AS r FROM (SELECT window.start AS s, customer AS c, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), customer)) WHERE r <= 3"),

@@ -4,8 +4,10 @@
 -- each auction while it was open, averaged per category.
 --
 -- Translation: Unchanged. A join of two streams with a time bound, then two
--- aggregations chained; Flink's result is a changelog (retractions),
--- Spate's would be updates per category.
+-- aggregations chained; Flink's result is a changelog (retractions).
+-- Refused: the maximum per auction has no window, so it only ever updates,
+-- and an average over updated rows needs the retractions Spate's update
+-- mode does not carry.
 --
 -- Output: Parquet in workspace/output/nexmark/q4/.
 -- Feed it: driver produce --nexmark

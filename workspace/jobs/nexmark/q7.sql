@@ -4,7 +4,10 @@
 --
 -- Translation: Flink's TUMBLE(TABLE bid, DESCRIPTOR(dateTime), INTERVAL
 -- '10' SECOND) is window("dateTime", '10 seconds'); the stream joins its
--- own windowed maximum.
+-- own windowed maximum. The maximum comes out once the watermark closes
+-- its window; a bid is kept until the watermark is 10 seconds past it (no
+-- later window can take it), a window's maximum until the watermark
+-- passes its end: the state holds about two windows of bids.
 --
 -- Output: Parquet in workspace/output/nexmark/q7/.
 -- Feed it: driver produce --nexmark

@@ -3,7 +3,12 @@
 -- Persons who joined and started an auction in the same 10-second window.
 --
 -- Translation: Flink's TUMBLE windows are window("dateTime", '10 seconds');
--- a join of two windowed streams on equal windows.
+-- a join of two windowed streams on equal windows. Differs from Flink in
+-- when, not what: each side's GROUP BY has no aggregate function, so it
+-- writes a group when first seen, and a match is written as soon as both
+-- sides have it, before the window closes (Flink waits for the window's
+-- end). Each side's rows leave the join's state when the watermark passes
+-- their window's end.
 --
 -- Output: Parquet in workspace/output/nexmark/q8/.
 -- Feed it: driver produce --nexmark
