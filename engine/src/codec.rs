@@ -16,6 +16,7 @@ use spate_proto::{KafkaScan, PlanNode, ShuffleWriter};
 
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
+use crate::first_rows::{self, FirstRowsExec, FirstRowsScope, FirstRowsSpec};
 use crate::join::{JoinScope, StreamJoinExec, StreamJoinSpec, side_dir};
 use crate::kafka::KafkaScanExec;
 use crate::shuffle::{ShuffleReaderExec, ShuffleScope, ShuffleWriterExec};
@@ -173,6 +174,30 @@ impl PhysicalExtensionCodec for SpateCodec {
                     scope,
                 )?))
             }
+            Node::FirstRows(first) => {
+                let spec = FirstRowsSpec::from(first);
+                let [input] = inputs else {
+                    return Err(DataFusionError::Internal(
+                        "a first-rows operator has one input".into(),
+                    ));
+                };
+                let scope = self.state.as_ref().map(|task| {
+                    let [pending, written] =
+                        first_rows::state_dirs(&task.job, spec.operator, task.partition);
+                    let state = |dir| PartitionState {
+                        workspace: task.workspace.clone(),
+                        dir,
+                        cache: Arc::clone(&task.cache),
+                    };
+                    FirstRowsScope {
+                        pending: state(pending),
+                        written: state(written),
+                        batch: task.batch,
+                        watermark_ms: self.watermark_ms,
+                    }
+                });
+                Ok(Arc::new(FirstRowsExec::new(spec, Arc::clone(input), scope)))
+            }
             Node::StreamJoin(join) => {
                 let spec = StreamJoinSpec::from(join);
                 let [join] = inputs else {
@@ -224,6 +249,8 @@ impl PhysicalExtensionCodec for SpateCodec {
             Node::StatefulAggregate(stateful.spec().into())
         } else if let Some(join) = node.downcast_ref::<StreamJoinExec>() {
             Node::StreamJoin(join.spec().into())
+        } else if let Some(first) = node.downcast_ref::<FirstRowsExec>() {
+            Node::FirstRows(first.spec().into())
         } else {
             return Err(DataFusionError::NotImplemented(format!(
                 "Spate cannot ship operator {} to workers",

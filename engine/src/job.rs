@@ -36,6 +36,7 @@ use crate::codec::SpateCodec;
 use crate::error::readable;
 use crate::error::{EngineError, Result};
 use crate::files::{WorkspaceTable, WorkspaceTableFactory};
+use crate::first_rows::{FirstRowsExec, plan_first_rows};
 use crate::join::{StreamJoinExec, StreamJoinSpec, expiry_of};
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
 use crate::postgres::{PostgresTable, PostgresTableFactory};
@@ -509,16 +510,24 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         .await
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let physical = stream_on_probe_side(physical)?;
-    let sources = check_streamable(&physical)?;
-    let (physical, aggregations) = make_stateful(physical, &sources, &sink, options.output_mode)?;
-    let join_partitions = options
+    // Stateful operators Spate shuffles itself (rather than DataFusion,
+    // which plans aggregations' shuffles) use this many partitions.
+    let keyed_partitions = options
         .shuffle_partitions
         .unwrap_or(env.shuffle_partitions)
         .max(2);
-    let (physical, joins) = make_stream_joins(physical, join_partitions, aggregations)?;
-    if joins {
-        options.shuffle_partitions = Some(join_partitions);
+    let (physical, first_rows) = plan_first_rows(physical, 0, keyed_partitions, |plan, column| {
+        trace_time(plan, column) == Some(TimeColumn::EventTime)
+    })
+    .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
+    let sources = check_streamable(&physical)?;
+    let (physical, aggregations) =
+        make_stateful(physical, &sources, &sink, options.output_mode, first_rows)?;
+    let (physical, joins) = make_stream_joins(physical, keyed_partitions, aggregations)?;
+    if joins || first_rows > 0 {
+        options.shuffle_partitions = Some(keyed_partitions);
     }
+    check_first_rows_last(&physical)?;
     check_per_window(&physical)?;
     let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
@@ -586,6 +595,11 @@ fn state_columns(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
         if let Some(stateful) = node.downcast_ref::<StatefulAggregateExec>() {
             add(stateful.spec().operator, "", &stateful.state_schema());
         }
+        if let Some(first) = node.downcast_ref::<FirstRowsExec>() {
+            let [pending, written] = first.state_schemas();
+            add(first.spec().operator, "pending", &pending);
+            add(first.spec().operator, "written", &written);
+        }
         if let Some(join) = node.downcast_ref::<StreamJoinExec>() {
             let operator = join.spec().operator;
             let [left, right] = join.side_schemas();
@@ -609,6 +623,7 @@ fn make_stateful(
     sources: &[KafkaSourceSpec],
     sink: &SinkSpec,
     mode: OutputMode,
+    operators_before: u32,
 ) -> Result<(Arc<dyn ExecutionPlan>, u32)> {
     let finals = count_nodes(&plan, |node| final_aggregate(node).is_some());
     if finals == 0 {
@@ -617,7 +632,7 @@ fn make_stateful(
                 "complete output mode re-emits every group each batch, so it needs an aggregation (GROUP BY); this query has none: use append",
             ));
         }
-        return Ok((plan, 0));
+        return Ok((plan, operators_before));
     }
     if mode == OutputMode::Update && !sink.upserts() {
         return Err(EngineError::plan(
@@ -627,13 +642,28 @@ fn make_stateful(
     let mut rewrite = StatefulRewrite {
         sources,
         mode,
-        operators: 0,
+        operators: operators_before,
     };
     let plan = rewrite
         .rewrite(plan, false)
         .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     Ok((plan, rewrite.operators))
 }
+
+/// The first rows per key are written once the watermark has passed
+/// them, later than any operator above would take them.
+fn check_first_rows_last(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    let feeds = plan.exists(|node| {
+        let stateful = node.is::<StatefulAggregateExec>() || node.is::<StreamJoinExec>();
+        Ok(stateful && node.exists(|n| Ok(n.is::<FirstRowsExec>()))?)
+    })?;
+    if feeds {
+        return Err(EngineError::plan(FIRST_ROWS_FEED));
+    }
+    Ok(())
+}
+
+const FIRST_ROWS_FEED: &str = "ROW_NUMBER() over a stream writes each key's first rows once the watermark has passed them, so it cannot feed an aggregation or a join of two streams yet; write its rows to a Kafka table and aggregate or join that in a second job";
 
 /// The walk of `make_stateful`: children first, so that operators are
 /// numbered in the order they run and an aggregation sees what is below it
@@ -682,6 +712,9 @@ impl StatefulRewrite<'_> {
         feeds_state: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let final_agg = final_aggregate(node.as_ref()).expect("a final aggregate");
+        if final_agg.input().exists(|n| Ok(n.is::<FirstRowsExec>()))? {
+            return Err(DataFusionError::Plan(FIRST_ROWS_FEED.into()));
+        }
         let Some(partial) = partial_under(final_agg.input()) else {
             return Err(DataFusionError::Internal(
                 "a final aggregate without its partial one".into(),
@@ -1148,6 +1181,7 @@ async fn sink_spec(ctx: &SessionContext, insert: &DmlStatement) -> Result<SinkSp
 /// read whole by every task that joins it.
 const STREAMING_OPERATORS: &[&str] = &[
     "KafkaScanExec",
+    "FirstRowsExec",
     "ProjectionExec",
     "FilterExec",
     "CoalesceBatchesExec",
@@ -1305,7 +1339,7 @@ fn make_stream_joins(
 }
 
 /// A side of a join below the merges DataFusion put there to collect it.
-fn under_merges(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+pub(crate) fn under_merges(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
     if plan.is::<CoalescePartitionsExec>() || plan.name() == "CoalesceBatchesExec" {
         return under_merges(plan.children()[0]);
     }
@@ -1324,7 +1358,7 @@ fn is_per_window(node: &dyn ExecutionPlan) -> bool {
     node.is::<BoundedWindowAggExec>() || node.is::<WindowAggExec>() || node.is::<SortExec>()
 }
 
-fn above_an_aggregation(node: &dyn ExecutionPlan) -> bool {
+pub(crate) fn above_an_aggregation(node: &dyn ExecutionPlan) -> bool {
     node.children().iter().any(|child| {
         child
             .exists(|n| Ok(final_aggregate(n.as_ref()).is_some()))

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod error;
 pub mod files;
+pub mod first_rows;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod insert;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::OffsetRange;
 use crate::codec::{SpateCodec, TaskState};
 use crate::error::{EngineError, Result};
+use crate::first_rows::FirstRowsExec;
 use crate::job::{PlanEnv, session};
 use crate::join::StreamJoinExec;
 use crate::kafka::KafkaScanExec;
@@ -165,7 +166,10 @@ fn measure(plan: &Arc<dyn ExecutionPlan>) -> TaskOutcome {
             outcome.late_rows += scan.scan_stats().late_rows();
             outcome.malformed_rows += scan.scan_stats().malformed();
             outcome.max_event_time_ms = outcome.max_event_time_ms.max(scan.scan_stats().max_ms());
-        } else if node.is::<StatefulAggregateExec>() || node.is::<StreamJoinExec>() {
+        } else if node.is::<StatefulAggregateExec>()
+            || node.is::<StreamJoinExec>()
+            || node.is::<FirstRowsExec>()
+        {
             let state = &mut outcome.state;
             state.rows += counter("state_rows");
             state.bytes += counter("state_bytes");

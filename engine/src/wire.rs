@@ -15,6 +15,7 @@ use spate_proto as pb;
 use crate::OffsetRange;
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::files::{FileFormatKind, FileFormatSpec};
+use crate::first_rows::FirstRowsSpec;
 use crate::join::{Expiry, StreamJoinSpec};
 use crate::kafka::{
     KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
@@ -551,6 +552,30 @@ impl From<pb::StreamJoin> for StreamJoinSpec {
             operator: s.operator,
             left: expiry(s.left_expiry),
             right: expiry(s.right_expiry),
+        }
+    }
+}
+
+impl From<&FirstRowsSpec> for pb::FirstRows {
+    fn from(spec: &FirstRowsSpec) -> Self {
+        pb::FirstRows {
+            operator: spec.operator,
+            keys: spec.keys.iter().map(|k| *k as u32).collect(),
+            time: spec.time as u32,
+            limit: spec.limit,
+            number: spec.number.clone(),
+        }
+    }
+}
+
+impl From<pb::FirstRows> for FirstRowsSpec {
+    fn from(f: pb::FirstRows) -> Self {
+        FirstRowsSpec {
+            operator: f.operator,
+            keys: f.keys.into_iter().map(|k| k as usize).collect(),
+            time: f.time as usize,
+            limit: f.limit,
+            number: f.number,
         }
     }
 }

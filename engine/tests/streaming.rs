@@ -438,6 +438,18 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             format!("{watermarked}; {files}; INSERT INTO out SELECT window.start, count(*) AS n FROM events GROUP BY window(ts, '1 minute') ORDER BY n"),
             "needs ORDER BY",
         ),
+        (
+            format!("{watermarked}; {files}; INSERT INTO out SELECT ts, count FROM (SELECT ts, CAST(amount AS BIGINT) AS count, row_number() OVER (PARTITION BY customer ORDER BY ts DESC) AS r FROM events) WHERE r <= 3"),
+            "would keep the latest rows, which are never final",
+        ),
+        (
+            format!("{events}; {files}; INSERT INTO out SELECT ts, count FROM (SELECT ts, CAST(amount AS BIGINT) AS count, row_number() OVER (PARTITION BY customer ORDER BY ts) AS r FROM events) WHERE r = 1"),
+            "it must ORDER BY the event-time column of a Kafka table with a 'watermark'",
+        ),
+        (
+            format!("{watermarked}; CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT customer, count(*) FROM (SELECT customer, row_number() OVER (PARTITION BY customer ORDER BY ts) AS r FROM events) WHERE r <= 2 GROUP BY customer"),
+            "so it cannot feed an aggregation or a join of two streams yet",
+        ),
     ];
     for (sql, expected) in cases {
         let error = plan_job(&env, &sql, "bad").await.unwrap_err().to_string();

@@ -1,0 +1,610 @@
+//! The first rows of each key by event time, over a stream:
+//! `ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) <= N`, and with N = 1
+//! deduplication (Flink plans that query as its Deduplicate; Spark's
+//! `dropDuplicates` keeps the first arrival instead).
+//!
+//! A row's number is final once the watermark W has passed its time:
+//! rows of later batches are not older than W, so none can come before it.
+//! Each batch, per shuffle partition:
+//!
+//! 1. new rows of keys that already have their N rows are dropped;
+//! 2. the rest wait in the pending state, keyed by a row number;
+//! 3. pending rows older than W leave it, in order of key, time and row
+//!    number; each key's are numbered after the rows it already wrote, and
+//!    those numbered N or less are written, with their number;
+//! 4. the written count per key is kept (the written state), so later rows
+//!    of a full key are dropped: that state grows with the keys, as Flink's
+//!    deduplication does without a state TTL.
+//!
+//! Rows of a key that tie on time are numbered in arrival order, which
+//! ROW_NUMBER leaves unspecified.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, split_conjunction};
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::windows::BoundedWindowAggExec;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::keyed::{KeyedState, StateLayout, WindowEnd};
+use crate::state::{PartitionState, StateChange};
+
+/// The column numbering a pending row (its key in the pending state).
+const ROW: &str = "_spate_row";
+/// How many rows a key has written.
+const WRITTEN: &str = "_spate_written";
+
+/// What the codec carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstRowsSpec {
+    /// Names the operator's state folders.
+    pub operator: u32,
+    /// The PARTITION BY columns of the input.
+    pub keys: Vec<usize>,
+    /// The ORDER BY column: the input's event time.
+    pub time: usize,
+    /// N: rows numbered N or less are written.
+    pub limit: u64,
+    /// The name of the row number column the operator adds.
+    pub number: String,
+}
+
+/// Known only inside a task.
+#[derive(Debug, Clone)]
+pub struct FirstRowsScope {
+    pub pending: PartitionState,
+    pub written: PartitionState,
+    pub batch: u64,
+    pub watermark_ms: Option<i64>,
+}
+
+/// The state folders of a first-rows operator's partition: its pending
+/// rows, and what each key has written.
+pub fn state_dirs(job: &str, operator: u32, partition: u32) -> [String; 2] {
+    let dir = |part: &str| {
+        format!(
+            "{}/state/{operator}-{part}/{partition}",
+            crate::checkpoint::job_dir(job)
+        )
+    };
+    [dir("pending"), dir("written")]
+}
+
+#[derive(Debug)]
+pub struct FirstRowsExec {
+    spec: FirstRowsSpec,
+    /// The rows, shuffled by the keys.
+    input: Arc<dyn ExecutionPlan>,
+    properties: Arc<PlanProperties>,
+    scope: Option<FirstRowsScope>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl FirstRowsExec {
+    pub fn new(
+        spec: FirstRowsSpec,
+        input: Arc<dyn ExecutionPlan>,
+        scope: Option<FirstRowsScope>,
+    ) -> Self {
+        let mut fields = input.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new(&spec.number, DataType::UInt64, false)));
+        let schema = Arc::new(Schema::new(fields));
+        let input_properties = input.properties();
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            input_properties.output_partitioning().clone(),
+            input_properties.emission_type,
+            input_properties.boundedness,
+        );
+        FirstRowsExec {
+            spec,
+            input,
+            properties: Arc::new(properties),
+            scope,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    pub fn spec(&self) -> &FirstRowsSpec {
+        &self.spec
+    }
+
+    /// The state's columns: the pending rows', then the written counts'.
+    pub fn state_schemas(&self) -> [SchemaRef; 2] {
+        let step = Step::new(&self.spec, self.input.schema());
+        [
+            Arc::clone(&step.pending.schema),
+            Arc::clone(&step.written.schema),
+        ]
+    }
+}
+
+impl DisplayAs for FirstRowsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let schema = self.input.schema();
+        let keys: Vec<&str> = self
+            .spec
+            .keys
+            .iter()
+            .map(|k| schema.field(*k).name().as_str())
+            .collect();
+        write!(
+            f,
+            "FirstRowsExec: operator={}, first {} per [{}] by {}, each once the watermark passes it",
+            self.spec.operator,
+            self.spec.limit,
+            keys.join(", "),
+            schema.field(self.spec.time).name()
+        )
+    }
+}
+
+impl ExecutionPlan for FirstRowsExec {
+    fn name(&self) -> &'static str {
+        "FirstRowsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("FirstRowsExec needs its input".into()))?;
+        Ok(Arc::new(FirstRowsExec::new(
+            self.spec.clone(),
+            input,
+            self.scope.clone(),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let scope = self.scope.clone().ok_or_else(|| {
+            DataFusionError::Internal("a first-rows operator runs only inside a task".into())
+        })?;
+        let step = Step::new(&self.spec, self.input.schema());
+        let new = self.input.execute(partition, context)?;
+        let metric =
+            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
+        let counters = [
+            metric("state_rows"),
+            metric("state_bytes"),
+            metric("state_rows_updated"),
+            metric("state_rows_removed"),
+            metric("state_bytes_written"),
+        ];
+        let schema = self.schema();
+        let run = async move {
+            let new: Vec<RecordBatch> = new.try_collect().await?;
+            let pending = scope
+                .pending
+                .load_before(scope.batch, &step.pending)
+                .await?;
+            let written = scope
+                .written
+                .load_before(scope.batch, &step.written)
+                .await?;
+            let done = step.run(pending, written, &new, scope.batch, scope.watermark_ms)?;
+            let [rows, size, updated, removed, bytes_written] = &counters;
+            let mut bytes = 0;
+            for (store, change) in [
+                (&scope.pending, done.pending),
+                (&scope.written, done.written),
+            ] {
+                rows.add(change.state.len());
+                size.add(change.state.memory_size());
+                updated.add(change.changed.iter().map(RecordBatch::num_rows).sum());
+                removed.add(change.removed.iter().map(RecordBatch::num_rows).sum());
+                bytes += store.save(scope.batch, change).await?;
+            }
+            bytes_written.add(bytes as usize);
+            Ok::<_, DataFusionError>(futures::stream::iter(done.emit.map(Ok)))
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(run).try_flatten(),
+        )))
+    }
+}
+
+/// A batch's work.
+struct Step {
+    keys: Vec<usize>,
+    time: usize,
+    limit: u64,
+    input: SchemaRef,
+    output: SchemaRef,
+    /// `[_spate_row, the input's columns...]`, keyed by the row number,
+    /// each leaving once the watermark passes its time.
+    pending: StateLayout,
+    /// `[the keys..., _spate_written]`, keyed by the keys.
+    written: StateLayout,
+}
+
+struct Done {
+    emit: Option<RecordBatch>,
+    pending: StateChange,
+    written: StateChange,
+}
+
+impl Step {
+    fn new(spec: &FirstRowsSpec, input: SchemaRef) -> Self {
+        let mut pending = vec![Arc::new(Field::new(ROW, DataType::Int64, false))];
+        pending.extend(input.fields().iter().cloned());
+        let mut written: Vec<_> = spec
+            .keys
+            .iter()
+            .map(|k| Arc::new(input.field(*k).clone()))
+            .collect();
+        written.push(Arc::new(Field::new(WRITTEN, DataType::UInt64, false)));
+        let mut output = input.fields().to_vec();
+        output.push(Arc::new(Field::new(&spec.number, DataType::UInt64, false)));
+        Step {
+            keys: spec.keys.clone(),
+            time: spec.time,
+            limit: spec.limit,
+            input,
+            output: Arc::new(Schema::new(output)),
+            pending: StateLayout {
+                schema: Arc::new(Schema::new(pending)),
+                keys: 1,
+                // Final, and leaving, once the watermark is past the time.
+                window_end: Some(WindowEnd::StartPlus {
+                    column: spec.time + 1,
+                    width_ms: 1,
+                }),
+            },
+            written: StateLayout {
+                schema: Arc::new(Schema::new(written)),
+                keys: spec.keys.len(),
+                window_end: None,
+            },
+        }
+    }
+
+    fn run(
+        &self,
+        mut pending: KeyedState,
+        mut written: KeyedState,
+        new: &[RecordBatch],
+        batch: u64,
+        watermark_ms: Option<i64>,
+    ) -> DfResult<Done> {
+        let converter = RowConverter::new(
+            self.written.schema.fields()[..self.keys.len()]
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )?;
+        // 1. Rows of keys that wrote their N rows already are dropped.
+        let new = concat_batches(&self.input, new)?;
+        let new_keys = new.project(&self.keys)?;
+        let counts = self.counts(&written, &new_keys, &converter)?;
+        let key_rows = converter.convert_columns(new_keys.columns())?;
+        let open: BooleanArray = (0..new.num_rows())
+            .map(|i| Some(counts.get(key_rows.row(i).data()).copied().unwrap_or(0) < self.limit))
+            .collect();
+        let new = filter_record_batch(&new, &open)?;
+
+        // 2. The rest wait, numbered after the batch.
+        let first = (batch as i64) << 32;
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(
+            (0..new.num_rows() as i64).map(|i| first + i),
+        ))];
+        columns.extend(new.columns().iter().cloned());
+        let numbered = RecordBatch::try_new(Arc::clone(&self.pending.schema), columns)?;
+        pending.upsert(numbered.clone())?;
+
+        // 3. Those the watermark passed are final: numbered per key.
+        let done = match watermark_ms {
+            Some(watermark_ms) => pending.expire(watermark_ms)?,
+            None => RecordBatch::new_empty(Arc::clone(&self.pending.schema)),
+        };
+        let (emit, changed_counts) = self.number(&done, &written, &converter)?;
+        if changed_counts.num_rows() > 0 {
+            written.upsert(changed_counts.clone())?;
+        }
+        Ok(Done {
+            emit: (emit.num_rows() > 0).then_some(emit),
+            pending: StateChange {
+                state: pending,
+                changed: vec![numbered],
+                removed: vec![done],
+            },
+            written: StateChange {
+                state: written,
+                changed: vec![changed_counts],
+                removed: Vec::new(),
+            },
+        })
+    }
+
+    /// What each key of `keys` has written, by the key's row bytes.
+    fn counts(
+        &self,
+        written: &KeyedState,
+        keys: &RecordBatch,
+        converter: &RowConverter,
+    ) -> DfResult<HashMap<Vec<u8>, u64>> {
+        let known = written.rows_of_groups_in(keys)?;
+        let known_keys = converter.convert_columns(&known.columns()[..self.keys.len()])?;
+        let counts = known.column(self.keys.len()).as_primitive::<UInt64Type>();
+        Ok((0..known.num_rows())
+            .map(|i| (known_keys.row(i).data().to_vec(), counts.value(i)))
+            .collect())
+    }
+
+    /// The final rows `done` (pending rows) in order of key, time and row
+    /// number, each numbered after what its key wrote; returns those
+    /// numbered N or less, with their numbers, and the new counts.
+    fn number(
+        &self,
+        done: &RecordBatch,
+        written: &KeyedState,
+        converter: &RowConverter,
+    ) -> DfResult<(RecordBatch, RecordBatch)> {
+        let empty = || {
+            (
+                RecordBatch::new_empty(Arc::clone(&self.output)),
+                RecordBatch::new_empty(Arc::clone(&self.written.schema)),
+            )
+        };
+        if done.num_rows() == 0 {
+            return Ok(empty());
+        }
+        let mut order: Vec<SortColumn> = self
+            .keys
+            .iter()
+            .map(|k| SortColumn {
+                values: Arc::clone(done.column(k + 1)),
+                options: None,
+            })
+            .collect();
+        for column in [self.time + 1, 0] {
+            order.push(SortColumn {
+                values: Arc::clone(done.column(column)),
+                options: None,
+            });
+        }
+        let sorted = take_record_batch(done, &lexsort_to_indices(&order, None)?)?;
+        let keys = sorted.project(&self.keys.iter().map(|k| k + 1).collect::<Vec<_>>())?;
+        let mut counts = self.counts(written, &keys, converter)?;
+        let key_rows = converter.convert_columns(keys.columns())?;
+        let (mut taken, mut numbers) = (Vec::new(), Vec::new());
+        // Per key, its last row written: where its new count is read.
+        let (mut changed, mut last_taken) = (Vec::new(), None);
+        for i in 0..sorted.num_rows() {
+            let count = counts.entry(key_rows.row(i).data().to_vec()).or_insert(0);
+            if *count < self.limit {
+                *count += 1;
+                taken.push(i as u32);
+                numbers.push(*count);
+                last_taken = Some(i as u32);
+            }
+            let last_of_key = i + 1 == sorted.num_rows() || key_rows.row(i + 1) != key_rows.row(i);
+            if last_of_key && let Some(row) = last_taken.take() {
+                changed.push(row);
+            }
+        }
+        if taken.is_empty() {
+            return Ok(empty());
+        }
+        let rows = take_record_batch(&sorted, &UInt32Array::from(taken))?;
+        let mut columns = rows.columns()[1..].to_vec();
+        columns.push(Arc::new(UInt64Array::from(numbers)));
+        let emit = RecordBatch::try_new(Arc::clone(&self.output), columns)?;
+
+        let changed = UInt32Array::from(changed);
+        let mut count_columns = take_record_batch(&keys, &changed)?.columns().to_vec();
+        let changed_counts: UInt64Array = changed
+            .values()
+            .iter()
+            .map(|i| counts[key_rows.row(*i as usize).data()])
+            .collect();
+        count_columns.push(Arc::new(changed_counts));
+        let counts = RecordBatch::try_new(Arc::clone(&self.written.schema), count_columns)?;
+        Ok((emit, counts))
+    }
+}
+
+/// Puts a `FirstRowsExec` in place of each `ROW_NUMBER() OVER (PARTITION
+/// BY k ORDER BY ts) <= N` over a stream (a filter on the row number over
+/// the window function and its sort) over the rows shuffled by the keys
+/// into `partitions`, numbering the operators from `operators_before + 1`. `event_time(plan, column)` tells whether a
+/// column is a Kafka table's watermark column. Returns the plan and the
+/// number of operators put in; other window functions are left for the
+/// streaming checks to refuse.
+pub(crate) fn plan_first_rows(
+    plan: Arc<dyn ExecutionPlan>,
+    operators_before: u32,
+    partitions: usize,
+    event_time: impl Fn(&Arc<dyn ExecutionPlan>, usize) -> bool,
+) -> DfResult<(Arc<dyn ExecutionPlan>, u32)> {
+    let mut operator = operators_before;
+    let planned = plan.transform_up(|node| {
+        let Some(filter) = node.downcast_ref::<FilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        // The window function, maybe under a projection of columns.
+        let projection = filter.input().downcast_ref::<ProjectionExec>();
+        let window_node = projection.map_or(filter.input(), |p| p.input());
+        let Some(window) = window_node.downcast_ref::<BoundedWindowAggExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let [expr] = window.window_expr() else {
+            return Ok(Transformed::no(node));
+        };
+        let number = window.input().schema().fields().len();
+        let filtered = match projection {
+            None => Some(number),
+            Some(p) => p.expr().iter().position(|e| {
+                e.expr
+                    .downcast_ref::<Column>()
+                    .is_some_and(|c| c.index() == number)
+            }),
+        };
+        let Some(limit) = filtered.and_then(|n| row_number_limit(filter.predicate(), n)) else {
+            return Ok(Transformed::no(node));
+        };
+        // Over a windowed aggregation it ranks closed windows instead:
+        // see `job::check_per_window`.
+        if !expr.name().starts_with("row_number(") || crate::job::above_an_aggregation(window) {
+            return Ok(Transformed::no(node));
+        }
+        let refuse = |why: &str| {
+            Err(DataFusionError::Plan(format!(
+                "ROW_NUMBER() over a stream numbers each key's rows by event time: {why}"
+            )))
+        };
+        let Some(sorted) = window.input().downcast_ref::<SortExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        // DataFusion's own shuffle, if it planned one, gives way to ours.
+        let input = match sorted.input().downcast_ref::<RepartitionExec>() {
+            Some(shuffle) => Arc::clone(shuffle.input()),
+            None => Arc::clone(sorted.input()),
+        };
+        let input = crate::job::under_merges(&input);
+        let keys: Option<Vec<usize>> = expr
+            .partition_by()
+            .iter()
+            .map(|k| k.downcast_ref::<Column>().map(Column::index))
+            .collect();
+        let Some(keys) = keys.filter(|k| !k.is_empty()) else {
+            return refuse("it must PARTITION BY columns of the stream");
+        };
+        let [order] = expr.order_by() else {
+            return refuse("it must ORDER BY the table's event-time column alone");
+        };
+        let Some(time) = order.expr.downcast_ref::<Column>().map(Column::index) else {
+            return refuse("it must ORDER BY the table's event-time column alone");
+        };
+        if order.options.descending {
+            return refuse(
+                "ORDER BY ... DESC would keep the latest rows, which are never final while the stream runs; order by the event time ascending, or rank per window (PARTITION BY window.start over a windowed aggregation)",
+            );
+        }
+        if !event_time(&input, time) {
+            return refuse(
+                "it must ORDER BY the event-time column of a Kafka table with a 'watermark', so that a row's number is final once the watermark passes it",
+            );
+        }
+        let by_keys = keys
+            .iter()
+            .map(|k| Arc::new(Column::new(input.schema().field(*k).name(), *k)) as _)
+            .collect();
+        let input = Arc::new(RepartitionExec::try_new(
+            input,
+            Partitioning::Hash(by_keys, partitions),
+        )?) as Arc<dyn ExecutionPlan>;
+        operator += 1;
+        let spec = FirstRowsSpec {
+            operator,
+            keys,
+            time,
+            limit,
+            number: window.schema().field(number).name().clone(),
+        };
+        let first = Arc::new(FirstRowsExec::new(spec, input, None)) as Arc<dyn ExecutionPlan>;
+        let replace = |parent: Arc<dyn ExecutionPlan>, child| {
+            parent.replace_children(
+                vec![child],
+                ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+            )
+        };
+        let filter_input = match projection {
+            Some(_) => replace(Arc::clone(filter.input()), first)?,
+            None => first,
+        };
+        Ok(Transformed::yes(replace(node, filter_input)?))
+    })?;
+    Ok((planned.data, operator - operators_before))
+}
+
+/// N of a `number <= N` (`= 1`, `< N + 1`, or the other way round) among
+/// the predicate's conjuncts, where `number` is the row number's column.
+fn row_number_limit(predicate: &Arc<dyn PhysicalExpr>, number: usize) -> Option<u64> {
+    split_conjunction(predicate)
+        .into_iter()
+        .find_map(|conjunct| {
+            let binary = conjunct.downcast_ref::<BinaryExpr>()?;
+            let is_number = |e: &Arc<dyn PhysicalExpr>| {
+                e.downcast_ref::<Column>()
+                    .is_some_and(|c| c.index() == number)
+            };
+            let literal = |e: &Arc<dyn PhysicalExpr>| -> Option<i64> {
+                let value = e
+                    .downcast_ref::<Literal>()?
+                    .value()
+                    .cast_to(&DataType::Int64)
+                    .ok()?;
+                match value {
+                    ScalarValue::Int64(Some(v)) => Some(v),
+                    _ => None,
+                }
+            };
+            let (op, n) = if is_number(binary.left()) {
+                (*binary.op(), literal(binary.right())?)
+            } else if is_number(binary.right()) {
+                (binary.op().swap()?, literal(binary.left())?)
+            } else {
+                return None;
+            };
+            let limit = match op {
+                Operator::Eq if n == 1 => 1,
+                Operator::LtEq => n,
+                Operator::Lt => n - 1,
+                _ => return None,
+            };
+            u64::try_from(limit).ok().filter(|l| *l > 0)
+        })
+}
