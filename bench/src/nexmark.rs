@@ -179,6 +179,12 @@ pub async fn run(args: NexmarkArgs) -> Result<Vec<Figure>, Error> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut figures = Vec::new();
     for (name, sql, flink, feldera) in QUERIES {
+        // A table read twice (q7's self-join) counts its events once.
+        let read: u64 = NexmarkTable::ALL
+            .into_iter()
+            .filter(|t| sql.contains(&format!("CREATE EXTERNAL TABLE {} (", t.name())))
+            .map(|t| counts[t as usize])
+            .sum();
         let sql = bench_job(sql, name, &run, args.nexmark_batch);
         let began = Instant::now();
         let submitted = cluster.submit(&format!("b10_{name}"), sql).await;
@@ -198,10 +204,10 @@ pub async fn run(args: NexmarkArgs) -> Result<Vec<Figure>, Error> {
             Ok(id) => {
                 let rows = cluster.wait_finished(&id).await?;
                 let seconds = began.elapsed().as_secs_f64();
-                let read = cluster.input_rows(&id).await?;
+                let scanned = cluster.input_rows(&id).await?;
                 let per_core = read as f64 / seconds / cores;
                 eprintln!(
-                    "B10 {name}: {read} events in {seconds:.2}s, {rows} rows written, {per_core:.0} events/s per core"
+                    "B10 {name}: {read} events ({scanned} records scanned) in {seconds:.2}s, {rows} rows written, {per_core:.0} events/s per core"
                 );
                 let ratio = flink.map(|f| per_core / f as f64);
                 (

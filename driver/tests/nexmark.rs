@@ -44,6 +44,17 @@ const RUNS: &[(&str, Option<&str>)] = &[
         ),
     ),
     (
+        "joins/same_window_bids",
+        Some(
+            "SELECT A.id AS auction, A.\"dateTime\" AS opened, B.bidder, B.price, B.\"dateTime\" AS bid_at
+            FROM auction AS A LEFT JOIN bid AS B
+              ON A.id = B.auction
+             AND date_bin(INTERVAL '10 seconds', A.\"dateTime\") = date_bin(INTERVAL '10 seconds', B.\"dateTime\")
+            WHERE B.auction IS NOT NULL
+               OR date_bin(INTERVAL '10 seconds', A.\"dateTime\") + INTERVAL '10 seconds' <= {watermark}",
+        ),
+    ),
+    (
         "joins/new_sellers",
         Some(
             "SELECT P.id AS person, P.name, P.\"dateTime\" AS joined, A.id AS auction, A.seller, A.\"dateTime\" AS opened

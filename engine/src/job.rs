@@ -864,7 +864,7 @@ fn upstream_window(partial: &AggregateExec) -> Option<EventWindow> {
                     column,
                     width_ms: 0,
                 }),
-                TimeColumn::EventTime => None,
+                TimeColumn::EventTime | TimeColumn::Bin { .. } => None,
             }
         })
 }
@@ -884,6 +884,8 @@ enum TimeColumn {
     WindowStart { width_ms: Option<i64> },
     /// Such a window's end.
     WindowEnd,
+    /// `date_bin(width, ts)` of a table's watermark column, row by row.
+    Bin { width_ms: i64 },
 }
 
 impl TimeColumn {
@@ -892,6 +894,8 @@ impl TimeColumn {
     fn floor_ms(self) -> Option<i64> {
         match self {
             TimeColumn::EventTime => Some(0),
+            // A bin starts less than a width before its rows' times.
+            TimeColumn::Bin { width_ms } => Some(1 - width_ms),
             // Windows ending at or before the watermark are out already.
             TimeColumn::WindowEnd => Some(1),
             TimeColumn::WindowStart { width_ms } => width_ms.map(|w| 1 - w),
@@ -938,6 +942,19 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
         let (Some(of), Some(field)) = (call.args().first(), call.args().get(1)) else {
             return None;
         };
+        if call.name() == "date_bin" {
+            // date_bin(width, ts) of a table's event time.
+            let width_ms = match of.downcast_ref::<Literal>()?.value() {
+                ScalarValue::IntervalMonthDayNano(Some(w)) if w.months == 0 => {
+                    w.days as i64 * 86_400_000 + w.nanoseconds / 1_000_000
+                }
+                _ => return None,
+            };
+            let ts = field.downcast_ref::<Column>()?;
+            return (width_ms > 0
+                && trace_time(projection.input(), ts.index())? == TimeColumn::EventTime)
+                .then_some(TimeColumn::Bin { width_ms });
+        }
         let of = of.downcast_ref::<Column>()?;
         let field = field.downcast_ref::<Literal>()?.value().try_as_str()??;
         if call.name() != "get_field"

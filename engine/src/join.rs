@@ -39,7 +39,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
-use datafusion::physical_expr::split_conjunction;
+use datafusion::physical_expr::{ScalarFunctionExpr, split_conjunction};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -576,8 +576,15 @@ impl JoinStep {
     }
 }
 
-/// A column of one side of a join, plus a constant offset.
-type SideColumn = (JoinSide, usize, i64);
+/// An expression over one column of one side of a join, as the range it
+/// lies in: `column + low ..= column + high` (ms).
+#[derive(Debug, Clone, Copy)]
+struct SideRange {
+    side: JoinSide,
+    column: usize,
+    low: i64,
+    high: i64,
+}
 
 /// The time bounds a join's condition puts on each side's rows: a row of
 /// side Y can be dropped once no future row of side X can match it.
@@ -587,26 +594,34 @@ type SideColumn = (JoinSide, usize, i64);
 /// an aggregation emitted once closed); none where nothing bounds it. So a
 /// conjunct `X.t <= Y.u + c` ends Y's row once `W + k > u + c`, that is
 /// once `W >= u + c - k + 1`. Equal join keys count both ways, which
-/// bounds joins of windows by their ends.
+/// bounds joins of windows by their ends. A side of a conjunct may be a
+/// range rather than a column plus a constant (`date_bin(w, t)` lies in
+/// `t - w + 1 ..= t`): X's lowest and Y's highest value then count.
 pub fn expiry_of(
     join: &HashJoinExec,
     floor: impl Fn(JoinSide, usize) -> Option<i64>,
 ) -> (Option<Expiry>, Option<Expiry>) {
-    // (bounded, bounding, strict): bounded.t <= bounding.u + c.
-    let mut bounds: Vec<(SideColumn, SideColumn, bool)> = Vec::new();
+    // (bounded, bounding, strict): bounded <= bounding.
+    let mut bounds: Vec<(SideRange, SideRange, bool)> = Vec::new();
+    let on_side = |side, (column, low, high)| SideRange {
+        side,
+        column,
+        low,
+        high,
+    };
     for (left, right) in join.on() {
-        let (Some(l), Some(r)) = (linear(left), linear(right)) else {
+        let (Some(l), Some(r)) = (time_range(left), time_range(right)) else {
             continue;
         };
-        let (l, r) = ((JoinSide::Left, l.0, l.1), (JoinSide::Right, r.0, r.1));
+        let (l, r) = (on_side(JoinSide::Left, l), on_side(JoinSide::Right, r));
         bounds.push((l, r, false));
         bounds.push((r, l, false));
     }
     if let Some(filter) = join.filter() {
-        let column_of = |expr: &Arc<dyn PhysicalExpr>| -> Option<SideColumn> {
-            let (index, offset) = linear(expr)?;
+        let column_of = |expr: &Arc<dyn PhysicalExpr>| -> Option<SideRange> {
+            let (index, low, high) = time_range(expr)?;
             let at = filter.column_indices().get(index)?;
-            Some((at.side, at.index, offset))
+            Some(on_side(at.side, (at.index, low, high)))
         };
         for conjunct in split_conjunction(filter.expression()) {
             let Some(binary) = conjunct.downcast_ref::<BinaryExpr>() else {
@@ -631,19 +646,20 @@ pub fn expiry_of(
     }
     let (mut left, mut right): (Option<Expiry>, Option<Expiry>) = (None, None);
     for (x, y, strict) in bounds {
-        if x.0 == y.0 {
+        if x.side == y.side {
             continue;
         }
-        let Some(k) = floor(x.0, x.1) else {
+        let Some(k) = floor(x.side, x.column) else {
             continue;
         };
-        // X + cx <= Y + cy: X <= Y + c with c = cy - cx.
-        let c = y.2 - x.2;
+        // X's side is at least X.t + x.low, Y's at most Y.u + y.high: no
+        // match once X.t + x.low > Y.u + y.high, so c = y.high - x.low.
+        let c = y.high - x.low;
         let expiry = Expiry {
-            column: y.1,
+            column: y.column,
             after_ms: c - k + i64::from(!strict),
         };
-        let slot = match y.0 {
+        let slot = match y.side {
             JoinSide::Left => &mut left,
             _ => &mut right,
         };
@@ -655,17 +671,27 @@ pub fn expiry_of(
     (left, right)
 }
 
-/// `column`, `column ± interval` (through casts): the filter column and
-/// the offset in milliseconds.
-fn linear(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64)> {
+/// `column`, `column ± interval` (through casts) and `date_bin(width,
+/// ...)` of those: the column and the range the value lies in around it,
+/// in milliseconds.
+fn time_range(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64, i64)> {
     if let Some(column) = expr.downcast_ref::<Column>() {
-        return Some((column.index(), 0));
+        return Some((column.index(), 0, 0));
     }
     if let Some(cast) = expr.downcast_ref::<CastExpr>() {
-        return linear(cast.expr());
+        return time_range(cast.expr());
     }
     if let Some(cast) = expr.downcast_ref::<TryCastExpr>() {
-        return linear(cast.expr());
+        return time_range(cast.expr());
+    }
+    if let Some(call) = expr.downcast_ref::<ScalarFunctionExpr>() {
+        // A bin's start is at most the time, and less than a width before.
+        let width = interval_ms(call.args().first()?)?;
+        if call.name() != "date_bin" || width <= 0 {
+            return None;
+        }
+        let (column, low, high) = time_range(call.args().get(1)?)?;
+        return Some((column, low - width + 1, high));
     }
     let binary = expr.downcast_ref::<BinaryExpr>()?;
     let sign = match binary.op() {
@@ -674,14 +700,14 @@ fn linear(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64)> {
         _ => return None,
     };
     if let Some(ms) = interval_ms(binary.right()) {
-        let (column, offset) = linear(binary.left())?;
-        return Some((column, offset + sign * ms));
+        let (column, low, high) = time_range(binary.left())?;
+        return Some((column, low + sign * ms, high + sign * ms));
     }
     if sign == 1
         && let Some(ms) = interval_ms(binary.left())
     {
-        let (column, offset) = linear(binary.right())?;
-        return Some((column, offset + ms));
+        let (column, low, high) = time_range(binary.right())?;
+        return Some((column, low + ms, high + ms));
     }
     None
 }

@@ -493,6 +493,12 @@ async fn a_stream_join_keeps_each_side_while_its_condition_lets_it_match() {
             "JOIN clicks c ON i.ad = c.ad AND c.at <= i.shown + INTERVAL '1' MINUTE AND i.shown <= c.at",
             "left kept until watermark >= shown + 60001 ms, right kept until none",
         ),
+        // Equal 10-second bins (DataFusion computes them below the join):
+        // each side until the watermark passes its bin's end.
+        (
+            "LEFT JOIN clicks c ON i.ad = c.ad AND date_bin(INTERVAL '10 seconds', i.ts) = date_bin(INTERVAL '10 seconds', c.at)",
+            "i.ts) + 10000 ms, right kept until watermark >= date_bin(",
+        ),
         // A regular join keeps both sides.
         (
             "JOIN clicks c ON i.ad = c.ad",
