@@ -79,6 +79,19 @@ const RUNS: &[(&str, Option<&str>)] = &[
         ),
     ),
     ("chained/early_bids_per_seller", None),
+    (
+        "chained/early_bids_per_window",
+        Some(
+            "SELECT date_bin(INTERVAL '10 seconds', B.\"dateTime\") AS starttime,
+                    date_bin(INTERVAL '10 seconds', B.\"dateTime\") + INTERVAL '10 seconds' AS endtime,
+                    COUNT(*) AS early_bids, MAX(B.price) AS best_price
+            FROM auction AS A JOIN bid AS B
+              ON A.id = B.auction
+             AND B.\"dateTime\" BETWEEN A.\"dateTime\" AND A.\"dateTime\" + INTERVAL '2' SECOND
+            WHERE date_bin(INTERVAL '10 seconds', B.\"dateTime\") + INTERVAL '10 seconds' <= {watermark}
+            GROUP BY 1, 2",
+        ),
+    ),
     // A row's number is final, and written, once the watermark passes it.
     (
         "dedup/first_bids",

@@ -17,14 +17,15 @@
 //!    deduplication does without a state TTL.
 //!
 //! Rows of a key that tie on time are numbered in arrival order, which
-//! ROW_NUMBER leaves unspecified.
+//! ROW_NUMBER leaves unspecified. Rows without a time are dropped: they
+//! would never be final.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
@@ -325,8 +326,15 @@ impl Step {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
-        // 1. Rows of keys that wrote their N rows already are dropped.
+        // 1. Rows without a time (never final) and rows of keys that wrote
+        // their N rows already are dropped.
         let new = concat_batches(&self.input, new)?;
+        let new = match new.column(self.time).logical_nulls() {
+            Some(nulls) if nulls.null_count() > 0 => {
+                filter_record_batch(&new, &BooleanArray::from(nulls.into_inner()))?
+            }
+            _ => new,
+        };
         let new_keys = new.project(&self.keys)?;
         let counts = self.counts(&written, &new_keys, &converter)?;
         let key_rows = converter.convert_columns(new_keys.columns())?;
@@ -533,6 +541,11 @@ pub(crate) fn plan_first_rows(
                 "ORDER BY ... DESC would keep the latest rows, which are never final while the stream runs; order by the event time ascending, or rank per window (PARTITION BY window.start over a windowed aggregation)",
             );
         }
+        if order.options.nulls_first {
+            return refuse(
+                "NULLS FIRST would number rows without a time before the others, and such rows are never final: drop NULLS FIRST (rows without a time are dropped)",
+            );
+        }
         if !event_time(&input, time) {
             return refuse(
                 "it must ORDER BY the event-time column of a Kafka table with a 'watermark', so that a row's number is final once the watermark passes it",
@@ -602,7 +615,7 @@ fn row_number_limit(predicate: &Arc<dyn PhysicalExpr>, number: usize) -> Option<
             let limit = match op {
                 Operator::Eq if n == 1 => 1,
                 Operator::LtEq => n,
-                Operator::Lt => n - 1,
+                Operator::Lt => n.checked_sub(1)?,
                 _ => return None,
             };
             u64::try_from(limit).ok().filter(|l| *l > 0)

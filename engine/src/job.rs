@@ -37,7 +37,7 @@ use crate::error::readable;
 use crate::error::{EngineError, Result};
 use crate::files::{WorkspaceTable, WorkspaceTableFactory};
 use crate::first_rows::{FirstRowsExec, plan_first_rows};
-use crate::join::{StreamJoinExec, StreamJoinSpec, expiry_of};
+use crate::join::{StreamJoinExec, StreamJoinSpec, expiry_of, output_floor};
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
 use crate::postgres::{PostgresTable, PostgresTableFactory};
 use crate::redis::{RedisTable, RedisTableFactory};
@@ -528,6 +528,7 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         options.shuffle_partitions = Some(keyed_partitions);
     }
     check_first_rows_last(&physical)?;
+    check_join_output_mode(&physical, options.output_mode)?;
     check_per_window(&physical)?;
     let state_columns = state_columns(&physical);
     let explain = displayable(physical.as_ref()).indent(true).to_string();
@@ -616,8 +617,9 @@ fn state_columns(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
 /// Spark's rules. An aggregation that feeds another stateful operator (an
 /// aggregation over it, or a join of two streams) passes on the windows
 /// the watermark closed, in append mode whatever the job's; the job's
-/// output mode is its last operator's. Returns the plan and the number of
-/// operators, which are numbered from 1 in the order they run.
+/// output mode is its last operator's. Aggregations are numbered after
+/// `operators_before`, lower ones first; returns the plan and the last
+/// number.
 fn make_stateful(
     plan: Arc<dyn ExecutionPlan>,
     sources: &[KafkaSourceSpec],
@@ -663,11 +665,32 @@ fn check_first_rows_last(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
     Ok(())
 }
 
+/// A join of two streams as the last stateful step writes each pair once:
+/// only append mode says what it does (complete would replace a file
+/// sink's table with each batch's pairs).
+fn check_join_output_mode(plan: &Arc<dyn ExecutionPlan>, mode: OutputMode) -> Result<()> {
+    let mut last = None;
+    plan.apply(|node| {
+        if node.is::<StreamJoinExec>() || node.is::<StatefulAggregateExec>() {
+            last = Some(node.is::<StreamJoinExec>());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if last == Some(true) && mode != OutputMode::Append {
+        return Err(EngineError::plan(format!(
+            "a join of two streams writes each pair once, when both rows have come, so it runs in append output mode, not {}: SET spate.output_mode = 'append', or aggregate the join",
+            mode.name()
+        )));
+    }
+    Ok(())
+}
+
 const FIRST_ROWS_FEED: &str = "ROW_NUMBER() over a stream writes each key's first rows once the watermark has passed them, so it cannot feed an aggregation or a join of two streams yet; write its rows to a Kafka table and aggregate or join that in a second job";
 
-/// The walk of `make_stateful`: children first, so that operators are
-/// numbered in the order they run and an aggregation sees what is below it
-/// already stateful.
+/// The walk of `make_stateful`: children first, so that aggregations are
+/// numbered bottom up and an aggregation sees what is below it already
+/// stateful.
 struct StatefulRewrite<'a> {
     sources: &'a [KafkaSourceSpec],
     mode: OutputMode,
@@ -749,9 +772,32 @@ impl StatefulRewrite<'_> {
         let over_join = final_agg
             .input()
             .exists(|n| Ok(joins_two_streams(n.as_ref()) || n.is::<StreamJoinExec>()))?;
-        if over_join && window.is_some() {
+        // A window closes with the watermark only if rows of later batches
+        // never fall in it: its time must not be behind the watermark. A
+        // join writes a pair in the batch of its later row, so over a join
+        // that is the time of the side its condition makes later.
+        // (None: the window's time is no plain column, left as it was.)
+        let floor = |window: &EventWindow| {
+            window_time(partial, window.column()).map(|time| {
+                trace_time(partial.input(), time)
+                    .and_then(TimeColumn::floor_ms)
+                    .is_some_and(|floor| floor >= 0)
+            })
+        };
+        let closes = match &window {
+            Some(EventWindow::EventTime { .. }) | None => true,
+            Some(_) if upstream => true,
+            Some(w @ EventWindow::Session { .. }) => !over_join && floor(w) != Some(false),
+            Some(w) => floor(w).unwrap_or(!over_join),
+        };
+        if !closes && !over_join {
             return Err(DataFusionError::Plan(
-                "this query aggregates the join of two streams by an event-time window, which is not supported yet: a join's rows may come later than the watermark, by up to its time bound; aggregate without a window (SET spate.output_mode = 'update' or 'complete'), or write the join to a Kafka table and aggregate that in a second job".into(),
+                "the query groups by a window of a column that is not the Kafka table's 'watermark' column: late rows of it could reopen a window already written; window by the watermark column".into(),
+            ));
+        }
+        if !closes {
+            return Err(DataFusionError::Plan(
+                "this query aggregates the join of two streams by an event-time window whose time the join may write older than the watermark: a pair comes out when its later row comes; window by the time of the side the condition makes later (b.ts in b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' HOUR), aggregate without a window (SET spate.output_mode = 'update' or 'complete'), or write the join to a Kafka table and aggregate that in a second job".into(),
             ));
         }
         let mode = if feeds_state {
@@ -864,7 +910,9 @@ fn upstream_window(partial: &AggregateExec) -> Option<EventWindow> {
                     column,
                     width_ms: 0,
                 }),
-                TimeColumn::EventTime | TimeColumn::Bin { .. } => None,
+                TimeColumn::EventTime | TimeColumn::Bin { .. } | TimeColumn::Joined { .. } => {
+                    None
+                }
             }
         })
 }
@@ -886,6 +934,9 @@ enum TimeColumn {
     WindowEnd,
     /// `date_bin(width, ts)` of a table's watermark column, row by row.
     Bin { width_ms: i64 },
+    /// A time column of the rows an inner join of two streams writes,
+    /// with the floor the join's condition gives it.
+    Joined { floor_ms: i64 },
 }
 
 impl TimeColumn {
@@ -896,6 +947,7 @@ impl TimeColumn {
             TimeColumn::EventTime => Some(0),
             // A bin starts less than a width before its rows' times.
             TimeColumn::Bin { width_ms } => Some(1 - width_ms),
+            TimeColumn::Joined { floor_ms } => Some(floor_ms),
             // Windows ending at or before the watermark are out already.
             TimeColumn::WindowEnd => Some(1),
             TimeColumn::WindowStart { width_ms } => width_ms.map(|w| 1 - w),
@@ -978,8 +1030,32 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
     let passes = plan.is::<RepartitionExec>()
         || plan.is::<CoalescePartitionsExec>()
         || matches!(plan.name(), "CoalesceBatchesExec" | "CooperativeExec");
+    let stream_join = match plan.downcast_ref::<StreamJoinExec>() {
+        Some(wrapped) => Some(wrapped.join()),
+        None => plan
+            .downcast_ref::<HashJoinExec>()
+            .filter(|_| joins_two_streams(plan.as_ref())),
+    };
+    if let Some(join) = stream_join {
+        let column = match &join.projection {
+            Some(projection) => *projection.get(column)?,
+            None => column,
+        };
+        let left = join.left().schema().fields().len();
+        let (side, column) = match column.checked_sub(left) {
+            Some(right) => (JoinSide::Right, right),
+            None => (JoinSide::Left, column),
+        };
+        let floor_ms = output_floor(join, side, column, |side, column| {
+            let input = match side {
+                JoinSide::Left => join.left(),
+                _ => join.right(),
+            };
+            trace_time(input, column).and_then(TimeColumn::floor_ms)
+        })?;
+        return Some(TimeColumn::Joined { floor_ms });
+    }
     if let Some(join) = plan.downcast_ref::<HashJoinExec>()
-        && !joins_two_streams(plan.as_ref())
         && matches!(join.join_type(), JoinType::Inner | JoinType::Right)
     {
         // A stream joined with a table: the stream is the right side.
@@ -1135,6 +1211,18 @@ fn event_window(partial: &AggregateExec) -> Option<EventWindow> {
                 width_ms: width.days as i64 * 86_400_000 + width.nanoseconds / 1_000_000,
             })
         })
+}
+
+/// The input column a windowed group key is computed from: the time
+/// argument of `window(ts, ...)` or `date_bin(width, ts)`.
+fn window_time(partial: &AggregateExec, group: usize) -> Option<usize> {
+    let (expr, _) = partial.group_expr().expr().get(group)?;
+    let call = expr.downcast_ref::<ScalarFunctionExpr>()?;
+    let time = match call.name() {
+        "date_bin" => call.args().get(1)?,
+        _ => call.args().first()?,
+    };
+    time.downcast_ref::<Column>().map(Column::index)
 }
 
 /// A group key that is a Kafka table's event-time column itself: its

@@ -30,7 +30,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, new_null_array,
 };
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, not};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{JoinSide, JoinType, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -136,7 +136,8 @@ impl StreamJoinExec {
         [self.join().left().schema(), self.join().right().schema()]
     }
 
-    fn join(&self) -> &HashJoinExec {
+    /// The wrapped partitioned hash join.
+    pub fn join(&self) -> &HashJoinExec {
         self.join
             .downcast_ref::<HashJoinExec>()
             .expect("checked in new")
@@ -453,6 +454,27 @@ impl JoinStep {
                 Some(watermark_ms) => state.expire(watermark_ms)?,
                 None => RecordBatch::new_empty(Arc::clone(&side.layout.schema)),
             };
+            // A row that came and left in this batch is no change: a delta
+            // replays removals before changes, and would bring it back.
+            if gone.num_rows() > 0 {
+                let gone_ids: HashSet<i64> = gone
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .copied()
+                    .collect();
+                for batch in &mut changed {
+                    let stays: BooleanArray = batch
+                        .column(0)
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .iter()
+                        .map(|id| Some(!gone_ids.contains(id)))
+                        .collect();
+                    *batch = filter_record_batch(batch, &stays)?;
+                }
+            }
             changes.push((changed, gone));
         }
         let (right_changed, right_gone) = changes.pop().expect("two sides");
@@ -601,7 +623,67 @@ pub fn expiry_of(
     join: &HashJoinExec,
     floor: impl Fn(JoinSide, usize) -> Option<i64>,
 ) -> (Option<Expiry>, Option<Expiry>) {
-    // (bounded, bounding, strict): bounded <= bounding.
+    let (mut left, mut right): (Option<Expiry>, Option<Expiry>) = (None, None);
+    for (x, y, strict) in bounds_of(join) {
+        if x.side == y.side {
+            continue;
+        }
+        let Some(k) = floor(x.side, x.column) else {
+            continue;
+        };
+        // X's side is at least X.t + x.low, Y's at most Y.u + y.high: no
+        // match once X.t + x.low > Y.u + y.high, so c = y.high - x.low.
+        let c = y.high - x.low;
+        let expiry = Expiry {
+            column: y.column,
+            after_ms: c - k + i64::from(!strict),
+        };
+        let slot = match y.side {
+            JoinSide::Left => &mut left,
+            _ => &mut right,
+        };
+        // The earliest end wins; only one column holds each side's.
+        if slot.is_none_or(|s| s.column == expiry.column && expiry.after_ms < s.after_ms) {
+            *slot = Some(expiry);
+        }
+    }
+    (left, right)
+}
+
+/// The floor (as in `expiry_of`) of column `column` of side `side` in the
+/// rows an inner join writes: a pair is written in the batch of its later
+/// row, so either that side's row is new, and holds its own floor, or the
+/// other side's is, and the condition bounds this column from below by
+/// it (`Y.u <= X.t + c` gives `X.t >= W + k - c`). None for outer joins,
+/// whose unmatched rows come out late, and where nothing bounds it.
+pub fn output_floor(
+    join: &HashJoinExec,
+    side: JoinSide,
+    column: usize,
+    floor: impl Fn(JoinSide, usize) -> Option<i64>,
+) -> Option<i64> {
+    if *join.join_type() != JoinType::Inner {
+        return None;
+    }
+    let own = floor(side, column)?;
+    let through_other = bounds_of(join)
+        .into_iter()
+        .filter(|(other, this, _)| {
+            this.side == side && this.column == column && other.side != side
+        })
+        .filter_map(|(other, this, strict)| {
+            // Y.u + other.low <= other <= this <= X.t + this.high.
+            let k = floor(other.side, other.column)?;
+            Some(k + other.low - this.high + i64::from(strict))
+        })
+        .max()?;
+    Some(own.min(through_other))
+}
+
+/// The conjuncts of a join's keys and filter that order a side's time
+/// against the other's, as (bounded, bounding, strict): bounded <=
+/// bounding (or <).
+fn bounds_of(join: &HashJoinExec) -> Vec<(SideRange, SideRange, bool)> {
     let mut bounds: Vec<(SideRange, SideRange, bool)> = Vec::new();
     let on_side = |side, (column, low, high)| SideRange {
         side,
@@ -644,31 +726,7 @@ pub fn expiry_of(
             }
         }
     }
-    let (mut left, mut right): (Option<Expiry>, Option<Expiry>) = (None, None);
-    for (x, y, strict) in bounds {
-        if x.side == y.side {
-            continue;
-        }
-        let Some(k) = floor(x.side, x.column) else {
-            continue;
-        };
-        // X's side is at least X.t + x.low, Y's at most Y.u + y.high: no
-        // match once X.t + x.low > Y.u + y.high, so c = y.high - x.low.
-        let c = y.high - x.low;
-        let expiry = Expiry {
-            column: y.column,
-            after_ms: c - k + i64::from(!strict),
-        };
-        let slot = match y.side {
-            JoinSide::Left => &mut left,
-            _ => &mut right,
-        };
-        // The earliest end wins; only one column holds each side's.
-        if slot.is_none_or(|s| s.column == expiry.column && expiry.after_ms < s.after_ms) {
-            *slot = Some(expiry);
-        }
-    }
-    (left, right)
+    bounds
 }
 
 /// `column`, `column ± interval` (through casts) and `date_bin(width,
@@ -678,11 +736,24 @@ fn time_range(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64, i64)> {
     if let Some(column) = expr.downcast_ref::<Column>() {
         return Some((column.index(), 0, 0));
     }
-    if let Some(cast) = expr.downcast_ref::<CastExpr>() {
-        return time_range(cast.expr());
-    }
-    if let Some(cast) = expr.downcast_ref::<TryCastExpr>() {
-        return time_range(cast.expr());
+    let cast = match (
+        expr.downcast_ref::<CastExpr>(),
+        expr.downcast_ref::<TryCastExpr>(),
+    ) {
+        (Some(cast), _) => Some((cast.expr(), cast.cast_type())),
+        (_, Some(cast)) => Some((cast.expr(), cast.cast_type())),
+        _ => None,
+    };
+    if let Some((inner, to)) = cast {
+        // A cast to a coarser time rounds down by up to its unit.
+        let rounds_off = match to {
+            DataType::Timestamp(TimeUnit::Second, _) => 999,
+            DataType::Timestamp(_, _) => 0,
+            DataType::Date32 | DataType::Date64 => 86_399_999,
+            _ => return None,
+        };
+        let (column, low, high) = time_range(inner)?;
+        return Some((column, low - rounds_off, high));
     }
     if let Some(call) = expr.downcast_ref::<ScalarFunctionExpr>() {
         // A bin's start is at most the time, and less than a width before.

@@ -427,6 +427,10 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             "this query aggregates the join of two streams by an event-time window",
         ),
         (
+            format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); {files}; INSERT INTO out SELECT window.start, count(*) FROM events e JOIN clicks c ON e.customer = c.customer AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '1' MINUTE GROUP BY window(e.ts, '10 seconds')"),
+            "whose time the join may write older than the watermark",
+        ),
+        (
             format!("{watermarked}; {files}; INSERT INTO out SELECT s, n FROM (SELECT s, n, row_number() OVER (PARTITION BY c ORDER BY n DESC) AS r FROM (SELECT window.start AS s, customer AS c, count(*) AS n FROM events GROUP BY window(ts, '1 minute'), customer)) WHERE r <= 3"),
             "so it must PARTITION BY the window",
         ),
