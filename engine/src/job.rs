@@ -910,9 +910,7 @@ fn upstream_window(partial: &AggregateExec) -> Option<EventWindow> {
                     column,
                     width_ms: 0,
                 }),
-                TimeColumn::EventTime | TimeColumn::Bin { .. } | TimeColumn::Joined { .. } => {
-                    None
-                }
+                TimeColumn::EventTime | TimeColumn::Bin { .. } | TimeColumn::Joined { .. } => None,
             }
         })
 }

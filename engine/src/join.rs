@@ -668,9 +668,7 @@ pub fn output_floor(
     let own = floor(side, column)?;
     let through_other = bounds_of(join)
         .into_iter()
-        .filter(|(other, this, _)| {
-            this.side == side && this.column == column && other.side != side
-        })
+        .filter(|(other, this, _)| this.side == side && this.column == column && other.side != side)
         .filter_map(|(other, this, strict)| {
             // Y.u + other.low <= other <= this <= X.t + this.high.
             let k = floor(other.side, other.column)?;
