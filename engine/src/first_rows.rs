@@ -41,7 +41,7 @@ use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, split_conjunction};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -54,7 +54,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::keyed::{KeyedState, StateLayout, WindowEnd};
-use crate::state::{PartitionState, StateChange};
+use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// The column numbering a pending row (its key in the pending state).
 const ROW: &str = "_spate_row";
@@ -214,15 +214,7 @@ impl ExecutionPlan for FirstRowsExec {
         })?;
         let step = Step::new(&self.spec, self.input.schema());
         let new = self.input.execute(partition, context)?;
-        let metric =
-            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
-        let counters = [
-            metric("state_rows"),
-            metric("state_bytes"),
-            metric("state_rows_updated"),
-            metric("state_rows_removed"),
-            metric("state_bytes_written"),
-        ];
+        let counters = StateMetrics::new(&self.metrics, partition);
         let schema = self.schema();
         let run = async move {
             let new: Vec<RecordBatch> = new.try_collect().await?;
@@ -235,19 +227,15 @@ impl ExecutionPlan for FirstRowsExec {
                 .load_before(scope.batch, &step.written)
                 .await?;
             let done = step.run(pending, written, &new, scope.batch, scope.watermark_ms)?;
-            let [rows, size, updated, removed, bytes_written] = &counters;
-            let mut bytes = 0;
-            for (store, change) in [
-                (&scope.pending, done.pending),
-                (&scope.written, done.written),
-            ] {
-                rows.add(change.state.len());
-                size.add(change.state.memory_size());
-                updated.add(change.changed.iter().map(RecordBatch::num_rows).sum());
-                removed.add(change.removed.iter().map(RecordBatch::num_rows).sum());
-                bytes += store.save(scope.batch, change).await?;
-            }
-            bytes_written.add(bytes as usize);
+            counters
+                .save(
+                    scope.batch,
+                    [
+                        (&scope.pending, done.pending),
+                        (&scope.written, done.written),
+                    ],
+                )
+                .await?;
             Ok::<_, DataFusionError>(futures::stream::iter(done.emit.map(Ok)))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(

@@ -41,7 +41,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal, TryCastExpr};
 use datafusion::physical_expr::{ScalarFunctionExpr, split_conjunction};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect,
@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::keyed::{KeyedState, StateLayout, WindowEnd};
-use crate::state::{PartitionState, StateChange};
+use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// The column numbering a side's rows in its state (its group key).
 const ROW: &str = "_spate_row";
@@ -234,15 +234,7 @@ impl ExecutionPlan for StreamJoinExec {
         };
         let left_new = join.left().execute(partition, Arc::clone(&context))?;
         let right_new = join.right().execute(partition, Arc::clone(&context))?;
-        let metric =
-            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
-        let counters = [
-            metric("state_rows"),
-            metric("state_bytes"),
-            metric("state_rows_updated"),
-            metric("state_rows_removed"),
-            metric("state_bytes_written"),
-        ];
+        let counters = StateMetrics::new(&self.metrics, partition);
         let output_schema = self.schema();
         let run = async move {
             let left_new: Vec<RecordBatch> = left_new.try_collect().await?;
@@ -264,16 +256,12 @@ impl ExecutionPlan for StreamJoinExec {
                     context,
                 )
                 .await?;
-            let [rows, size, updated, removed, bytes_written] = &counters;
-            let mut written = 0;
-            for (store, change) in [(&scope.left, done.left), (&scope.right, done.right)] {
-                rows.add(change.state.len());
-                size.add(change.state.memory_size());
-                updated.add(change.changed.iter().map(RecordBatch::num_rows).sum());
-                removed.add(change.removed.iter().map(RecordBatch::num_rows).sum());
-                written += store.save(scope.batch, change).await?;
-            }
-            bytes_written.add(written as usize);
+            counters
+                .save(
+                    scope.batch,
+                    [(&scope.left, done.left), (&scope.right, done.right)],
+                )
+                .await?;
             Ok::<_, DataFusionError>(futures::stream::iter(done.emit.into_iter().map(Ok)))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(

@@ -30,6 +30,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 
 use crate::error::{EngineError, Result};
 use crate::keyed::{KeyedState, StateLayout};
@@ -190,6 +191,48 @@ fn version_of(name: &str) -> Option<(u64, VersionKind)> {
 
 /// What a batch did to a partition's state.
 #[derive(Debug)]
+/// The state counters every stateful operator reports per partition, which
+/// `task::measure` sums into the task's outcome.
+pub struct StateMetrics {
+    pub rows: Count,
+    pub bytes: Count,
+    pub rows_updated: Count,
+    pub rows_removed: Count,
+    pub bytes_written: Count,
+}
+
+impl StateMetrics {
+    pub fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        let count = |name: &'static str| MetricBuilder::new(metrics).counter(name, partition);
+        StateMetrics {
+            rows: count("state_rows"),
+            bytes: count("state_bytes"),
+            rows_updated: count("state_rows_updated"),
+            rows_removed: count("state_rows_removed"),
+            bytes_written: count("state_bytes_written"),
+        }
+    }
+
+    /// Saves each store's change as version `batch`, counting it.
+    pub async fn save(
+        &self,
+        batch: u64,
+        changes: impl IntoIterator<Item = (&PartitionState, StateChange)>,
+    ) -> Result<()> {
+        for (store, change) in changes {
+            self.rows.add(change.state.len());
+            self.bytes.add(change.state.memory_size());
+            self.rows_updated
+                .add(change.changed.iter().map(RecordBatch::num_rows).sum());
+            self.rows_removed
+                .add(change.removed.iter().map(RecordBatch::num_rows).sum());
+            self.bytes_written
+                .add(store.save(batch, change).await? as usize);
+        }
+        Ok(())
+    }
+}
+
 pub struct StateChange {
     /// The state after the batch: what the next batch starts from.
     pub state: KeyedState,

@@ -31,7 +31,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, collect,
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 use crate::keyed::{KeyedState, StateLayout, WindowEnd};
-use crate::state::{PartitionState, StateChange};
+use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// Spark's output modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -240,15 +240,7 @@ impl ExecutionPlan for StatefulAggregateExec {
             },
         };
         let new_rows = agg.input().execute(partition, Arc::clone(&context))?;
-        let metric =
-            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
-        let counters = [
-            metric("state_rows"),
-            metric("state_bytes"),
-            metric("state_rows_updated"),
-            metric("state_rows_removed"),
-            metric("state_bytes_written"),
-        ];
+        let counters = StateMetrics::new(&self.metrics, partition);
         let output_schema = self.schema();
         let run = async move {
             let new_rows: Vec<RecordBatch> = new_rows.try_collect().await?;
@@ -266,12 +258,11 @@ impl ExecutionPlan for StatefulAggregateExec {
                 .save(scope.batch, step.change)
                 .await
                 .map_err(DataFusionError::from)?;
-            let [rows, size, updated, removed, bytes_written] = &counters;
-            rows.add(step.kept_rows);
-            size.add(in_memory);
-            bytes_written.add(written as usize);
-            updated.add(step.updated_rows);
-            removed.add(step.removed_rows);
+            counters.rows.add(step.kept_rows);
+            counters.bytes.add(in_memory);
+            counters.bytes_written.add(written as usize);
+            counters.rows_updated.add(step.updated_rows);
+            counters.rows_removed.add(step.removed_rows);
             Ok::<_, DataFusionError>(futures::stream::iter(step.emit.into_iter().map(Ok)))
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
