@@ -41,11 +41,23 @@ enum OutputColumn {
     Corrupt,
 }
 
+/// Which parts of a record besides its value the output holds: the others
+/// are neither read from the message nor built, record by record.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wanted {
+    pub key: bool,
+    pub partition: bool,
+    pub offset: bool,
+    pub timestamp: bool,
+    pub corrupt: bool,
+}
+
 /// Decodes records, failing on the first that does not decode.
 struct StrictDecoder {
     topic: String,
     output_schema: SchemaRef,
     columns: Vec<OutputColumn>,
+    wanted: Wanted,
     values: ValueDecoder,
     keys: StringBuilder,
     partitions: Int32Builder,
@@ -114,10 +126,22 @@ impl StrictDecoder {
                 RecordFormat::Raw => ValueDecoder::Raw(StringBuilder::new()),
             }
         };
+        let mut wanted = Wanted::default();
+        for column in &columns {
+            match column {
+                OutputColumn::Value(_) => {}
+                OutputColumn::Key => wanted.key = true,
+                OutputColumn::Partition => wanted.partition = true,
+                OutputColumn::Offset => wanted.offset = true,
+                OutputColumn::Timestamp => wanted.timestamp = true,
+                OutputColumn::Corrupt => wanted.corrupt = true,
+            }
+        }
         Ok(StrictDecoder {
             topic: spec.topic.clone(),
             output_schema,
             columns,
+            wanted,
             values,
             keys: StringBuilder::new(),
             partitions: Int32Builder::new(),
@@ -193,14 +217,24 @@ impl StrictDecoder {
             }
             ValueDecoder::Raw(builder) => builder.append_value(String::from_utf8_lossy(value)),
         }
-        match key {
-            Some(k) => self.keys.append_value(String::from_utf8_lossy(k)),
-            None => self.keys.append_null(),
+        if self.wanted.key {
+            match key {
+                Some(k) => self.keys.append_value(String::from_utf8_lossy(k)),
+                None => self.keys.append_null(),
+            }
         }
-        self.partitions.append_value(at.partition);
-        self.offsets.append_value(at.offset);
-        self.timestamps.append_option(timestamp_ms);
-        self.corrupt.append_option(corrupt);
+        if self.wanted.partition {
+            self.partitions.append_value(at.partition);
+        }
+        if self.wanted.offset {
+            self.offsets.append_value(at.offset);
+        }
+        if self.wanted.timestamp {
+            self.timestamps.append_option(timestamp_ms);
+        }
+        if self.wanted.corrupt {
+            self.corrupt.append_option(corrupt);
+        }
         self.rows += 1;
         self.first.get_or_insert(at);
         self.last = Some(at);
@@ -348,6 +382,15 @@ impl RecordDecoder {
 
     pub fn rows(&self) -> usize {
         self.strict.rows()
+    }
+
+    /// What the caller must pass besides the value. Outside `fail` a bad
+    /// record's key goes to the dead-letter topic, so it is always wanted.
+    pub fn wants(&self) -> Wanted {
+        Wanted {
+            key: self.strict.wanted.key || self.policy != OnError::Fail,
+            ..self.strict.wanted
+        }
     }
 
     /// Records set apart since the last call.
