@@ -11,7 +11,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spate_engine::kafka::{DevBroker, enqueue};
 
-use crate::{BenchCluster, Error, Figure, FloorArgs, event, percentile};
+use crate::events::event;
+use crate::{BenchCluster, Error, Figure, FloorArgs, percentile};
 
 pub async fn run(args: FloorArgs) -> Result<Figure, Error> {
     let (seconds, rate, partitions, workers) = (args.floor_seconds, args.floor_rate, 4, 2);
@@ -96,7 +97,7 @@ pub async fn run(args: FloorArgs) -> Result<Figure, Error> {
         spate: format!("p50 {p50} ms, p99 {p99} ms"),
         baseline: String::new(),
         ratio: String::new(),
-        target: "p50 <= 15 ms, p99 <= 40 ms".to_string(),
-        met: Some(p50 <= 15 && p99 <= 40),
+        target: "p50 <= 5 ms, p99 <= 20 ms".to_string(),
+        met: Some(p50 <= 5 && p99 <= 20),
     })
 }

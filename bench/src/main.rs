@@ -2,9 +2,11 @@
 //! same run, so ratios hold even on a noisy machine. `spate-bench all` runs
 //! them interleaved and prints one table of figures, ratios and targets:
 //!
-//! - B1 stateless throughput: a filter/projection job into Parquet vs the
-//!   raw single-process pipeline (rdkafka assign+consume, arrow-json
-//!   decode, the same DataFusion plan, a Parquet write);
+//! - B1 stateless throughput: a filter/projection job into Parquet, per
+//!   CPU-second of Spate's threads, vs the tight single-thread pipeline
+//!   (rdkafka assign+consume set up before the clock, arrow-json decode,
+//!   the same DataFusion plan, a Parquet write), 4,000,000 events, medians
+//!   of 3 interleaved runs, the broker in its own process;
 //! - B2 windowed throughput: a 10 s tumbling and a 30 s / 10 s sliding
 //!   aggregation per customer, the same way;
 //! - B3 the micro-batch floor: a trigger of 0 and a few records per batch;
@@ -14,6 +16,8 @@
 //!   DataFusion alone in one process over the same files;
 //! - B6 Spark: B2's tumbling window in PySpark local[2] over the same events
 //!   as JSON files (Spark's file source, available-now);
+//! - B7 Flink: B1's and B2's queries in PyFlink (local, streaming mode,
+//!   parallelism equal to Spate's slots) over the same JSON files;
 //! - B8 sinks: running totals per id into Kafka, Redis and PostgreSQL beside
 //!   Parquet, and each sink's per-batch floor;
 //! - B9 state that scales: a running total's batch time and bytes written
@@ -27,6 +31,8 @@
 //! BENCHMARKS.md.
 
 mod distribution;
+mod events;
+mod flink;
 mod floor;
 mod latency;
 mod nexmark;
@@ -39,9 +45,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use spate_engine::kafka::{DevBroker, enqueue};
 use spate_proto::SubmitJobRequest;
 use tokio::sync::watch;
 
@@ -59,11 +62,11 @@ struct Cli {
 
 #[derive(clap::Args, Clone, Copy)]
 struct ThroughputArgs {
-    /// Events to produce (the development broker keeps about 5 MiB per partition).
-    #[arg(long, default_value_t = 400_000)]
+    /// Events to produce (LZ4-compressed, the development broker keeps about 5 MiB of them per partition).
+    #[arg(long, default_value_t = 4_000_000)]
     events: u64,
     /// Partitions of the input topic.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32)]
     partitions: i32,
     /// In-process workers.
     #[arg(long, default_value_t = 2)]
@@ -72,9 +75,9 @@ struct ThroughputArgs {
     #[arg(long, default_value_t = 1)]
     slots: u32,
     /// Largest batch, in records (Spark's maxOffsetsPerTrigger).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 500_000)]
     max_offsets_per_trigger: u64,
-    /// Runs of each pipeline, interleaved; the best is reported.
+    /// Runs of each pipeline, interleaved; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: u32,
 }
@@ -152,6 +155,19 @@ enum Bench {
         #[command(flatten)]
         args: ThroughputArgs,
     },
+    /// B7: B1's and B2's queries, Spate vs Apache Flink (PyFlink, local) over the same events as JSON files.
+    Flink {
+        #[command(flatten)]
+        args: ThroughputArgs,
+    },
+    /// The development broker filled with B1's events, in its own process (used by B1, B2, B6 and B7).
+    #[command(hide = true)]
+    ServeBroker {
+        #[arg(long)]
+        events: u64,
+        #[arg(long)]
+        partitions: i32,
+    },
     /// B5: an aggregation over Parquet on the cluster vs DataFusion alone.
     Distribution {
         #[command(flatten)]
@@ -174,10 +190,20 @@ pub struct Figure {
     pub met: Option<bool>,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    let bench = Cli::parse().bench;
+    if let Bench::ServeBroker { events, partitions } = bench {
+        return events::serve_broker(events, partitions);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let figures = runtime.block_on(run(bench))?;
+    print_table(figures);
+    Ok(())
+}
+
+async fn run(bench: Bench) -> Result<Vec<Figure>, Error> {
     let mut figures = Vec::new();
-    match Cli::parse().bench {
+    match bench {
         Bench::All {
             throughput,
             floor,
@@ -187,12 +213,11 @@ async fn main() -> Result<(), Error> {
             state,
             nexmark,
         } => {
-            let workloads = [Workload::Stateless, Workload::Tumbling, Workload::Sliding];
-            figures.extend(throughput::run(&workloads, throughput).await?);
+            figures
+                .extend(throughput::run_with_peers(&Workload::ALL, throughput, true, true).await?);
             figures.push(floor::run(floor).await?);
             figures.push(latency::run(latency).await?);
             figures.push(distribution::run(distribution, throughput.runs).await?);
-            figures.push(spark::run(throughput).await?);
             figures.extend(sinks::run(sinks).await?);
             figures.extend(state::run(state).await?);
             figures.extend(nexmark::run(nexmark).await?);
@@ -201,13 +226,22 @@ async fn main() -> Result<(), Error> {
         Bench::Sinks { args } => figures.extend(sinks::run(args).await?),
         Bench::State { args } => figures.extend(state::run(args).await?),
         Bench::Throughput { workload, args } => {
-            figures.extend(throughput::run(&[workload], args).await?)
+            figures.extend(throughput::run_with_peers(&[workload], args, false, false).await?)
+        }
+        Bench::Spark { args } => figures
+            .extend(throughput::run_with_peers(&[Workload::Tumbling], args, true, false).await?),
+        Bench::Flink { args } => {
+            figures.extend(throughput::run_with_peers(&Workload::ALL, args, false, true).await?)
         }
         Bench::Floor { args } => figures.push(floor::run(args).await?),
-        Bench::Spark { args } => figures.push(spark::run(args).await?),
         Bench::Latency { args } => figures.push(latency::run(args).await?),
         Bench::Distribution { args, runs } => figures.push(distribution::run(args, runs).await?),
+        Bench::ServeBroker { .. } => return Err("the broker is served outside the runtime".into()),
     }
+    Ok(figures)
+}
+
+fn print_table(figures: Vec<Figure>) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(vec![
         "benchmark",
@@ -235,12 +269,17 @@ async fn main() -> Result<(), Error> {
     println!("{table}");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("machine: {cores} cores");
-    Ok(())
 }
 
 /// 2023-11-14T22:13:20Z.
 const T0_MS: i64 = 1_700_000_000_000;
 const CUSTOMERS: u64 = 50;
+
+/// The median of a few measurements.
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
 
 /// The value at percentile `p` (0..=100) of sorted values.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -249,67 +288,6 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-pub fn event(i: u64) -> String {
-    event_at(i, 0)
-}
-
-/// Event `i`: ten per second of event time, in order, `ahead_ms` later.
-pub fn event_at(i: u64, ahead_ms: i64) -> String {
-    let ts = chrono::DateTime::from_timestamp_millis(T0_MS + i as i64 * 100 + ahead_ms)
-        .unwrap_or_default();
-    format!(
-        r#"{{"ts":"{}","customer":"c{}","amount":{}}}"#,
-        ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        (i * 7919) % CUSTOMERS,
-        (i % 400) as f64 * 0.25
-    )
-}
-
-async fn produce(bootstrap: &str, events: u64, partitions: i32) -> Result<(), Error> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .create()?;
-    let mut deliveries = Vec::new();
-    for i in 0..events {
-        let line = event(i);
-        let record = FutureRecord::<(), [u8]>::to("events")
-            .payload(line.as_bytes())
-            .partition((i % partitions as u64) as i32);
-        deliveries.push(enqueue(&producer, record).await?);
-    }
-    // One event far ahead moves the watermark past every other window, so
-    // Spate emits them all; its own windows stay open.
-    let closing = event_at(events, 3_600_000);
-    deliveries.push(
-        enqueue(
-            &producer,
-            FutureRecord::<(), [u8]>::to("events")
-                .payload(closing.as_bytes())
-                .partition(0),
-        )
-        .await?,
-    );
-    producer.flush(Duration::from_secs(30))?;
-    for d in deliveries {
-        d.await?.map_err(|(e, _)| e)?;
-    }
-    Ok(())
-}
-
-/// A development broker holding `events` events in topic `events`.
-async fn broker_with_events(events: u64, partitions: i32) -> Result<DevBroker, Error> {
-    let broker = DevBroker::start()?;
-    broker.create_topic("events", partitions)?;
-    let started = std::time::Instant::now();
-    produce(broker.bootstrap_servers(), events, partitions).await?;
-    eprintln!(
-        "produced {events} events to {partitions} partitions in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(broker)
 }
 
 /// A master and workers in this process, on a fresh workspace.

@@ -1,29 +1,24 @@
 //! B6: Spark beside Spate on B2's tumbling-window query. PySpark local[2]
 //! (`bench/spark/windowed.py`) reads the same events as JSON files with
-//! Spark's file source, available-now, into Parquet; Spate reads them from
-//! Kafka on two workers. Runs interleaved; best of each. Skipped, saying
-//! how to install it, where `pyspark` is not importable.
+//! Spark's file source, available-now, into Parquet; Spate's figure is its
+//! B2 runs over the same events from Kafka on two workers. Medians of each.
+//! Skipped, saying how to install it, where `pyspark` is not importable.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::throughput::{Workload, spate_job};
-use crate::{Error, Figure, ThroughputArgs, broker_with_events, event, event_at};
+use crate::throughput::Measured;
+use crate::{Error, Figure, ThroughputArgs, median};
 
-const FILES: u64 = 8;
-
-pub async fn run(args: ThroughputArgs) -> Result<Figure, Error> {
+/// Spark runs B2's tumbling window over the JSON files `args.runs` times;
+/// its median beside the median of Spate's runs on the same events.
+pub fn run(files: &Path, tumbling: &Measured, args: &ThroughputArgs) -> Result<Figure, Error> {
     let name = format!(
         "B6 vs Spark local[2]: B2's tumbling window ({} events)",
         args.events + 1
     );
-    let has_spark = Command::new("python3")
-        .args(["-c", "import pyspark"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_spark {
+    if !python_imports("pyspark") {
         return Ok(Figure {
             bench: name,
             spate: "skipped: python3 -m pip install pyspark (Java 17 needed)".to_string(),
@@ -33,22 +28,17 @@ pub async fn run(args: ThroughputArgs) -> Result<Figure, Error> {
             met: None,
         });
     }
-    let input = tempfile::tempdir()?;
-    write_json(input.path(), args.events)?;
-    let broker = broker_with_events(args.events, args.partitions).await?;
-    let mut best = (Duration::MAX, Duration::MAX);
+    let mut runs = Vec::new();
     for run in 1..=args.runs {
-        let (spate, _) = spate_job(broker.bootstrap_servers(), Workload::Tumbling, args).await?;
-        let (spark, rows) = spark_run(input.path())?;
+        let (spark, rows) = spark_run(files)?;
         eprintln!(
-            "run {run}: B6: spate {:.2}s, spark {:.2}s ({rows} rows)",
-            spate.as_secs_f64(),
+            "run {run}: B6: spark {:.2}s ({rows} rows)",
             spark.as_secs_f64()
         );
-        best = (best.0.min(spate), best.1.min(spark));
+        runs.push(spark);
     }
-    let events = (args.events + 1) as f64;
-    let (spate_rate, spark_rate) = (events / best.0.as_secs_f64(), events / best.1.as_secs_f64());
+    let spate_rate = tumbling.spate_rate(args);
+    let spark_rate = (args.events + 1) as f64 / median(runs).as_secs_f64();
     let ratio = spate_rate / spark_rate;
     Ok(Figure {
         bench: name,
@@ -63,21 +53,12 @@ pub async fn run(args: ThroughputArgs) -> Result<Figure, Error> {
     })
 }
 
-/// The benchmark's events, and the closing one, as JSON lines in files.
-fn write_json(dir: &Path, events: u64) -> Result<(), Error> {
-    let mut files = (0..FILES)
-        .map(|f| {
-            std::fs::File::create(dir.join(format!("part-{f}.json"))).map(std::io::BufWriter::new)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for i in 0..events {
-        writeln!(files[(i % FILES) as usize], "{}", event(i))?;
-    }
-    writeln!(files[0], "{}", event_at(events, 3_600_000))?;
-    for mut file in files {
-        file.flush()?;
-    }
-    Ok(())
+/// Whether `python3` can import `module`.
+pub fn python_imports(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn spark_run(input: &Path) -> Result<(Duration, u64), Error> {
