@@ -3,7 +3,9 @@
 //! batch: the offsets log entry, scheduling and running the tasks (a Kafka
 //! read each), the sink's files and manifest, and the commit entry.
 //! Measured from each batch's progress record (`walCommit + addBatch +
-//! commitOffsets`), over a stateless filter job into Parquet.
+//! commitOffsets`), over a stateless filter job into Parquet; the job keeps
+//! every batch's progress record (the checkpoint keeps the last 100 by
+//! default).
 
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ pub async fn run(args: FloorArgs) -> Result<Figure, Error> {
          CREATE EXTERNAL TABLE out (ts TIMESTAMP, customer VARCHAR, amount DOUBLE)
            STORED AS PARQUET LOCATION 'output/floor/';
          SET spate.trigger.interval = '0';
+         SET spate.checkpoint.retained_batches = 1000000;
          INSERT INTO out SELECT ts, customer, amount FROM events WHERE amount >= 0;"
         .to_string();
     let job = cluster.submit("floor", sql).await?;

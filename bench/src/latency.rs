@@ -134,6 +134,11 @@ async fn run_at(rate: u64, seconds: u64) -> Result<Step, Error> {
          FROM clicks GROUP BY window(ts, '1 second');"
     );
     let job = cluster.submit("latency", sql).await?;
+    // Batches are read as they commit: the sink compacts its manifests and
+    // the checkpoint keeps only the last batches' commits.
+    let ws = Workspace::open(cluster.workspace.path())?;
+    let (stop_reading, stopped) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(read_commits(ws, job.clone(), stopped));
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "5")
@@ -175,42 +180,15 @@ async fn run_at(rate: u64, seconds: u64) -> Result<Step, Error> {
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
-    let ws = Workspace::open(cluster.workspace.path())?;
+    let _ = stop_reading.send(true);
+    let commits = reader.await??;
     let mut latencies = Vec::new();
-    for batch in committed_batches(&ws, "output/latency").await? {
-        let Some(commit) = ws
-            .get_json::<CommitEntry>(&format!("{}/commits/{batch}", job_dir(&job)))
-            .await?
-        else {
+    for (start_ms, committed_ms) in commits {
+        let closes_ms = start_ms + 1000 + DELAY_MS;
+        if closes_ms < warm_ms || closes_ms > generated_ms {
             continue;
-        };
-        let Some((_, rows)) = read_committed_batch(
-            &ws,
-            "output/latency",
-            &FileFormatSpec::plain(FileFormatKind::Parquet),
-            batch,
-        )
-        .await?
-        else {
-            continue;
-        };
-        for part in rows {
-            let starts = datafusion::arrow::compute::cast(
-                part.column(0),
-                &datafusion::arrow::datatypes::DataType::Timestamp(
-                    datafusion::arrow::datatypes::TimeUnit::Microsecond,
-                    None,
-                ),
-            )?;
-            let starts = starts.as_primitive::<TimestampMicrosecondType>();
-            for i in 0..starts.len() {
-                let closes_ms = starts.value(i) / 1000 + 1000 + DELAY_MS;
-                if closes_ms < warm_ms || closes_ms > generated_ms {
-                    continue;
-                }
-                latencies.push((commit.committed_ms - closes_ms).max(0) as u64);
-            }
         }
+        latencies.push((committed_ms - closes_ms).max(0) as u64);
     }
     cluster.shutdown().await;
     if latencies.is_empty() {
@@ -224,4 +202,55 @@ async fn run_at(rate: u64, seconds: u64) -> Result<Step, Error> {
         p50: percentile(&latencies, 50.0),
         p99: percentile(&latencies, 99.0),
     })
+}
+
+/// Each committed window's start and its batch's commit time (Unix ms),
+/// read every 100 ms until told to stop, then once more.
+async fn read_commits(
+    ws: Workspace,
+    job: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<(i64, i64)>, Error> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut windows = Vec::new();
+    loop {
+        let last = *stop.borrow();
+        for batch in committed_batches(&ws, "output/latency").await? {
+            if seen.contains(&batch) {
+                continue;
+            }
+            let commit = ws
+                .get_json::<CommitEntry>(&format!("{}/commits/{batch}", job_dir(&job)))
+                .await?;
+            let read = read_committed_batch(
+                &ws,
+                "output/latency",
+                &FileFormatSpec::plain(FileFormatKind::Parquet),
+                batch,
+            )
+            .await?;
+            // A manifest is written before its commit: read it next time.
+            let (Some(commit), Some((_, rows))) = (commit, read) else {
+                continue;
+            };
+            seen.insert(batch);
+            for part in rows {
+                let starts = datafusion::arrow::compute::cast(
+                    part.column(0),
+                    &datafusion::arrow::datatypes::DataType::Timestamp(
+                        datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                        None,
+                    ),
+                )?;
+                let starts = starts.as_primitive::<TimestampMicrosecondType>();
+                windows.extend(
+                    (0..starts.len()).map(|i| (starts.value(i) / 1000, commit.committed_ms)),
+                );
+            }
+        }
+        if last {
+            return Ok(windows);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), stop.changed()).await;
+    }
 }

@@ -98,6 +98,7 @@ fn job(store: &Store, trigger: &str, extra: &str) -> String {
          {}
          SET spate.output_mode = '{}';
          SET spate.trigger.interval = '{trigger}';
+         SET spate.checkpoint.retained_batches = 1000000;
          INSERT INTO totals SELECT id, sum(amount) AS total, count(*) AS events FROM events GROUP BY id;",
         store.ddl, store.mode
     )
