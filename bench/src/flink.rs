@@ -9,12 +9,10 @@
 //! Skipped, saying how to install it, where `pyflink` is not importable.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::spark::python_imports;
 use crate::throughput::Measured;
-use crate::{Error, Figure, ThroughputArgs, median};
+use crate::{Error, Figure, ThroughputArgs, median, python};
 
 const TARGET: f64 = 5.0;
 
@@ -31,7 +29,7 @@ pub fn run(
             args.events + 1
         )
     };
-    if !python_imports("pyflink") {
+    if !python::imports("pyflink") {
         return Ok(measured
             .iter()
             .map(|m| Figure {
@@ -106,24 +104,12 @@ struct FlinkRuns {
 
 /// Runs the script: every query `runs` times, interleaved, in one JVM.
 fn flink_runs(input: &Path, parallelism: u32, runs: u32) -> Result<FlinkRuns, Error> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/flink/queries.py");
-    let ran = Command::new("python3")
-        .arg(script)
-        .arg(input)
-        .arg(parallelism.to_string())
-        .arg(runs.to_string())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&ran.stdout);
-    if !ran.status.success() {
-        let stderr = String::from_utf8_lossy(&ran.stderr);
-        let last = stderr.lines().rev().take(20).collect::<Vec<_>>();
-        return Err(format!(
-            "the Flink run failed ({}); the end of what it printed:\n{}",
-            ran.status,
-            last.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
-        .into());
-    }
+    let (parallelism, runs) = (parallelism.to_string(), runs.to_string());
+    let stdout = python::run_script(
+        "Flink",
+        "flink/queries.py",
+        &[input.as_os_str(), parallelism.as_ref(), runs.as_ref()],
+    )?;
     let mut parsed = FlinkRuns {
         version: String::new(),
         rows: 0,

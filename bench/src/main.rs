@@ -36,6 +36,7 @@ mod flink;
 mod floor;
 mod latency;
 mod nexmark;
+mod python;
 mod sinks;
 mod spark;
 mod state;

@@ -5,11 +5,10 @@
 //! Skipped, saying how to install it, where `pyspark` is not importable.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::throughput::Measured;
-use crate::{Error, Figure, ThroughputArgs, median};
+use crate::{Error, Figure, ThroughputArgs, median, python};
 
 /// Spark runs B2's tumbling window over the JSON files `args.runs` times;
 /// its median beside the median of Spate's runs on the same events.
@@ -18,7 +17,7 @@ pub fn run(files: &Path, tumbling: &Measured, args: &ThroughputArgs) -> Result<F
         "B6 vs Spark local[2]: B2's tumbling window ({} events)",
         args.events + 1
     );
-    if !python_imports("pyspark") {
+    if !python::imports("pyspark") {
         return Ok(Figure {
             bench: name,
             spate: "skipped: python3 -m pip install pyspark (Java 17 needed)".to_string(),
@@ -53,30 +52,13 @@ pub fn run(files: &Path, tumbling: &Measured, args: &ThroughputArgs) -> Result<F
     })
 }
 
-/// Whether `python3` can import `module`.
-pub fn python_imports(module: &str) -> bool {
-    Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn spark_run(input: &Path) -> Result<(Duration, u64), Error> {
     let work = tempfile::tempdir()?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/spark/windowed.py");
-    let ran = Command::new("python3")
-        .arg(script)
-        .arg(input)
-        .arg(work.path())
-        .output()?;
-    if !ran.status.success() {
-        return Err(format!(
-            "the Spark run failed: {}",
-            String::from_utf8_lossy(&ran.stderr)
-        )
-        .into());
-    }
-    let stdout = String::from_utf8_lossy(&ran.stdout);
+    let stdout = python::run_script(
+        "Spark",
+        "spark/windowed.py",
+        &[input.as_os_str(), work.path().as_os_str()],
+    )?;
     let last = stdout
         .lines()
         .last()
