@@ -401,5 +401,8 @@ impl BenchCluster {
     async fn shutdown(self) {
         let _ = self.stop_workers.send(true);
         self.master.shutdown().await;
+        // The workers stop on their own time; the next pipeline measured
+        // in this process must not pay for their Kafka fetches.
+        spate_engine::kafka::release_partitions();
     }
 }

@@ -144,27 +144,40 @@ struct State {
     launches: u64,
 }
 
+/// Waiting tasks looked at for one whose last worker is free.
+const LOCALITY_LOOKAHEAD: usize = 256;
+
 /// Placements remembered: a running job's come back every batch, so only
 /// those of jobs that ended (and one-off queries) are forgotten.
 const PLACEMENTS_KEPT: usize = 10_000;
 
 /// What a task does, as far as where it runs is concerned: the same
-/// stage and partition of a job, batch after batch.
+/// stage and partition of a job, batch after batch. A task reading Kafka
+/// is placed by the Kafka partition it reads, whose queue its worker keeps
+/// assigned and prefetching between batches; its index shifts when other
+/// partitions have nothing new.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Placement {
     job_id: String,
     stage_id: u32,
     task_index: u32,
     partition: u32,
+    kafka_partition: Option<(String, i32)>,
 }
 
 impl Placement {
     fn of(spec: &TaskSpec) -> Self {
+        let kafka_partition = spec.ranges.first().map(|r| (r.topic.clone(), r.partition));
         Placement {
             job_id: spec.job_id.clone(),
             stage_id: spec.stage_id,
-            task_index: spec.task_index,
+            task_index: if kafka_partition.is_some() {
+                0
+            } else {
+                spec.task_index
+            },
             partition: spec.partition,
+            kafka_partition,
         }
     }
 }
@@ -514,29 +527,43 @@ impl Cluster {
                 state.pending.pop_front();
                 continue;
             }
-            let placement = Placement::of(&front.spec);
             let free = |w: &&WorkerEntry| {
                 w.view.state == WorkerState::Alive
                     && w.sender.is_some()
                     && w.view.slots_used < w.view.slots
             };
-            let previous = state
-                .last_ran
-                .get(&placement)
-                .and_then(|(id, _)| state.workers.get(id))
-                .filter(free);
-            let target = previous
-                .or_else(|| {
-                    state.workers.values().filter(free).max_by_key(|w| {
+            // A waiting task whose last worker has a slot free goes first,
+            // so that state and Kafka queues are used where they are kept;
+            // otherwise the oldest task goes to the freest worker.
+            let local = state
+                .pending
+                .iter()
+                .take(LOCALITY_LOOKAHEAD)
+                .enumerate()
+                .filter(|(_, t)| !t.reply.is_closed())
+                .find_map(|(i, t)| {
+                    state
+                        .last_ran
+                        .get(&Placement::of(&t.spec))
+                        .and_then(|(id, _)| state.workers.get(id))
+                        .filter(free)
+                        .map(|w| (i, w.view.id.clone()))
+                });
+            let (index, worker_id) = match local {
+                Some(local) => local,
+                None => {
+                    let freest = state.workers.values().filter(free).max_by_key(|w| {
                         (
                             w.view.slots - w.view.slots_used,
                             std::cmp::Reverse(w.view.id.clone()),
                         )
-                    })
-                })
-                .map(|w| w.view.id.clone());
-            let Some(worker_id) = target else { break };
-            let task = state.pending.pop_front().expect("front exists");
+                    });
+                    let Some(worker) = freest else { break };
+                    (0, worker.view.id.clone())
+                }
+            };
+            let task = state.pending.remove(index).expect("index is in the queue");
+            let placement = Placement::of(&task.spec);
             let worker = state.workers.get_mut(&worker_id).expect("worker exists");
             let message = MasterMessage {
                 kind: Some(master_message::Kind::LaunchTask(wire::launch_task(
@@ -733,6 +760,54 @@ mod tests {
         assert_eq!(index(pushed(&mut to_a).await), 8);
         let _p0 = run(&cluster, 0);
         assert_eq!(index(pushed(&mut to_b).await), 0);
+    }
+
+    #[tokio::test]
+    async fn a_kafka_partition_waits_for_its_worker_while_another_task_can_go() {
+        let cluster = Arc::new(Cluster::new(Duration::from_secs(10)));
+        let (a, mut to_a) = mpsc::channel(16);
+        let (b, mut to_b) = mpsc::channel(16);
+        cluster.register("a", "host", 1, 0, a);
+        cluster.register("b", "host", 1, 0, b);
+        // A source task's index is its place among the partitions with new
+        // records, which shifts from batch to batch.
+        let read = |cluster: &Arc<Cluster>, task_index: u32, kafka_partition: i32| {
+            let mut task = spec(task_index);
+            task.ranges = vec![spate_engine::OffsetRange {
+                topic: "events".into(),
+                partition: kafka_partition,
+                start: 0,
+                end: 10,
+            }];
+            cluster.launch(task)
+        };
+        let launched = |kind| match kind {
+            master_message::Kind::LaunchTask(launch) => launch,
+            other => panic!("expected a launch, got {other:?}"),
+        };
+        let done = || TaskEnd::Succeeded(TaskOutcome::default());
+        let _p0 = read(&cluster, 0, 0);
+        let _p1 = read(&cluster, 1, 1);
+        let (on_a, on_b) = (
+            launched(pushed(&mut to_a).await),
+            launched(pushed(&mut to_b).await),
+        );
+        cluster.task_ended("a", &on_a.task_id, done());
+        cluster.task_ended("b", &on_b.task_id, done());
+        // Both busy, the next batch's tasks wait. When b frees a slot,
+        // partition 1, behind partition 0 in the queue, takes it; partition
+        // 0 waits for a.
+        let _busy_a = cluster.launch(spec(9));
+        let busy_a = launched(pushed(&mut to_a).await);
+        let _busy_b = cluster.launch(spec(10));
+        let busy_b = launched(pushed(&mut to_b).await);
+        let _p0 = read(&cluster, 1, 0);
+        let _p1 = read(&cluster, 0, 1);
+        cluster.task_ended("b", &busy_b.task_id, done());
+        assert_eq!(launched(pushed(&mut to_b).await).ranges[0].partition, 1);
+        assert!(to_a.try_recv().is_err(), "a has no slot free");
+        cluster.task_ended("a", &busy_a.task_id, done());
+        assert_eq!(launched(pushed(&mut to_a).await).ranges[0].partition, 0);
     }
 
     #[tokio::test]

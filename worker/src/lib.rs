@@ -114,6 +114,7 @@ pub async fn run(
     };
     let ended = serve(&config, &env, &mut shutdown).await;
     runtime.shutdown_background();
+    spate_engine::kafka::release_partitions();
     ended
 }
 

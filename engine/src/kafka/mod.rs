@@ -7,6 +7,7 @@ mod client;
 mod decode;
 #[cfg(feature = "fuzzing")]
 pub(crate) use decode::decode_for_fuzzing;
+mod partitions;
 mod pool;
 mod scan;
 mod sink;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use broker::DevBroker;
 pub use client::{KafkaAdmin, PartitionOffsets, enqueue};
+pub use partitions::release_partitions;
 pub use scan::KafkaScanExec;
 pub use sink::KafkaSink;
 

@@ -25,7 +25,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, DefaultConsumerContext, MessageStream, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use super::KafkaSourceSpec;
 use super::client::enqueue;
 use super::decode::{BadRecord, RecordDecoder, RecordPosition};
-use super::pool;
+use super::{partitions, pool};
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
 use crate::windows::epoch_millis;
@@ -370,102 +370,160 @@ fn read_past(consumer: &impl Consumer, range: &OffsetRange) -> bool {
 
 type BatchSender = mpsc::Sender<DfResult<datafusion::arrow::record_batch::RecordBatch>>;
 
+/// How reading one range ended.
+enum RangeEnd {
+    /// Every record of the range was read. The consumer's next record is at
+    /// `next`; `None` where it handed out one past the range's end (the
+    /// range ended in transaction markers).
+    Read { next: Option<i64> },
+    /// Nobody reads the scan any more (cancelled, or a LIMIT met); the
+    /// records before `next` were read.
+    Stopped { next: i64 },
+}
+
 impl RangeReader {
     async fn run(self, tx: &BatchSender) -> Result<()> {
         let ranges: Vec<&OffsetRange> = self.ranges.iter().filter(|r| r.end > r.start).collect();
         if ranges.is_empty() {
             return Ok(());
         }
-        let kafka_error = |e: KafkaError| EngineError::Kafka {
-            bootstrap: self.source.bootstrap_servers.clone(),
-            message: e.to_string(),
-        };
-        let pooled = pool::take(&self.source.bootstrap_servers, &self.source.client_options)
-            .map_err(kafka_error)?;
-        let consumer = pooled.get();
+        let (bootstrap, options) = (&self.source.bootstrap_servers, &self.source.client_options);
         let mut decoder = RecordDecoder::new(
             &self.source,
             &self.projection,
             Arc::clone(&self.schema),
             self.batch_size,
         )?;
-        let wants = decoder.wants();
         for range in ranges {
-            let mut assignment = TopicPartitionList::new();
-            assignment
-                .add_partition_offset(&range.topic, range.partition, Offset::Offset(range.start))
-                .map_err(kafka_error)?;
-            consumer.assign(&assignment).map_err(kafka_error)?;
-            let mut stream = consumer.stream();
-            let mut next = range.start;
-            while next < range.end {
-                // A record already fetched is taken without arming a timer:
-                // a timeout per record put tokio's timer and clock reads in
-                // every record's path.
-                let ready = match stream.next().now_or_never() {
-                    Some(ready) => Ok(ready),
-                    None => tokio::time::timeout(READ_STALL_TIMEOUT, stream.next()).await,
-                };
-                let message = match ready {
-                    Err(_) => {
-                        return Err(EngineError::Kafka {
-                            bootstrap: self.source.bootstrap_servers.clone(),
-                            message: format!(
-                                "no record from topic '{}' partition {} at offset {next} within {}s (broker unreachable, or the records were deleted)",
-                                range.topic,
-                                range.partition,
-                                READ_STALL_TIMEOUT.as_secs()
-                            ),
-                        });
-                    }
-                    Ok(None) => break,
-                    // What is left of the range is transaction markers or
-                    // aborted records, which a read_committed consumer
-                    // skips: the range is read.
-                    Ok(Some(Err(KafkaError::PartitionEOF(p))))
-                        if p == range.partition && read_past(consumer, range) =>
-                    {
-                        break;
-                    }
-                    Ok(Some(Err(KafkaError::PartitionEOF(_)))) => continue,
-                    Ok(Some(Err(e))) => return Err(kafka_error(e)),
-                    Ok(Some(Ok(m))) => m,
-                };
-                let offset = message.offset();
-                // A pooled consumer may still hand out what it fetched for
-                // an earlier assignment.
-                if message.partition() != range.partition
-                    || message.topic() != range.topic
-                    || offset < next
-                {
-                    continue;
+            let lease = partitions::lease(bootstrap, options, range)
+                .await
+                .map_err(|e| self.kafka_error(e))?;
+            let end = match lease {
+                Some(lease) => {
+                    let end = {
+                        let mut stream = lease.stream();
+                        self.read_range(range, &mut stream, lease.consumer(), &mut decoder, tx)
+                            .await?
+                    };
+                    lease.release_at(match end {
+                        RangeEnd::Read { next } => next,
+                        RangeEnd::Stopped { next } => Some(next),
+                    });
+                    end
                 }
-                if offset >= range.end {
-                    break;
+                // Another task holds the partition: read it with a
+                // consumer of this task's own.
+                None => {
+                    let pooled = pool::take(bootstrap, options).map_err(|e| self.kafka_error(e))?;
+                    let consumer = pooled.get();
+                    let mut assignment = TopicPartitionList::new();
+                    assignment
+                        .add_partition_offset(
+                            &range.topic,
+                            range.partition,
+                            Offset::Offset(range.start),
+                        )
+                        .and_then(|()| consumer.assign(&assignment))
+                        .map_err(|e| self.kafka_error(e))?;
+                    let end = self
+                        .read_range(range, &mut consumer.stream(), consumer, &mut decoder, tx)
+                        .await?;
+                    pooled.give_back();
+                    end
                 }
-                decoder.push(
-                    RecordPosition {
-                        partition: range.partition,
-                        offset,
-                    },
-                    message.key().filter(|_| wants.key),
-                    message.payload(),
-                    wants
-                        .timestamp
-                        .then(|| message.timestamp().to_millis())
-                        .flatten(),
-                )?;
-                self.records_read.add(1);
-                next = offset + 1;
-                if decoder.rows() >= self.batch_size && !self.send(&mut decoder, tx).await? {
-                    // The task stopped reading (cancelled, or a LIMIT met).
-                    return Ok(());
-                }
+            };
+            if let RangeEnd::Stopped { .. } = end {
+                return Ok(());
             }
-            drop(stream);
         }
-        pooled.give_back();
         self.send(&mut decoder, tx).await.map(|_| ())
+    }
+
+    fn kafka_error(&self, e: KafkaError) -> EngineError {
+        EngineError::Kafka {
+            bootstrap: self.source.bootstrap_servers.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Reads one range from `stream`, a consumer's or a partition's queue
+    /// positioned at its start, sending a batch each `batch_size` rows.
+    async fn read_range(
+        &self,
+        range: &OffsetRange,
+        stream: &mut MessageStream<'_, DefaultConsumerContext>,
+        consumer: &StreamConsumer,
+        decoder: &mut RecordDecoder,
+        tx: &BatchSender,
+    ) -> Result<RangeEnd> {
+        let wants = decoder.wants();
+        let mut next = range.start;
+        while next < range.end {
+            // A record already fetched is taken without arming a timer:
+            // a timeout per record put tokio's timer and clock reads in
+            // every record's path.
+            let ready = match stream.next().now_or_never() {
+                Some(ready) => Ok(ready),
+                None => tokio::time::timeout(READ_STALL_TIMEOUT, stream.next()).await,
+            };
+            let message = match ready {
+                Err(_) => {
+                    return Err(EngineError::Kafka {
+                        bootstrap: self.source.bootstrap_servers.clone(),
+                        message: format!(
+                            "no record from topic '{}' partition {} at offset {next} within {}s (broker unreachable, or the records were deleted)",
+                            range.topic,
+                            range.partition,
+                            READ_STALL_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+                Ok(None) => return Ok(RangeEnd::Read { next: None }),
+                // What is left of the range is transaction markers or
+                // aborted records, which a read_committed consumer skips:
+                // the range is read.
+                Ok(Some(Err(KafkaError::PartitionEOF(p))))
+                    if p == range.partition && read_past(consumer, range) =>
+                {
+                    return Ok(RangeEnd::Read {
+                        next: Some(range.end),
+                    });
+                }
+                Ok(Some(Err(KafkaError::PartitionEOF(_)))) => continue,
+                Ok(Some(Err(e))) => return Err(self.kafka_error(e)),
+                Ok(Some(Ok(m))) => m,
+            };
+            let offset = message.offset();
+            // A pooled consumer may still hand out what it fetched for an
+            // earlier assignment.
+            if message.partition() != range.partition
+                || message.topic() != range.topic
+                || offset < next
+            {
+                continue;
+            }
+            if offset >= range.end {
+                return Ok(RangeEnd::Read { next: None });
+            }
+            decoder.push(
+                RecordPosition {
+                    partition: range.partition,
+                    offset,
+                },
+                message.key().filter(|_| wants.key),
+                message.payload(),
+                wants
+                    .timestamp
+                    .then(|| message.timestamp().to_millis())
+                    .flatten(),
+            )?;
+            self.records_read.add(1);
+            next = offset + 1;
+            if decoder.rows() >= self.batch_size && !self.send(decoder, tx).await? {
+                return Ok(RangeEnd::Stopped { next });
+            }
+        }
+        Ok(RangeEnd::Read { next: Some(next) })
     }
 
     /// Sends what the decoder holds; false where nobody reads any more.
