@@ -716,13 +716,21 @@ mod tests {
         stream.recv().await.unwrap().unwrap().kind.unwrap()
     }
 
+    type WorkerStream = mpsc::Receiver<Result<MasterMessage, Status>>;
+
+    /// A cluster of workers a and b with `slots` each, and their streams.
+    fn two_workers(slots: u32) -> (Arc<Cluster>, WorkerStream, WorkerStream) {
+        let cluster = Arc::new(Cluster::new(Duration::from_secs(10)));
+        let (a, to_a) = mpsc::channel(16);
+        let (b, to_b) = mpsc::channel(16);
+        cluster.register("a", "host", slots, 0, a);
+        cluster.register("b", "host", slots, 0, b);
+        (cluster, to_a, to_b)
+    }
+
     #[tokio::test]
     async fn a_partition_goes_back_to_the_worker_that_ran_it_when_it_has_a_slot() {
-        let cluster = Arc::new(Cluster::new(Duration::from_secs(10)));
-        let (a, mut to_a) = mpsc::channel(16);
-        let (b, mut to_b) = mpsc::channel(16);
-        cluster.register("a", "host", 2, 0, a);
-        cluster.register("b", "host", 2, 0, b);
+        let (cluster, mut to_a, mut to_b) = two_workers(2);
         let run = |cluster: &Arc<Cluster>, partition: u32| {
             let mut task = spec(partition);
             task.partition = partition;
@@ -764,11 +772,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_kafka_partition_waits_for_its_worker_while_another_task_can_go() {
-        let cluster = Arc::new(Cluster::new(Duration::from_secs(10)));
-        let (a, mut to_a) = mpsc::channel(16);
-        let (b, mut to_b) = mpsc::channel(16);
-        cluster.register("a", "host", 1, 0, a);
-        cluster.register("b", "host", 1, 0, b);
+        let (cluster, mut to_a, mut to_b) = two_workers(1);
         // A source task's index is its place among the partitions with new
         // records, which shifts from batch to batch.
         let read = |cluster: &Arc<Cluster>, task_index: u32, kafka_partition: i32| {
