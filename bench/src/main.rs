@@ -22,8 +22,9 @@
 //!   Parquet, and each sink's per-batch floor;
 //! - B9 state that scales: a running total's batch time and bytes written
 //!   at 10,000,000 ids beside 100,000;
-//! - B10 Nexmark: the suite's queries Spate runs, events/s per core beside
-//!   the published figures of Flink and Feldera.
+//! - B10 Nexmark: the suite's queries Spate runs, over `STORED AS NEXMARK`
+//!   tables that generate the events in the tasks, events/s per core
+//!   beside the published figures of Flink and Feldera.
 //!
 //! Kafka is the development broker (librdkafka's mock cluster, the Kafka
 //! protocol on loopback); Spate runs a master and workers in this process.

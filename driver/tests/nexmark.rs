@@ -209,19 +209,63 @@ fn job_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Where a run's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Kafka topics filled by `driver produce --nexmark`.
+    Kafka,
+    /// The tables themselves, `STORED AS NEXMARK`: each task generates its
+    /// share of the same events.
+    Generated,
+}
+
 /// A job file made to run many small batches and to finish when it has
-/// read what the topics held at its start. Persons and auctions come in
-/// batches of 100, bids of 1,500, so a join's sides arrive over many
-/// batches, at different paces in event time.
-fn test_job(name: &str) -> String {
+/// read what its tables held at its start. From Kafka, persons and
+/// auctions come in batches of 100, bids of 1,500; generated, the caps
+/// count events of all three streams (a table skips the others'). Either
+/// way a join's sides arrive over many batches, at different paces in
+/// event time.
+fn test_job(name: &str, feed: Feed) -> String {
     let mut sql = job_file(name);
-    for (topic, cap) in [("person", 100), ("auction", 100), ("bid", 1500)] {
-        sql = sql.replace(
-            &format!("LOCATION '{topic}'\nOPTIONS ('watermark'"),
-            &format!("LOCATION '{topic}'\nOPTIONS ('max_offsets_per_trigger' '{cap}', 'watermark'"),
+    let caps = match feed {
+        Feed::Kafka => [("person", 100), ("auction", 100), ("bid", 1500)],
+        Feed::Generated => [("person", 2500), ("auction", 800), ("bid", 1500)],
+    };
+    for (topic, cap) in caps {
+        let (from, to) = match feed {
+            Feed::Kafka => (
+                format!("LOCATION '{topic}'\nOPTIONS ('watermark'"),
+                format!(
+                    "LOCATION '{topic}'\nOPTIONS ('max_offsets_per_trigger' '{cap}', 'watermark'"
+                ),
+            ),
+            Feed::Generated => (
+                format!("STORED AS KAFKA\nLOCATION '{topic}'\nOPTIONS ('watermark'"),
+                format!(
+                    "STORED AS NEXMARK\nLOCATION '{topic}'\nOPTIONS ({}, \
+                     'max_offsets_per_trigger' '{cap}', 'watermark'",
+                    generated_options()
+                ),
+            ),
+        };
+        sql = sql.replace(&from, &to);
+    }
+    if feed == Feed::Generated {
+        assert!(
+            !sql.contains("STORED AS KAFKA"),
+            "{name} still reads Kafka:\n{sql}"
         );
     }
     sql + "\nSET spate.trigger.interval = '50ms';\nSET spate.trigger.available_now = true;\n"
+}
+
+/// A NEXMARK table's options that make the test's events.
+fn generated_options() -> String {
+    format!(
+        "'events' '{EVENTS}', 'events_per_second' '{EVENTS_PER_SECOND}', \
+         'out_of_order_group' '{OUT_OF_ORDER}', 'seed' '{SEED}', 'base_time' '{START}', \
+         'partitions' '4'"
+    )
 }
 
 /// The job's name: the file's.
@@ -282,9 +326,19 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
     let bootstrap = kafka.bootstrap_servers();
     let ws = tempfile::tempdir().unwrap();
     let master = start_master(ws.path(), "127.0.0.1:0", &["--kafka-bootstrap", &bootstrap]);
-    let url = master.url();
-    let mut workers = start_workers(&url, ws.path(), &["w1", "w2"]);
+    produce(&bootstrap);
+    queries_equal_datafusion_through_a_killed_worker(&master, ws.path(), Feed::Kafka).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nexmark_tables_generated_in_the_tasks_equal_datafusion_through_a_killed_worker() {
+    let ws = tempfile::tempdir().unwrap();
+    let master = start_master(ws.path(), "127.0.0.1:0", &[]);
+    queries_equal_datafusion_through_a_killed_worker(&master, ws.path(), Feed::Generated).await;
+}
+
+/// Fills the Kafka topics with the test's events.
+fn produce(bootstrap: &str) {
     let produced = std::process::Command::new(bin("driver"))
         .args([
             "produce",
@@ -292,7 +346,7 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
             "--rate",
             "0",
             "--bootstrap",
-            &bootstrap,
+            bootstrap,
         ])
         .args(["--count", &EVENTS.to_string()])
         .args(["--event-rate", &EVENTS_PER_SECOND.to_string()])
@@ -310,6 +364,18 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
         printed.contains("produced 20000 Nexmark events"),
         "{printed}"
     );
+}
+
+/// Runs every query that runs, and every refused one, on two workers, one
+/// of them killed mid-run, and compares each sink with DataFusion's
+/// answer over the same events.
+async fn queries_equal_datafusion_through_a_killed_worker(
+    master: &MasterProc,
+    ws: &Path,
+    feed: Feed,
+) {
+    let url = master.url();
+    let mut workers = start_workers(&url, ws, &["w1", "w2"]);
 
     // The same events, made in this process, as DataFusion's tables.
     let generator = NexmarkGenerator::new(NexmarkConfig {
@@ -362,7 +428,7 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
     };
 
     for (name, reason) in REFUSED {
-        let refused = submit(&url, name, &test_job(name))
+        let refused = submit(&url, name, &test_job(name, feed))
             .await
             .expect_err(&format!("{name} should be refused"));
         assert!(
@@ -372,8 +438,41 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
         );
     }
 
+    if feed == Feed::Generated {
+        // A query in the REPL reads a NEXMARK table as a job does.
+        let query = "SELECT channel, count(*) AS bids, max(price) AS top FROM bid \
+                     GROUP BY channel ORDER BY bids DESC, channel LIMIT 5";
+        let local = tempfile::tempdir().unwrap();
+        let script = local.path().join("bids.sql");
+        std::fs::write(
+            &script,
+            format!(
+                "CREATE EXTERNAL TABLE bid STORED AS NEXMARK LOCATION 'bid' OPTIONS ({});\n{query};\n",
+                generated_options()
+            ),
+        )
+        .unwrap();
+        let ran = std::process::Command::new(bin("driver"))
+            .args(["repl", "--master", &url, "--format", "csv", "-f"])
+            .arg(&script)
+            .arg("--history")
+            .arg(local.path().join("history"))
+            .current_dir(local.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&ran.stdout);
+        assert!(
+            ran.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        let want = reference.sql(query).await.unwrap().collect().await.unwrap();
+        assert_eq!(cell_output(&stdout, 2), csv(&want), "{stdout}");
+    }
+
     for (name, _) in RUNS {
-        submit(&url, job_name(name), &test_job(name))
+        submit(&url, job_name(name), &test_job(name, feed))
             .await
             .unwrap_or_else(|e| panic!("{name}: {}", e.message()));
     }
@@ -385,7 +484,7 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
     )
     .await;
     workers.remove(0).kill();
-    workers.push(start_worker(&url, ws.path(), "w3"));
+    workers.push(start_worker(&url, ws, "w3"));
 
     for (name, windowed) in RUNS {
         let sql = job_file(name);
@@ -422,10 +521,8 @@ async fn nexmark_queries_equal_datafusion_through_a_killed_worker() {
             .collect()
             .await
             .unwrap();
-        let sink = spate_engine::job::session(&spate_engine::job::PlanEnv::new(
-            ws.path().open(),
-            String::new(),
-        ));
+        let sink =
+            spate_engine::job::session(&spate_engine::job::PlanEnv::new(ws.open(), String::new()));
         sink.sql(&format!(
             "CREATE EXTERNAL TABLE out STORED AS PARQUET LOCATION '{}'",
             sink_location(&sql)
@@ -473,7 +570,7 @@ fn job_files_declare_the_generators_columns() {
             let declared = format!("CREATE EXTERNAL TABLE {} (", table.name());
             if sql.contains(&declared) {
                 assert!(
-                    sql.contains(&format!("{declared} {} )", squeeze(table.columns()))),
+                    sql.contains(&format!("{declared} {} )", squeeze(&table.columns()))),
                     "{name} declares {} with other columns than the generator's",
                     table.name()
                 );

@@ -182,24 +182,6 @@ async fn a_session_through_a_terminal() {
     assert_eq!(cells[2]["outputs"][0]["output_type"], "error");
 }
 
-/// The rows of cell `n` in `-f` output printed as CSV.
-fn cell_output(stdout: &str, n: usize) -> String {
-    let header = format!("Out[{n}]:");
-    let mut lines = stdout.lines().skip_while(|l| *l != header).skip(1);
-    let mut out = Vec::new();
-    for line in lines.by_ref() {
-        let next_cell = line.starts_with('[')
-            && line[1..]
-                .split_once("]> ")
-                .is_some_and(|(d, _)| d.chars().all(|c| c.is_ascii_digit()));
-        if next_cell {
-            break;
-        }
-        out.push(line);
-    }
-    out.join("\n")
-}
-
 /// A script's queries: over a topic, a CSV file, Parquet files and a join.
 const SCRIPT_QUERIES: [&str; 6] = [
     "SELECT country, count(*) AS n, sum(revenue) AS revenue FROM sales GROUP BY country ORDER BY country",

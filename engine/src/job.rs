@@ -39,6 +39,7 @@ use crate::files::{WorkspaceTable, WorkspaceTableFactory};
 use crate::first_rows::{FirstRowsExec, plan_first_rows};
 use crate::join::{StreamJoinExec, StreamJoinSpec, expiry_of, output_floor};
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
+use crate::nexmark::NexmarkTableFactory;
 use crate::postgres::{PostgresTable, PostgresTableFactory};
 use crate::redis::{RedisTable, RedisTableFactory};
 use crate::sink::{ConsoleTable, ConsoleTableFactory};
@@ -311,6 +312,7 @@ impl PlannedJob {
 /// `STORED AS` types Spate's sessions know.
 const TABLE_TYPES: &[&str] = &[
     "KAFKA",
+    "NEXMARK",
     "PARQUET",
     "JSON",
     "NDJSON",
@@ -368,6 +370,7 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
                 default_bootstrap_servers: env.default_bootstrap_servers.clone(),
             }),
         )
+        .with_table_factory("NEXMARK".to_string(), Arc::new(NexmarkTableFactory))
         .with_table_factory("PARQUET".to_string(), files.clone())
         .with_table_factory("JSON".to_string(), files.clone())
         .with_table_factory("NDJSON".to_string(), files.clone())

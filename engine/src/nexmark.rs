@@ -9,11 +9,16 @@
 //! any range of events can be made again, alone and in any order: a
 //! re-run of a batch, or one of several producers, makes the same events.
 
+mod source;
+
 use std::fmt::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use source::EventBatches;
+pub use source::{NexmarkSource, NexmarkTableFactory, NexmarkTableProvider};
 
 /// Ids start here so that joins find matches even on few events.
 pub const FIRST_PERSON_ID: i64 = 1000;
@@ -58,7 +63,8 @@ const LAST_NAMES: [&str; 9] = [
 ];
 
 /// The suite's three streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NexmarkTable {
     Person,
     Auction,
@@ -77,24 +83,85 @@ impl NexmarkTable {
         }
     }
 
-    /// The table's columns as DDL, with the suite's field names (quoted,
-    /// since SQL folds unquoted names to lower case and JSON fields match
-    /// exactly).
-    pub fn columns(self) -> &'static str {
+    /// The table's columns with the suite's field names, in the suite's order.
+    pub fn fields(self) -> &'static [(&'static str, FieldKind)] {
+        use FieldKind::{Int, Text, Time};
         match self {
-            Self::Person => {
-                "id BIGINT, name VARCHAR, \"emailAddress\" VARCHAR, \"creditCard\" VARCHAR, \
-                 city VARCHAR, state VARCHAR, \"dateTime\" TIMESTAMP, extra VARCHAR"
-            }
-            Self::Auction => {
-                "id BIGINT, \"itemName\" VARCHAR, description VARCHAR, \"initialBid\" BIGINT, \
-                 reserve BIGINT, \"dateTime\" TIMESTAMP, expires TIMESTAMP, seller BIGINT, \
-                 category BIGINT, extra VARCHAR"
-            }
-            Self::Bid => {
-                "auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, \
-                 \"dateTime\" TIMESTAMP, extra VARCHAR"
-            }
+            Self::Person => &[
+                ("id", Int),
+                ("name", Text),
+                ("emailAddress", Text),
+                ("creditCard", Text),
+                ("city", Text),
+                ("state", Text),
+                ("dateTime", Time),
+                ("extra", Text),
+            ],
+            Self::Auction => &[
+                ("id", Int),
+                ("itemName", Text),
+                ("description", Text),
+                ("initialBid", Int),
+                ("reserve", Int),
+                ("dateTime", Time),
+                ("expires", Time),
+                ("seller", Int),
+                ("category", Int),
+                ("extra", Text),
+            ],
+            Self::Bid => &[
+                ("auction", Int),
+                ("bidder", Int),
+                ("price", Int),
+                ("channel", Text),
+                ("url", Text),
+                ("dateTime", Time),
+                ("extra", Text),
+            ],
+        }
+    }
+
+    /// The table's columns as DDL (names quoted where SQL would fold them to
+    /// lower case, since JSON fields match exactly).
+    pub fn columns(self) -> String {
+        let columns: Vec<String> = self
+            .fields()
+            .iter()
+            .map(|(name, kind)| {
+                let sql_type = kind.sql_type();
+                if name.chars().any(|c| c.is_ascii_uppercase()) {
+                    format!("\"{name}\" {sql_type}")
+                } else {
+                    format!("{name} {sql_type}")
+                }
+            })
+            .collect();
+        columns.join(", ")
+    }
+
+    fn of_event(id: u64) -> NexmarkTable {
+        match id % PROPORTION_DENOMINATOR {
+            r if r < PERSON_PROPORTION => Self::Person,
+            r if r < PERSON_PROPORTION + AUCTION_PROPORTION => Self::Auction,
+            _ => Self::Bid,
+        }
+    }
+}
+
+/// A column's type: a BIGINT, a VARCHAR or a TIMESTAMP (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Int,
+    Text,
+    Time,
+}
+
+impl FieldKind {
+    pub fn sql_type(self) -> &'static str {
+        match self {
+            FieldKind::Int => "BIGINT",
+            FieldKind::Text => "VARCHAR",
+            FieldKind::Time => "TIMESTAMP",
         }
     }
 }
@@ -275,13 +342,16 @@ impl NexmarkGenerator {
         let mut rng = SmallRng::seed_from_u64(
             self.config.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17),
         );
-        match id % PROPORTION_DENOMINATOR {
-            r if r < PERSON_PROPORTION => Event::Person(self.person(id, &mut rng, date_time)),
-            r if r < PERSON_PROPORTION + AUCTION_PROPORTION => {
-                Event::Auction(self.auction(id, &mut rng, date_time))
-            }
-            _ => Event::Bid(self.bid(id, &mut rng, date_time)),
+        match NexmarkTable::of_event(id) {
+            NexmarkTable::Person => Event::Person(self.person(id, &mut rng, date_time)),
+            NexmarkTable::Auction => Event::Auction(self.auction(id, &mut rng, date_time)),
+            NexmarkTable::Bid => Event::Bid(self.bid(id, &mut rng, date_time)),
         }
+    }
+
+    /// Which stream the `number`th event belongs to, without making it.
+    pub fn table_of(&self, number: u64) -> NexmarkTable {
+        NexmarkTable::of_event(self.adjusted(number))
     }
 
     /// The latest event time before which no event after `number` goes:

@@ -20,6 +20,7 @@ use crate::join::{Expiry, StreamJoinSpec};
 use crate::kafka::{
     KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
 };
+use crate::nexmark::{NexmarkSource, NexmarkTable};
 use crate::postgres::PostgresSinkSpec;
 use crate::redis::RedisSinkSpec;
 use crate::shuffle::ShuffleReaderSpec;
@@ -382,6 +383,15 @@ impl TryFrom<&KafkaSourceSpec> for pb::KafkaSource {
             } as i32,
             dead_letter_topic: s.dead_letter_topic.clone(),
             at_least_once: !s.exactly_once,
+            nexmark: s.generator.as_ref().map(|g| pb::NexmarkSource {
+                stream: g.stream.name().to_string(),
+                events: g.events,
+                partitions: g.partitions,
+                events_per_second: g.events_per_second,
+                base_time_ms: g.base_time_ms,
+                out_of_order_group: g.out_of_order_group,
+                seed: g.seed,
+            }),
         })
     }
 }
@@ -425,6 +435,23 @@ impl TryFrom<pb::KafkaSource> for KafkaSourceSpec {
             },
             dead_letter_topic: s.dead_letter_topic,
             exactly_once: !s.at_least_once,
+            generator: s
+                .nexmark
+                .map(|g| {
+                    Ok::<_, EngineError>(NexmarkSource {
+                        stream: NexmarkTable::ALL
+                            .into_iter()
+                            .find(|t| t.name() == g.stream)
+                            .ok_or_else(|| undecodable("Nexmark stream"))?,
+                        events: g.events,
+                        partitions: g.partitions,
+                        events_per_second: g.events_per_second,
+                        base_time_ms: g.base_time_ms,
+                        out_of_order_group: g.out_of_order_group,
+                        seed: g.seed,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -680,9 +707,24 @@ mod tests {
             on_error: OnError::Permissive,
             dead_letter_topic: Some("dead".into()),
             exactly_once: false,
+            generator: None,
         };
         let wire = pb::KafkaSource::try_from(&source).unwrap();
         assert_eq!(KafkaSourceSpec::try_from(wire).unwrap(), source);
+        let generated = KafkaSourceSpec {
+            generator: Some(NexmarkSource {
+                stream: NexmarkTable::Auction,
+                events: 1_000_000,
+                partitions: 3,
+                events_per_second: 5000,
+                base_time_ms: 1_700_000_000_000,
+                out_of_order_group: 10,
+                seed: 7,
+            }),
+            ..source
+        };
+        let wire = pb::KafkaSource::try_from(&generated).unwrap();
+        assert_eq!(KafkaSourceSpec::try_from(wire).unwrap(), generated);
 
         let task = TaskSpec {
             job_id: "j".into(),

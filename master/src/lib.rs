@@ -339,7 +339,7 @@ impl Master {
                 .sources
                 .iter()
                 .map(|s| {
-                    let admin = KafkaAdmin::new(&s.bootstrap_servers, &s.client_options);
+                    let admin = KafkaAdmin::for_source(s);
                     (admin, s.topic.clone())
                 })
                 .collect(),

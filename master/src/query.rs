@@ -275,7 +275,7 @@ async fn run_query(
 /// A Kafka table as a query reads it: from the table's start (earliest,
 /// unless it names offsets) to the partitions' ends now.
 async fn snapshot(source: &spate_engine::kafka::KafkaSourceSpec) -> Result<Vec<OffsetRange>> {
-    let admin = KafkaAdmin::new(&source.bootstrap_servers, &source.client_options);
+    let admin = KafkaAdmin::for_source(source);
     let mut spec = source.clone();
     if spec.starting_offsets == StartingOffsets::Latest {
         // A stream's 'latest' start means "from now on"; a query asks about

@@ -468,3 +468,21 @@ pub async fn query_sink(
     let batches = ctx.sql(query).await.unwrap().collect().await.unwrap();
     pretty_format_batches(&batches).unwrap().to_string()
 }
+
+/// The rows of cell `n` in `-f` output printed as CSV.
+pub fn cell_output(stdout: &str, n: usize) -> String {
+    let header = format!("Out[{n}]:");
+    let mut lines = stdout.lines().skip_while(|l| *l != header).skip(1);
+    let mut out = Vec::new();
+    for line in lines.by_ref() {
+        let next_cell = line.starts_with('[')
+            && line[1..]
+                .split_once("]> ")
+                .is_some_and(|(d, _)| d.chars().all(|c| c.is_ascii_digit()));
+        if next_cell {
+            break;
+        }
+        out.push(line);
+    }
+    out.join("\n")
+}

@@ -13,7 +13,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::KafkaSourceSpec;
 use crate::error::{EngineError, Result};
+use crate::nexmark::NexmarkSource;
 
 /// How long one metadata or offsets request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +43,8 @@ pub struct KafkaAdmin {
     bootstrap: String,
     options: BTreeMap<String, String>,
     consumer: Mutex<Option<Arc<BaseConsumer>>>,
+    /// A NEXMARK table's offsets, known without asking anyone.
+    generated: Option<NexmarkSource>,
 }
 
 impl KafkaAdmin {
@@ -49,6 +53,16 @@ impl KafkaAdmin {
             bootstrap: bootstrap.to_string(),
             options: options.clone(),
             consumer: Mutex::new(None),
+            generated: None,
+        }
+    }
+
+    /// The offsets of a table the job reads: its topic's on its cluster,
+    /// or a generated table's own.
+    pub fn for_source(source: &KafkaSourceSpec) -> Self {
+        KafkaAdmin {
+            generated: source.generator.clone(),
+            ..KafkaAdmin::new(&source.bootstrap_servers, &source.client_options)
         }
     }
 
@@ -76,6 +90,9 @@ impl KafkaAdmin {
     /// Partitions of `topic` with their low and high watermarks. A missing
     /// topic is an error that names it.
     pub async fn partition_offsets(&self, topic: &str) -> Result<Vec<PartitionOffsets>> {
+        if let Some(generated) = &self.generated {
+            return Ok(generated.partition_offsets());
+        }
         let consumer = self.consumer()?;
         let topic = topic.to_string();
         let bootstrap = self.bootstrap.clone();

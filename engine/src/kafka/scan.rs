@@ -37,6 +37,7 @@ use super::decode::{BadRecord, RecordDecoder, RecordPosition};
 use super::{partitions, pool};
 use crate::OffsetRange;
 use crate::error::{EngineError, Result};
+use crate::nexmark::{EventBatches, NexmarkSource};
 use crate::windows::epoch_millis;
 
 /// How long a read may see no record before it gives up on the broker.
@@ -155,13 +156,22 @@ impl DisplayAs for KafkaScanExec {
             .iter()
             .map(|f| f.name().as_str())
             .collect();
-        write!(
-            f,
-            "KafkaScanExec: topic={}, format={:?}, columns=[{}]",
-            self.source.topic,
-            self.source.format,
-            columns.join(", "),
-        )?;
+        match &self.source.generator {
+            Some(generator) => write!(
+                f,
+                "KafkaScanExec: generated Nexmark stream={}, events={}, columns=[{}]",
+                generator.stream.name(),
+                generator.events,
+                columns.join(", "),
+            )?,
+            None => write!(
+                f,
+                "KafkaScanExec: topic={}, format={:?}, columns=[{}]",
+                self.source.topic,
+                self.source.format,
+                columns.join(", "),
+            )?,
+        }
         // A planned stage has no ranges yet; each task is given its own.
         match self.ranges.as_slice() {
             [] => write!(f, ", ranges=per task"),
@@ -397,6 +407,9 @@ impl RangeReader {
         if ranges.is_empty() {
             return Ok(());
         }
+        if let Some(generator) = &self.source.generator {
+            return self.generate(generator, &ranges, tx).await;
+        }
         let (bootstrap, options) = (&self.source.bootstrap_servers, &self.source.client_options);
         let mut decoder = RecordDecoder::new(
             &self.source,
@@ -542,6 +555,34 @@ impl RangeReader {
         Ok(RangeEnd::Read { next: Some(next) })
     }
 
+    /// A NEXMARK table's ranges: their events are made here, each from its
+    /// number, instead of fetched.
+    async fn generate(
+        &self,
+        generator: &NexmarkSource,
+        ranges: &[&OffsetRange],
+        tx: &BatchSender,
+    ) -> Result<()> {
+        let mut events = EventBatches::new(
+            generator,
+            &self.source.schema,
+            &self.projection,
+            Arc::clone(&self.schema),
+        )?;
+        for range in ranges {
+            for offset in range.start..range.end {
+                if !events.push(range.partition, offset) {
+                    continue;
+                }
+                self.records_read.add(1);
+                if events.rows() >= self.batch_size && !self.emit(events.flush()?, tx).await? {
+                    return Ok(());
+                }
+            }
+        }
+        self.emit(events.flush()?, tx).await.map(|_| ())
+    }
+
     /// Sends what the decoder holds; false where nobody reads any more.
     async fn send(&self, decoder: &mut RecordDecoder, tx: &BatchSender) -> Result<bool> {
         let flushed = decoder.flush()?;
@@ -554,7 +595,13 @@ impl RangeReader {
                 dead_letters(&self.source, topic, &bad).await?;
             }
         }
-        if let Some(batch) = flushed {
+        self.emit(flushed, tx).await
+    }
+
+    /// Sends a batch through the event-time filter; false where nobody
+    /// reads any more.
+    async fn emit(&self, batch: Option<RecordBatch>, tx: &BatchSender) -> Result<bool> {
+        if let Some(batch) = batch {
             let batch = match &self.event_time {
                 Some(filter) => filter.apply(batch)?,
                 None => batch,

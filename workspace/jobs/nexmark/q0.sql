@@ -3,7 +3,8 @@
 -- Measures the cost of reading and writing: every bid, unchanged.
 --
 -- Output: Parquet in workspace/output/nexmark/q0/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

@@ -6,7 +6,8 @@
 -- DOUBLE, as in DataFusion, so `price` is written as DOUBLE.
 --
 -- Output: Parquet in workspace/output/nexmark/q1/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

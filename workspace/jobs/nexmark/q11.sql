@@ -9,7 +9,8 @@
 -- is written once, when the watermark passes its end.
 --
 -- Output: Parquet in workspace/output/nexmark/q11/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

@@ -7,7 +7,8 @@
 -- count_char UDF is the length lost by removing the character.
 --
 -- Output: Parquet in workspace/output/nexmark/q14/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

@@ -9,7 +9,8 @@
 -- midnight.
 --
 -- Output: Parquet in workspace/output/nexmark/q17/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

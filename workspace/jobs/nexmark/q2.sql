@@ -5,7 +5,8 @@
 -- Translation: Flink's `MOD(auction, 123)` is `auction % 123`.
 --
 -- Output: Parquet in workspace/output/nexmark/q2/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

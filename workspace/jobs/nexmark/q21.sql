@@ -8,7 +8,8 @@
 -- the capture groups, from 1.
 --
 -- Output: Parquet in workspace/output/nexmark/q21/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

@@ -6,7 +6,8 @@
 -- split_part(url, '/', 4) counts from 1.
 --
 -- Output: Parquet in workspace/output/nexmark/q22/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

@@ -7,7 +7,8 @@
 -- grows with the persons and auctions, as in Flink).
 --
 -- Output: Parquet in workspace/output/nexmark/q3/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE auction (
     id BIGINT,

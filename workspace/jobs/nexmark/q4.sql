@@ -10,7 +10,8 @@
 -- mode does not carry.
 --
 -- Output: Parquet in workspace/output/nexmark/q4/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE auction (
     id BIGINT,

@@ -12,7 +12,8 @@
 -- the watermark closes it.
 --
 -- Output: Parquet in workspace/output/nexmark/q5/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

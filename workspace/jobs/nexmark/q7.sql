@@ -10,7 +10,8 @@
 -- passes its end: the state holds about two windows of bids.
 --
 -- Output: Parquet in workspace/output/nexmark/q7/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE bid (
     auction BIGINT,

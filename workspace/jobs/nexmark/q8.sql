@@ -11,7 +11,8 @@
 -- their window's end.
 --
 -- Output: Parquet in workspace/output/nexmark/q8/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE person (
     id BIGINT,

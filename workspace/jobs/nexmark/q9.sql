@@ -7,7 +7,8 @@
 -- top-1 per auction (ROW_NUMBER() ... <= 1).
 --
 -- Output: Parquet in workspace/output/nexmark/q9/.
--- Feed it: driver produce --nexmark
+-- Feed it: driver produce --nexmark, or make the tables below STORED AS
+-- NEXMARK to generate the events in the tasks (see README.md).
 
 CREATE EXTERNAL TABLE auction (
     id BIGINT,
