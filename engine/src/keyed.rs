@@ -603,6 +603,15 @@ mod tests {
         assert_eq!(state.expire(5).unwrap().num_rows(), 0);
         assert_eq!(state.expire(10).unwrap().num_rows(), 100_001);
         assert!(state.is_empty());
+
+        // A group twice in one batch keeps its last row, which expires.
+        state.upsert(twice).unwrap();
+        assert_eq!(contents(&state.rows().unwrap()), Model::from([((5, 0), 2)]));
+        assert_eq!(
+            contents(&[state.expire(10).unwrap()]),
+            Model::from([((5, 0), 2)])
+        );
+        assert!(state.is_empty());
     }
 }
 
