@@ -357,6 +357,13 @@ impl Side {
     }
 }
 
+/// Which input of a join its hash table is built on.
+#[derive(Debug, Clone, Copy)]
+enum Build {
+    Left,
+    Right,
+}
+
 /// A batch's work, from the task's scope and the wrapped join.
 struct JoinStep {
     on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
@@ -386,13 +393,22 @@ impl JoinStep {
     ) -> DfResult<Joined> {
         let left_new = self.left.number(&left_new, batch)?;
         let right_new = self.right.number(&right_new, batch)?;
-        let left_old = concat_batches(&self.left.layout.schema, &left.rows()?)?;
-        let right_old = concat_batches(&self.right.layout.schema, &right.rows()?)?;
-        // (L ∪ ΔL) ⋈ ΔR, then ΔL ⋈ R: every new pair once.
+        // The state's rows as they lie, segment by segment: copying them
+        // into one batch cost a copy of the whole state every batch.
+        let left_old = left.rows()?;
+        let right_old = right.rows()?;
+        // (L ∪ ΔL) ⋈ ΔR, then ΔL ⋈ R: every new pair once. Each hash table
+        // is built on the batch's new rows and probed with the state's, so
+        // a batch does not hash the state into a table of its own.
+        let left_all: Vec<&RecordBatch> = left_old.iter().chain([&left_new]).collect();
         let mut pairs = self
-            .pairs(&[&left_old, &left_new], &right_new, &context)
+            .pairs(&left_all, &[&right_new], Build::Right, &context)
             .await?;
-        pairs.extend(self.pairs(&[&left_new], &right_old, &context).await?);
+        let right_all: Vec<&RecordBatch> = right_old.iter().collect();
+        pairs.extend(
+            self.pairs(&[&left_new], &right_all, Build::Left, &context)
+                .await?,
+        );
 
         let mut emit = Vec::with_capacity(pairs.len());
         let (mut left_ids, mut right_ids) = (HashSet::new(), HashSet::new());
@@ -434,9 +450,13 @@ impl JoinStep {
             let mut changed = vec![new.clone()];
             state.upsert(new)?;
             if side.outer && !matched.is_empty() {
-                let newly = side.newly_matched(old, matched)?;
-                state.upsert(newly.clone())?;
-                changed.push(newly);
+                for old in old {
+                    let newly = side.newly_matched(old, matched)?;
+                    if newly.num_rows() > 0 {
+                        state.upsert(newly.clone())?;
+                        changed.push(newly);
+                    }
+                }
             }
             let gone = match watermark_ms {
                 Some(watermark_ms) => state.expire(watermark_ms)?,
@@ -489,28 +509,33 @@ impl JoinStep {
         })
     }
 
-    /// The matching pairs of `left` (state-layout batches) and `right`:
-    /// `[left columns, left row, right columns, right row]`.
+    /// The matching pairs of `left` and `right` (state-layout batches):
+    /// `[left columns, left row, right columns, right row]`, the hash table
+    /// built on the `build` side.
     async fn pairs(
         &self,
         left: &[&RecordBatch],
-        right: &RecordBatch,
+        right: &[&RecordBatch],
+        build: Build,
         context: &Arc<TaskContext>,
     ) -> DfResult<Vec<RecordBatch>> {
-        let left: Vec<RecordBatch> = left
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| self.left.for_join(b))
-            .collect::<DfResult<_>>()?;
-        if left.is_empty() || right.num_rows() == 0 {
+        let for_join = |side: &Side, batches: &[&RecordBatch]| {
+            batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| side.for_join(b))
+                .collect::<DfResult<Vec<_>>>()
+        };
+        let (left, right) = (for_join(&self.left, left)?, for_join(&self.right, right)?);
+        let (Some(left_schema), Some(right_schema)) = (
+            left.first().map(RecordBatch::schema),
+            right.first().map(RecordBatch::schema),
+        ) else {
             return Ok(Vec::new());
-        }
-        let right = self.right.for_join(right)?;
-        let left_schema = left[0].schema();
-        let right_schema = right.schema();
+        };
         let join = HashJoinExec::try_new(
             MemorySourceConfig::try_new_exec(&[left], left_schema, None)?,
-            MemorySourceConfig::try_new_exec(&[vec![right]], right_schema, None)?,
+            MemorySourceConfig::try_new_exec(&[right], right_schema, None)?,
             self.on.clone(),
             self.filter.clone(),
             &JoinType::Inner,
@@ -519,7 +544,12 @@ impl JoinStep {
             self.null_equality,
             false,
         )?;
-        collect(Arc::new(join), Arc::clone(context)).await
+        let plan: Arc<dyn ExecutionPlan> = match build {
+            Build::Left => Arc::new(join),
+            // The same pairs, in the same columns, with right built.
+            Build::Right => join.swap_inputs(PartitionMode::CollectLeft)?,
+        };
+        collect(plan, Arc::clone(context)).await
     }
 
     /// The output's columns, given how to get column `i` of
