@@ -228,16 +228,12 @@ fn declared_fields(table: &str, stream: NexmarkTable, declared: &Schema) -> Resu
             .map(|(name, kind)| Field::new(*name, kind.data_type(), true))
             .collect());
     }
-    let metadata = [
-        KEY_COLUMN,
-        PARTITION_COLUMN,
-        OFFSET_COLUMN,
-        TIMESTAMP_COLUMN,
-    ];
+    // Declared metadata columns are accepted and placed with the others.
+    let metadata = metadata_fields();
     let names: Vec<&str> = suite.iter().map(|(name, _)| *name).collect();
     let mut fields = Vec::new();
     for field in declared.fields() {
-        if metadata.contains(&field.name().as_str()) {
+        if metadata.iter().any(|m| m.name() == field.name()) {
             continue;
         }
         let Some((_, kind)) = suite.iter().find(|(name, _)| name == field.name()) else {
