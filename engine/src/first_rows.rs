@@ -1,24 +1,37 @@
-//! The first rows of each key by event time, over a stream:
-//! `ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) <= N`, and with N = 1
-//! deduplication (Flink plans that query as its Deduplicate; Spark's
-//! `dropDuplicates` keeps the first arrival instead).
+//! The first rows of each key over a stream: `ROW_NUMBER() OVER
+//! (PARTITION BY k ORDER BY ...) <= N`. With N = 1 and the event time as
+//! the order it is deduplication (Flink plans that query as its
+//! Deduplicate; Spark's `dropDuplicates` keeps the first arrival instead).
 //!
-//! A row's number is final once the watermark W has passed its time:
-//! rows of later batches are not older than W, so none can come before it.
+//! A row is numbered once its number is final, when the watermark W
+//! reaches its close time (`FirstRowsSpec::close`):
+//!
+//! - ordered by the event time, a row's own time plus 1 ms: rows of later
+//!   batches are not older than W, so none can come before it;
+//! - ordered otherwise (Nexmark q9: each auction's highest bid), the end
+//!   of the key's rows: the key is one side's of a join of two streams,
+//!   and that side's row can join no more rows once W passes the column
+//!   the join condition bounds the other side by (`B.ts BETWEEN A.ts AND
+//!   A.expires`), so the key's rows are all in and ranked together.
+//!
 //! Each batch, per shuffle partition:
 //!
 //! 1. new rows of keys that already have their N rows are dropped;
 //! 2. the rest wait in the pending state, keyed by a row number;
-//! 3. pending rows older than W leave it, in order of key, time and row
-//!    number; each key's are numbered after the rows it already wrote, and
-//!    those numbered N or less are written, with their number;
+//! 3. pending rows whose close time W reached leave it, in order of key,
+//!    the ORDER BY and row number; each key's are numbered after the rows
+//!    it already wrote, and those numbered N or less are written, with
+//!    their number;
 //! 4. the written count per key is kept (the written state), so later rows
 //!    of a full key are dropped: that state grows with the keys, as Flink's
 //!    deduplication does without a state TTL.
 //!
-//! Rows of a key that tie on time are numbered in arrival order, which
-//! ROW_NUMBER leaves unspecified. Rows without a time are dropped: they
-//! would never be final.
+//! Rows that tie on the ORDER BY are numbered in arrival order, which
+//! ROW_NUMBER leaves unspecified. Rows without a close time are dropped:
+//! they would never be final. A join key whose rows close at different
+//! times (two auctions with one id and different ends) is ranked at each:
+//! the later rows are numbered after those written, and dropped once the
+//! key has N.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,7 +41,8 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::{
-    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+    SortColumn, SortOptions, concat_batches, filter_record_batch, lexsort_to_indices,
+    take_record_batch,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -53,6 +67,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::join::Expiry;
 use crate::keyed::{KeyedState, StateLayout, WindowEnd};
 use crate::state::{PartitionState, StateChange, StateMetrics};
 
@@ -68,12 +83,32 @@ pub struct FirstRowsSpec {
     pub operator: u32,
     /// The PARTITION BY columns of the input.
     pub keys: Vec<usize>,
-    /// The ORDER BY column: the input's event time.
-    pub time: usize,
+    /// The ORDER BY columns of the input.
+    pub order: Vec<OrderKey>,
+    /// A row is final once the watermark reaches its `close.column` plus
+    /// `close.after_ms`.
+    pub close: Expiry,
     /// N: rows numbered N or less are written.
     pub limit: u64,
     /// The name of the row number column the operator adds.
     pub number: String,
+}
+
+/// A column of ORDER BY, with its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderKey {
+    pub column: usize,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+impl OrderKey {
+    fn options(self) -> SortOptions {
+        SortOptions {
+            descending: self.descending,
+            nulls_first: self.nulls_first,
+        }
+    }
 }
 
 /// Known only inside a task.
@@ -155,13 +190,29 @@ impl DisplayAs for FirstRowsExec {
             .iter()
             .map(|k| schema.field(*k).name().as_str())
             .collect();
+        let order: Vec<String> = self
+            .spec
+            .order
+            .iter()
+            .map(|o| {
+                let name = schema.field(o.column).name();
+                if o.descending {
+                    format!("{name} DESC")
+                } else {
+                    name.clone()
+                }
+            })
+            .collect();
+        let close = &self.spec.close;
         write!(
             f,
-            "FirstRowsExec: operator={}, first {} per [{}] by {}, each once the watermark passes it",
+            "FirstRowsExec: operator={}, first {} per [{}] by [{}], each once the watermark reaches {} + {} ms",
             self.spec.operator,
             self.spec.limit,
             keys.join(", "),
-            schema.field(self.spec.time).name()
+            order.join(", "),
+            schema.field(close.column).name(),
+            close.after_ms
         )
     }
 }
@@ -248,12 +299,14 @@ impl ExecutionPlan for FirstRowsExec {
 /// A batch's work.
 struct Step {
     keys: Vec<usize>,
-    time: usize,
+    order: Vec<OrderKey>,
+    /// The input's column of each row's close time.
+    close: usize,
     limit: u64,
     input: SchemaRef,
     output: SchemaRef,
     /// `[_spate_row, the input's columns...]`, keyed by the row number,
-    /// each leaving once the watermark passes its time.
+    /// each leaving once the watermark reaches its close time.
     pending: StateLayout,
     /// `[the keys..., _spate_written]`, keyed by the keys.
     written: StateLayout,
@@ -279,17 +332,18 @@ impl Step {
         output.push(Arc::new(Field::new(&spec.number, DataType::UInt64, false)));
         Step {
             keys: spec.keys.clone(),
-            time: spec.time,
+            order: spec.order.clone(),
+            close: spec.close.column,
             limit: spec.limit,
             input,
             output: Arc::new(Schema::new(output)),
             pending: StateLayout {
                 schema: Arc::new(Schema::new(pending)),
                 keys: 1,
-                // Final, and leaving, once the watermark is past the time.
+                // Final, and leaving, once the watermark reaches the close.
                 window_end: Some(WindowEnd::StartPlus {
-                    column: spec.time + 1,
-                    width_ms: 1,
+                    column: spec.close.column + 1,
+                    width_ms: spec.close.after_ms,
                 }),
             },
             written: StateLayout {
@@ -314,10 +368,10 @@ impl Step {
                 .map(|f| SortField::new(f.data_type().clone()))
                 .collect(),
         )?;
-        // 1. Rows without a time (never final) and rows of keys that wrote
-        // their N rows already are dropped.
+        // 1. Rows without a close time (never final) and rows of keys that
+        // wrote their N rows already are dropped.
         let new = concat_batches(&self.input, new)?;
-        let new = match new.column(self.time).logical_nulls() {
+        let new = match new.column(self.close).logical_nulls() {
             Some(nulls) if nulls.null_count() > 0 => {
                 filter_record_batch(&new, &BooleanArray::from(nulls.into_inner()))?
             }
@@ -379,8 +433,8 @@ impl Step {
             .collect())
     }
 
-    /// The final rows `done` (pending rows) in order of key, time and row
-    /// number, each numbered after what its key wrote; returns those
+    /// The final rows `done` (pending rows) in order of key, the ORDER BY
+    /// and row number, each numbered after what its key wrote; returns those
     /// numbered N or less, with their numbers, and the new counts.
     fn number(
         &self,
@@ -405,12 +459,16 @@ impl Step {
                 options: None,
             })
             .collect();
-        for column in [self.time + 1, 0] {
+        for key in &self.order {
             order.push(SortColumn {
-                values: Arc::clone(done.column(column)),
-                options: None,
+                values: Arc::clone(done.column(key.column + 1)),
+                options: Some(key.options()),
             });
         }
+        order.push(SortColumn {
+            values: Arc::clone(done.column(0)),
+            options: None,
+        });
         let sorted = take_record_batch(done, &lexsort_to_indices(&order, None)?)?;
         let keys = sorted.project(&self.keys.iter().map(|k| k + 1).collect::<Vec<_>>())?;
         let mut counts = self.counts(written, &keys, converter)?;
@@ -453,17 +511,20 @@ impl Step {
 }
 
 /// Puts a `FirstRowsExec` in place of each `ROW_NUMBER() OVER (PARTITION
-/// BY k ORDER BY ts) <= N` over a stream (a filter on the row number over
+/// BY k ORDER BY ...) <= N` over a stream (a filter on the row number over
 /// the window function and its sort) over the rows shuffled by the keys
-/// into `partitions`, numbering the operators from `operators_before + 1`. `event_time(plan, column)` tells whether a
-/// column is a Kafka table's watermark column. Returns the plan and the
-/// number of operators put in; other window functions are left for the
-/// streaming checks to refuse.
+/// into `partitions`, numbering the operators from `operators_before + 1`.
+/// `event_time(plan, column)` tells whether a column is a Kafka table's
+/// watermark column; `key_close(plan, keys)` where a key's rows are all in
+/// when ordered otherwise (see the module's comment). Returns the plan and
+/// the number of operators put in; other window functions are left for
+/// the streaming checks to refuse.
 pub(crate) fn plan_first_rows(
     plan: Arc<dyn ExecutionPlan>,
     operators_before: u32,
     partitions: usize,
     event_time: impl Fn(&Arc<dyn ExecutionPlan>, usize) -> bool,
+    key_close: impl Fn(&Arc<dyn ExecutionPlan>, &[usize]) -> Option<Expiry>,
 ) -> DfResult<(Arc<dyn ExecutionPlan>, u32)> {
     let mut operator = operators_before;
     let planned = plan.transform_up(|node| {
@@ -498,7 +559,7 @@ pub(crate) fn plan_first_rows(
         }
         let refuse = |why: &str| {
             Err(DataFusionError::Plan(format!(
-                "ROW_NUMBER() over a stream numbers each key's rows by event time: {why}"
+                "ROW_NUMBER() over a stream numbers a key's rows once their numbers are final: {why}"
             )))
         };
         let Some(sorted) = window.input().downcast_ref::<SortExec>() else {
@@ -518,27 +579,49 @@ pub(crate) fn plan_first_rows(
         let Some(keys) = keys.filter(|k| !k.is_empty()) else {
             return refuse("it must PARTITION BY columns of the stream");
         };
-        let [order] = expr.order_by() else {
-            return refuse("it must ORDER BY the table's event-time column alone");
+        let order: Option<Vec<OrderKey>> = expr
+            .order_by()
+            .iter()
+            .map(|o| {
+                Some(OrderKey {
+                    column: o.expr.downcast_ref::<Column>()?.index(),
+                    descending: o.options.descending,
+                    nulls_first: o.options.nulls_first,
+                })
+            })
+            .collect();
+        let Some(order) = order.filter(|o| !o.is_empty()) else {
+            return refuse("it must ORDER BY columns of the stream");
         };
-        let Some(time) = order.expr.downcast_ref::<Column>().map(Column::index) else {
-            return refuse("it must ORDER BY the table's event-time column alone");
+        let by_event_time = match order.as_slice() {
+            [only] if event_time(&input, only.column) => Some(*only),
+            _ => None,
         };
-        if order.options.descending {
-            return refuse(
-                "ORDER BY ... DESC would keep the latest rows, which are never final while the stream runs; order by the event time ascending, or rank per window (PARTITION BY window.start over a windowed aggregation)",
-            );
-        }
-        if order.options.nulls_first {
-            return refuse(
-                "NULLS FIRST would number rows without a time before the others, and such rows are never final: drop NULLS FIRST (rows without a time are dropped)",
-            );
-        }
-        if !event_time(&input, time) {
-            return refuse(
-                "it must ORDER BY the event-time column of a Kafka table with a 'watermark', so that a row's number is final once the watermark passes it",
-            );
-        }
+        let close = match (by_event_time, key_close(&input, &keys)) {
+            // By the event time ascending, each row is final on its own.
+            (Some(time), _) if !time.descending => {
+                if time.nulls_first {
+                    return refuse(
+                        "NULLS FIRST would number rows without a time before the others, and such rows are never final: drop NULLS FIRST (rows without a time are dropped)",
+                    );
+                }
+                Expiry {
+                    column: time.column,
+                    after_ms: 1,
+                }
+            }
+            (_, Some(close)) => close,
+            (Some(_), None) => {
+                return refuse(
+                    "ORDER BY ... DESC would keep the latest rows, which are never final while the stream runs; order by the event time ascending, or rank per window (PARTITION BY window.start over a windowed aggregation)",
+                );
+            }
+            (None, None) => {
+                return refuse(
+                    "ordered by anything but a Kafka table's event-time column (one with a 'watermark'), ascending, a key's rows are final only once the key can get no more rows; Spate knows when that is for a key of one side of a join of two streams whose condition bounds the other side's time by a column of that side, which the query keeps (PARTITION BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q9); otherwise order by the event time, or rank per window (PARTITION BY window.start over a windowed aggregation)",
+                );
+            }
+        };
         let by_keys = keys
             .iter()
             .map(|k| Arc::new(Column::new(input.schema().field(*k).name(), *k)) as _)
@@ -551,7 +634,8 @@ pub(crate) fn plan_first_rows(
         let spec = FirstRowsSpec {
             operator,
             keys,
-            time,
+            order,
+            close,
             limit,
             number: window.schema().field(number).name().clone(),
         };
@@ -608,4 +692,140 @@ fn row_number_limit(predicate: &Arc<dyn PhysicalExpr>, number: usize) -> Option<
             };
             u64::try_from(limit).ok().filter(|l| *l > 0)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{TimestampMillisecondArray, as_primitive_array};
+    use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+
+    use super::*;
+
+    /// Bids joined with their auctions: `[auction, expires, price, at]`.
+    fn input() -> SchemaRef {
+        let time = DataType::Timestamp(TimeUnit::Millisecond, None);
+        Arc::new(Schema::new(vec![
+            Field::new("auction", DataType::Int64, false),
+            Field::new("expires", time.clone(), false),
+            Field::new("price", DataType::Int64, false),
+            Field::new("at", time, false),
+        ]))
+    }
+
+    fn pairs(rows: &[(i64, i64, i64, i64)]) -> RecordBatch {
+        let column = |f: fn(&(i64, i64, i64, i64)) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(Int64Array::from(column(|r| r.0))),
+                Arc::new(TimestampMillisecondArray::from(column(|r| r.1))),
+                Arc::new(Int64Array::from(column(|r| r.2))),
+                Arc::new(TimestampMillisecondArray::from(column(|r| r.3))),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The highest price per auction, the earliest among equal ones
+    /// (Nexmark q9), each once the watermark passes its auction's end.
+    fn winning_bids() -> Step {
+        let spec = FirstRowsSpec {
+            operator: 1,
+            keys: vec![0],
+            order: vec![
+                OrderKey {
+                    column: 2,
+                    descending: true,
+                    nulls_first: true,
+                },
+                OrderKey {
+                    column: 3,
+                    descending: false,
+                    nulls_first: false,
+                },
+            ],
+            close: Expiry {
+                column: 1,
+                after_ms: 1,
+            },
+            limit: 1,
+            number: "rownum".into(),
+        };
+        Step::new(&spec, input())
+    }
+
+    /// `[auction, price, at, rownum]` of what a batch wrote.
+    fn written(done: &Done) -> Vec<(i64, i64, i64, u64)> {
+        let Some(emit) = &done.emit else {
+            return Vec::new();
+        };
+        let int = |c: usize| as_primitive_array::<Int64Type>(emit.column(c)).clone();
+        let (auction, price) = (int(0), int(2));
+        let at = emit
+            .column(3)
+            .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+        let number = emit.column(4).as_primitive::<UInt64Type>();
+        (0..emit.num_rows())
+            .map(|i| {
+                (
+                    auction.value(i),
+                    price.value(i),
+                    at.value(i),
+                    number.value(i),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_is_ranked_by_its_order_once_the_watermark_passes_its_close() {
+        let step = winning_bids();
+        let pending = KeyedState::new(step.pending.clone()).unwrap();
+        let written_state = KeyedState::new(step.written.clone()).unwrap();
+        // Auction 1 ends at 100, auction 2 at 300.
+        let first = step
+            .run(
+                pending,
+                written_state,
+                &[pairs(&[(1, 100, 5, 10), (2, 300, 7, 20), (1, 100, 9, 30)])],
+                1,
+                Some(50),
+            )
+            .unwrap();
+        assert_eq!(written(&first), [], "nothing has closed at 50");
+
+        // A higher bid of auction 1 and one equal to its best, later.
+        let second = step
+            .run(
+                first.pending.state,
+                first.written.state,
+                &[pairs(&[
+                    (1, 100, 12, 60),
+                    (1, 100, 12, 70),
+                    (2, 300, 1, 80),
+                ])],
+                2,
+                Some(101),
+            )
+            .unwrap();
+        assert_eq!(
+            written(&second),
+            [(1, 12, 60, 1)],
+            "auction 1 closed at 101"
+        );
+
+        // A row of the closed auction that ends later is numbered after
+        // what it wrote, and dropped; auction 2 closes with its best.
+        let third = step
+            .run(
+                second.pending.state,
+                second.written.state,
+                &[pairs(&[(1, 400, 99, 150), (2, 300, 8, 160)])],
+                3,
+                Some(500),
+            )
+            .unwrap();
+        assert_eq!(written(&third), [(2, 8, 160, 1)]);
+        assert!(third.pending.state.is_empty());
+    }
 }

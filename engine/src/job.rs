@@ -37,7 +37,7 @@ use crate::error::readable;
 use crate::error::{EngineError, Result};
 use crate::files::{WorkspaceTable, WorkspaceTableFactory};
 use crate::first_rows::{FirstRowsExec, plan_first_rows};
-use crate::join::{StreamJoinExec, StreamJoinSpec, expiry_of, output_floor};
+use crate::join::{Expiry, StreamJoinExec, StreamJoinSpec, expiry_of, output_floor};
 use crate::kafka::{KafkaScanExec, KafkaSourceSpec, KafkaTable, KafkaTableFactory};
 use crate::nexmark::NexmarkTableFactory;
 use crate::postgres::{PostgresTable, PostgresTableFactory};
@@ -519,9 +519,13 @@ pub async fn plan_job(env: &PlanEnv, sql: &str, default_name: &str) -> Result<Pl
         .shuffle_partitions
         .unwrap_or(env.shuffle_partitions)
         .max(2);
-    let (physical, first_rows) = plan_first_rows(physical, 0, keyed_partitions, |plan, column| {
-        trace_time(plan, column) == Some(TimeColumn::EventTime)
-    })
+    let (physical, first_rows) = plan_first_rows(
+        physical,
+        0,
+        keyed_partitions,
+        |plan, column| trace_time(plan, column) == Some(TimeColumn::EventTime),
+        key_close,
+    )
     .map_err(|e| EngineError::from(e).unwrap_datafusion())?;
     let sources = check_streamable(&physical)?;
     let (physical, aggregations) =
@@ -877,6 +881,110 @@ fn sources_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     topics
 }
 
+/// When a key of `plan`'s rows can get no more rows, if its columns are
+/// all one side's of an inner join of two streams (or the side an outer
+/// join keeps): a pair is written before either row leaves the join's
+/// state, so a key's rows are all in once the join has dropped that
+/// side's row, which `expiry_of` says when, in a column `plan` must keep.
+/// It assumes the key is that side's own (an auction's id): two rows of
+/// it that end at different times are ranked at each (see `first_rows`).
+fn key_close(plan: &Arc<dyn ExecutionPlan>, keys: &[usize]) -> Option<Expiry> {
+    let traced: Vec<_> = keys
+        .iter()
+        .map(|k| column_of_stream_join(plan, *k))
+        .collect::<Option<_>>()?;
+    let (join, side, _) = *traced.first()?;
+    if traced
+        .iter()
+        .any(|(j, s, _)| !std::ptr::eq(*j, join) || *s != side)
+    {
+        return None;
+    }
+    let keeps_side = match join.join_type() {
+        JoinType::Inner => true,
+        JoinType::Left => side == JoinSide::Left,
+        JoinType::Right => side == JoinSide::Right,
+        _ => false,
+    };
+    if !keeps_side {
+        return None;
+    }
+    let (left, right) = expiry_of(join, |side, column| {
+        let input = match side {
+            JoinSide::Left => join.left(),
+            _ => join.right(),
+        };
+        trace_time(input, column).and_then(TimeColumn::floor_ms)
+    });
+    let expiry = match side {
+        JoinSide::Left => left,
+        _ => right,
+    }?;
+    let column = (0..plan.schema().fields().len()).find(|c| {
+        column_of_stream_join(plan, *c)
+            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == expiry.column)
+    })?;
+    Some(Expiry {
+        column,
+        after_ms: expiry.after_ms,
+    })
+}
+
+/// Follows column `column` of `plan` down through projections, filters
+/// and shuffles to the first join of two streams: the join, the side and
+/// the column of that side's input.
+fn column_of_stream_join(
+    plan: &Arc<dyn ExecutionPlan>,
+    column: usize,
+) -> Option<(&HashJoinExec, JoinSide, usize)> {
+    if let Some(join) = plan
+        .downcast_ref::<HashJoinExec>()
+        .filter(|_| joins_two_streams(plan.as_ref()))
+    {
+        let (side, column) = join_input_column(join, column)?;
+        return Some((join, side, column));
+    }
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        let c = projection
+            .expr()
+            .get(column)?
+            .expr
+            .downcast_ref::<Column>()?;
+        return column_of_stream_join(projection.input(), c.index());
+    }
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let column = match filter.projection() {
+            Some(projection) => *projection.get(column)?,
+            None => column,
+        };
+        return column_of_stream_join(filter.input(), column);
+    }
+    passes_columns(plan)
+        .then(|| column_of_stream_join(plan.children()[0], column))
+        .flatten()
+}
+
+/// Whether `plan` passes its one child's columns through as they are.
+fn passes_columns(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.is::<RepartitionExec>()
+        || plan.is::<CoalescePartitionsExec>()
+        || matches!(plan.name(), "CoalesceBatchesExec" | "CooperativeExec")
+}
+
+/// The side and the column of that side's input that column `column` of
+/// a join's output is.
+fn join_input_column(join: &HashJoinExec, column: usize) -> Option<(JoinSide, usize)> {
+    let column = match &join.projection {
+        Some(projection) => *projection.get(column)?,
+        None => column,
+    };
+    let left = join.left().schema().fields().len();
+    Some(match column.checked_sub(left) {
+        Some(right) => (JoinSide::Right, right),
+        None => (JoinSide::Left, column),
+    })
+}
+
 /// Sessions of one key merge with each other, so they must meet in one
 /// shuffle partition: the aggregation's own shuffle hashes the other group
 /// keys only.
@@ -1028,9 +1136,6 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
         };
         return trace_time(filter.input(), column);
     }
-    let passes = plan.is::<RepartitionExec>()
-        || plan.is::<CoalescePartitionsExec>()
-        || matches!(plan.name(), "CoalesceBatchesExec" | "CooperativeExec");
     let stream_join = match plan.downcast_ref::<StreamJoinExec>() {
         Some(wrapped) => Some(wrapped.join()),
         None => plan
@@ -1038,15 +1143,7 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
             .filter(|_| joins_two_streams(plan.as_ref())),
     };
     if let Some(join) = stream_join {
-        let column = match &join.projection {
-            Some(projection) => *projection.get(column)?,
-            None => column,
-        };
-        let left = join.left().schema().fields().len();
-        let (side, column) = match column.checked_sub(left) {
-            Some(right) => (JoinSide::Right, right),
-            None => (JoinSide::Left, column),
-        };
+        let (side, column) = join_input_column(join, column)?;
         let floor_ms = output_floor(join, side, column, |side, column| {
             let input = match side {
                 JoinSide::Left => join.left(),
@@ -1060,14 +1157,12 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
         && matches!(join.join_type(), JoinType::Inner | JoinType::Right)
     {
         // A stream joined with a table: the stream is the right side.
-        let column = match &join.projection {
-            Some(projection) => *projection.get(column)?,
-            None => column,
+        return match join_input_column(join, column)? {
+            (JoinSide::Right, column) => trace_time(join.right(), column),
+            _ => None,
         };
-        let left = join.left().schema().fields().len();
-        return trace_time(join.right(), column.checked_sub(left)?);
     }
-    passes
+    passes_columns(plan)
         .then(|| trace_time(plan.children()[0], column))
         .flatten()
 }

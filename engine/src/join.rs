@@ -58,11 +58,12 @@ const ROW: &str = "_spate_row";
 /// Whether a row of an outer side has matched.
 const MATCHED: &str = "_spate_matched";
 
-/// When a side's row can match no future row of the other side: once the
-/// watermark reaches its time column plus `after_ms`.
+/// When a row is done with: once the watermark reaches its time column
+/// plus `after_ms`. A join side's row can then match no future row of the
+/// other side; a ranked row's number is final (`first_rows`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expiry {
-    /// The column of the side's input holding the row's time.
+    /// The column of the input holding the row's time.
     pub column: usize,
     pub after_ms: i64,
 }

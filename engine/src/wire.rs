@@ -15,7 +15,7 @@ use spate_proto as pb;
 use crate::OffsetRange;
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::files::{FileFormatKind, FileFormatSpec};
-use crate::first_rows::FirstRowsSpec;
+use crate::first_rows::{FirstRowsSpec, OrderKey};
 use crate::join::{Expiry, StreamJoinSpec};
 use crate::kafka::{
     KafkaSinkSpec, KafkaSourceSpec, OnError, RecordFormat, StartingOffsets, WatermarkSpec,
@@ -551,34 +551,40 @@ impl TryFrom<pb::StatefulAggregate> for StatefulSpec {
     }
 }
 
+impl From<Expiry> for pb::JoinExpiry {
+    fn from(e: Expiry) -> Self {
+        pb::JoinExpiry {
+            column: e.column as u32,
+            after_ms: e.after_ms,
+        }
+    }
+}
+
+impl From<pb::JoinExpiry> for Expiry {
+    fn from(e: pb::JoinExpiry) -> Self {
+        Expiry {
+            column: e.column as usize,
+            after_ms: e.after_ms,
+        }
+    }
+}
+
 impl From<&StreamJoinSpec> for pb::StreamJoin {
     fn from(spec: &StreamJoinSpec) -> Self {
-        let expiry = |e: &Option<Expiry>| {
-            e.map(|e| pb::JoinExpiry {
-                column: e.column as u32,
-                after_ms: e.after_ms,
-            })
-        };
         pb::StreamJoin {
             operator: spec.operator,
-            left_expiry: expiry(&spec.left),
-            right_expiry: expiry(&spec.right),
+            left_expiry: spec.left.map(Into::into),
+            right_expiry: spec.right.map(Into::into),
         }
     }
 }
 
 impl From<pb::StreamJoin> for StreamJoinSpec {
     fn from(s: pb::StreamJoin) -> Self {
-        let expiry = |e: Option<pb::JoinExpiry>| {
-            e.map(|e| Expiry {
-                column: e.column as usize,
-                after_ms: e.after_ms,
-            })
-        };
         StreamJoinSpec {
             operator: s.operator,
-            left: expiry(s.left_expiry),
-            right: expiry(s.right_expiry),
+            left: s.left_expiry.map(Into::into),
+            right: s.right_expiry.map(Into::into),
         }
     }
 }
@@ -588,22 +594,45 @@ impl From<&FirstRowsSpec> for pb::FirstRows {
         pb::FirstRows {
             operator: spec.operator,
             keys: spec.keys.iter().map(|k| *k as u32).collect(),
-            time: spec.time as u32,
+            order: spec
+                .order
+                .iter()
+                .map(|o| pb::OrderKey {
+                    column: o.column as u32,
+                    descending: o.descending,
+                    nulls_first: o.nulls_first,
+                })
+                .collect(),
+            close: Some(spec.close.into()),
             limit: spec.limit,
             number: spec.number.clone(),
         }
     }
 }
 
-impl From<pb::FirstRows> for FirstRowsSpec {
-    fn from(f: pb::FirstRows) -> Self {
-        FirstRowsSpec {
+impl TryFrom<pb::FirstRows> for FirstRowsSpec {
+    type Error = EngineError;
+
+    fn try_from(f: pb::FirstRows) -> Result<Self> {
+        Ok(FirstRowsSpec {
             operator: f.operator,
             keys: f.keys.into_iter().map(|k| k as usize).collect(),
-            time: f.time as usize,
+            order: f
+                .order
+                .into_iter()
+                .map(|o| OrderKey {
+                    column: o.column as usize,
+                    descending: o.descending,
+                    nulls_first: o.nulls_first,
+                })
+                .collect(),
+            close: f
+                .close
+                .ok_or_else(|| undecodable("first rows' close"))?
+                .into(),
             limit: f.limit,
             number: f.number,
-        }
+        })
     }
 }
 

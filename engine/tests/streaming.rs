@@ -447,8 +447,17 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             "would keep the latest rows, which are never final",
         ),
         (
+            format!("{watermarked}; {files}; INSERT INTO out SELECT ts, count FROM (SELECT ts, CAST(amount AS BIGINT) AS count, row_number() OVER (PARTITION BY customer ORDER BY amount DESC) AS r FROM events) WHERE r = 1"),
+            "a key's rows are final only once the key can get no more rows",
+        ),
+        // Keys of both sides of a join: no one side's row closes them.
+        (
+            format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); {files}; INSERT INTO out SELECT s, n FROM (SELECT e.ts AS s, CAST(e.amount AS BIGINT) AS n, row_number() OVER (PARTITION BY e.customer, c.ts ORDER BY e.amount DESC) AS r FROM events e JOIN clicks c ON e.customer = c.customer AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '1' MINUTE) WHERE r = 1"),
+            "for a key of one side of a join of two streams",
+        ),
+        (
             format!("{events}; {files}; INSERT INTO out SELECT ts, count FROM (SELECT ts, CAST(amount AS BIGINT) AS count, row_number() OVER (PARTITION BY customer ORDER BY ts) AS r FROM events) WHERE r = 1"),
-            "it must ORDER BY the event-time column of a Kafka table with a 'watermark'",
+            "ordered by anything but a Kafka table's event-time column (one with a 'watermark'), ascending",
         ),
         (
             format!("{watermarked}; CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT customer, count(*) FROM (SELECT customer, row_number() OVER (PARTITION BY customer ORDER BY ts) AS r FROM events) WHERE r <= 2 GROUP BY customer"),

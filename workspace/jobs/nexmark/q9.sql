@@ -6,6 +6,12 @@
 -- Translation: Unchanged: a join of two streams with a time bound and a
 -- top-1 per auction (ROW_NUMBER() ... <= 1).
 --
+-- Semantics: Flink writes a winner as bids come and retracts it when a
+-- higher one comes; Spate writes each auction's winner once, when the
+-- watermark passes the auction's end (`expires`), since no bid can join
+-- the auction after that. Auctions still open when the job stops have no
+-- row yet.
+--
 -- Output: Parquet in workspace/output/nexmark/q9/.
 -- Feed it: driver produce --nexmark, or make the tables below STORED AS
 -- NEXMARK to generate the events in the tasks (see README.md).
