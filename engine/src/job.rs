@@ -17,10 +17,10 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_plan::Partitioning;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateOutputMode};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateOutputMode, PhysicalGroupBy};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
-use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -776,6 +776,20 @@ impl StatefulRewrite<'_> {
                 .filter(|_| watermarked)
                 .or_else(|| event_time_key(partial))
         };
+        // Without a window, groups of one side's keys of a join of two
+        // streams still close, when the join drops that side's row, if
+        // its end joins the group keys: each group is then final, so an
+        // aggregation may feed another (q4) or append.
+        let closing = match &window {
+            None if !upstream && (feeds_state || self.mode == OutputMode::Append) => {
+                close_groups_by_key(final_agg, partial)?
+            }
+            _ => None,
+        };
+        let (planned, window, close_column) = match closing {
+            Some(closing) => (closing.plan, Some(closing.window), closing.added),
+            None => (Arc::clone(&node), window, None),
+        };
         let over_join = final_agg
             .input()
             .exists(|n| Ok(joins_two_streams(n.as_ref()) || n.is::<StreamJoinExec>()))?;
@@ -792,7 +806,7 @@ impl StatefulRewrite<'_> {
             })
         };
         let closes = match &window {
-            Some(EventWindow::EventTime { .. }) | None => true,
+            Some(EventWindow::EventTime { .. } | EventWindow::KeyClose { .. }) | None => true,
             Some(_) if upstream => true,
             Some(w @ EventWindow::Session { .. }) => !over_join && floor(w) != Some(false),
             Some(w) => floor(w).unwrap_or(!over_join),
@@ -836,8 +850,8 @@ impl StatefulRewrite<'_> {
             return Err(DataFusionError::Plan(why.into()));
         }
         let node = match &window {
-            Some(EventWindow::Session { column }) => session_shuffled(&node, *column)?,
-            _ => node,
+            Some(EventWindow::Session { column }) => session_shuffled(&planned, *column)?,
+            _ => planned,
         };
         self.operators += 1;
         let spec = StatefulSpec {
@@ -845,10 +859,119 @@ impl StatefulRewrite<'_> {
             mode,
             window,
         };
-        Ok(Arc::new(
-            StatefulAggregateExec::new(spec, node, None).map_err(DataFusionError::from)?,
-        ))
+        let stateful =
+            Arc::new(StatefulAggregateExec::new(spec, node, None).map_err(DataFusionError::from)?)
+                as Arc<dyn ExecutionPlan>;
+        match close_column {
+            Some(added) => without_column(stateful, added),
+            None => Ok(stateful),
+        }
     }
+}
+
+/// A final aggregate whose groups close with a join's rows.
+struct ClosingGroups {
+    plan: Arc<dyn ExecutionPlan>,
+    window: EventWindow,
+    /// The group column added for the window (none where it was among
+    /// the keys already), which the aggregate's parent must not see.
+    added: Option<usize>,
+}
+
+/// The final aggregate `final_agg` (over `partial`) with the column that
+/// ends its groups' rows among its group keys, where `key_end` finds one
+/// for them. It assumes the keys hold the column's value, as an auction's
+/// id does its end (`key_close`).
+fn close_groups_by_key(
+    final_agg: &AggregateExec,
+    partial: &AggregateExec,
+) -> DfResult<Option<ClosingGroups>> {
+    let groups = partial.group_expr();
+    if !groups.is_single() {
+        return Ok(None);
+    }
+    let keys: Option<Vec<usize>> = groups
+        .expr()
+        .iter()
+        .map(|(e, _)| e.downcast_ref::<Column>().map(Column::index))
+        .collect();
+    let Some(keys) = keys.filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    let Some((join, side, end)) = key_end(partial.input(), &keys) else {
+        return Ok(None);
+    };
+    let Some((input, close)) = keeping_join_column(partial.input(), join, side, end.column)? else {
+        return Ok(None);
+    };
+    if let Some(at) = keys.iter().position(|k| *k == close) {
+        let window = EventWindow::KeyClose {
+            column: at,
+            after_ms: end.after_ms,
+        };
+        return Ok(Some(ClosingGroups {
+            plan: Arc::new(final_agg.clone()),
+            window,
+            added: None,
+        }));
+    }
+    let name = input.schema().field(close).name().clone();
+    let mut exprs = groups.expr().to_vec();
+    exprs.push((Arc::new(Column::new(&name, close)) as _, name));
+    let group_by = PhysicalGroupBy::new_single(exprs);
+    let input_schema = input.schema();
+    let closing_partial = Arc::new(AggregateExec::try_new(
+        *partial.mode(),
+        group_by.clone(),
+        partial.aggr_expr().to_vec(),
+        partial.filter_expr().to_vec(),
+        input,
+        Arc::clone(&input_schema),
+    )?) as Arc<dyn ExecutionPlan>;
+    let partial_ptr = partial as *const AggregateExec as *const ();
+    let input = Arc::clone(final_agg.input())
+        .transform_up(|n| {
+            Ok(if Arc::as_ptr(&n) as *const () == partial_ptr {
+                Transformed::yes(Arc::clone(&closing_partial))
+            } else {
+                Transformed::no(n)
+            })
+        })?
+        .data;
+    let closing = AggregateExec::try_new(
+        *final_agg.mode(),
+        group_by.as_final(),
+        final_agg.aggr_expr().to_vec(),
+        final_agg.filter_expr().to_vec(),
+        input,
+        input_schema,
+    )?;
+    let added = keys.len();
+    let window = EventWindow::KeyClose {
+        column: added,
+        after_ms: end.after_ms,
+    };
+    Ok(Some(ClosingGroups {
+        plan: Arc::new(closing),
+        window,
+        added: Some(added),
+    }))
+}
+
+/// `plan`'s columns but one: a projection that leaves it out.
+fn without_column(
+    plan: Arc<dyn ExecutionPlan>,
+    dropped: usize,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = plan.schema();
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != dropped)
+        .map(|(i, f)| (Arc::new(Column::new(f.name(), i)) as _, f.name().clone()))
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// Whether `node` is a hash join whose sides both read a stream.
@@ -889,6 +1012,24 @@ fn sources_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
 /// It assumes the key is that side's own (an auction's id): two rows of
 /// it that end at different times are ranked at each (see `first_rows`).
 fn key_close(plan: &Arc<dyn ExecutionPlan>, keys: &[usize]) -> Option<Expiry> {
+    let (join, side, end) = key_end(plan, keys)?;
+    let column = (0..plan.schema().fields().len()).find(|c| {
+        column_of_stream_join(plan, *c)
+            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == end.column)
+    })?;
+    Some(Expiry {
+        column,
+        after_ms: end.after_ms,
+    })
+}
+
+/// The join of two streams whose one side's rows `keys` of `plan` come
+/// from, that side, and when the join drops such a row (in a column of
+/// that side's input): see `key_close`.
+fn key_end<'a>(
+    plan: &'a Arc<dyn ExecutionPlan>,
+    keys: &[usize],
+) -> Option<(&'a HashJoinExec, JoinSide, Expiry)> {
     let traced: Vec<_> = keys
         .iter()
         .map(|k| column_of_stream_join(plan, *k))
@@ -916,18 +1057,96 @@ fn key_close(plan: &Arc<dyn ExecutionPlan>, keys: &[usize]) -> Option<Expiry> {
         };
         trace_time(input, column).and_then(TimeColumn::floor_ms)
     });
-    let expiry = match side {
+    let end = match side {
         JoinSide::Left => left,
         _ => right,
     }?;
-    let column = (0..plan.schema().fields().len()).find(|c| {
+    Some((join, side, end))
+}
+
+/// `plan` with column `column` of side `side` of `join` (a node of it)
+/// passed up to its output, as its last column where it was not there:
+/// the plan and where the column is. Through projections, filters and
+/// shuffles, as `column_of_stream_join` follows them.
+fn keeping_join_column(
+    plan: &Arc<dyn ExecutionPlan>,
+    join: &HashJoinExec,
+    side: JoinSide,
+    column: usize,
+) -> DfResult<Option<(Arc<dyn ExecutionPlan>, usize)>> {
+    let kept = (0..plan.schema().fields().len()).find(|c| {
         column_of_stream_join(plan, *c)
-            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == expiry.column)
-    })?;
-    Some(Expiry {
-        column,
-        after_ms: expiry.after_ms,
-    })
+            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == column)
+    });
+    if let Some(at) = kept {
+        return Ok(Some((Arc::clone(plan), at)));
+    }
+    let width = plan.schema().fields().len();
+    if let Some(this) = plan.downcast_ref::<HashJoinExec>()
+        && std::ptr::eq(this, join)
+    {
+        let Some(projection) = &this.projection else {
+            return Ok(None);
+        };
+        let mut projection = projection.to_vec();
+        projection.push(match side {
+            JoinSide::Left => column,
+            _ => this.left().schema().fields().len() + column,
+        });
+        let kept = HashJoinExec::try_new(
+            Arc::clone(this.left()),
+            Arc::clone(this.right()),
+            this.on().to_vec(),
+            this.filter().cloned(),
+            this.join_type(),
+            Some(projection),
+            *this.partition_mode(),
+            this.null_equality(),
+            this.null_aware,
+        )?;
+        return Ok(Some((Arc::new(kept), width)));
+    }
+    let Some(child) = plan.children().first().map(|c| Arc::clone(c)) else {
+        return Ok(None);
+    };
+    let Some((input, at)) = keeping_join_column(&child, join, side, column)? else {
+        return Ok(None);
+    };
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
+            .expr()
+            .iter()
+            .map(|e| (Arc::clone(&e.expr), e.alias.clone()))
+            .collect();
+        let name = input.schema().field(at).name().clone();
+        exprs.push((Arc::new(Column::new(&name, at)), name));
+        return Ok(Some((
+            Arc::new(ProjectionExec::try_new(exprs, input)?),
+            width,
+        )));
+    }
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let (projection, at) = match filter.projection() {
+            Some(projection) => {
+                let mut projection = projection.to_vec();
+                projection.push(at);
+                (Some(projection), width)
+            }
+            None => (None, at),
+        };
+        let filtered = FilterExecBuilder::new(Arc::clone(filter.predicate()), input)
+            .apply_projection(projection)?
+            .build()?;
+        return Ok(Some((Arc::new(filtered), at)));
+    }
+    if passes_columns(plan) {
+        let passed = Arc::clone(plan).replace_children(
+            vec![input],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )?;
+        return Ok(Some((passed, at)));
+    }
+    Ok(None)
 }
 
 /// Follows column `column` of `plan` down through projections, filters

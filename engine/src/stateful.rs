@@ -99,6 +99,10 @@ pub enum EventWindow {
     /// The event-time column itself, grouped by: closed once the
     /// watermark is past it, when a row of its time would be late.
     EventTime { column: usize },
+    /// The end of a join side's row, grouped by with that side's keys
+    /// (an auction's `expires` with its id): closed once the watermark
+    /// reaches it plus `after_ms`, when the join can pair the row no more.
+    KeyClose { column: usize, after_ms: i64 },
 }
 
 /// Known only inside a task.
@@ -519,7 +523,8 @@ impl EventWindow {
             EventWindow::Struct { column }
             | EventWindow::Bin { column, .. }
             | EventWindow::Session { column }
-            | EventWindow::EventTime { column } => column,
+            | EventWindow::EventTime { column }
+            | EventWindow::KeyClose { column, .. } => column,
         }
     }
 
@@ -535,6 +540,10 @@ impl EventWindow {
             EventWindow::EventTime { column } => WindowEnd::StartPlus {
                 column,
                 width_ms: 1,
+            },
+            EventWindow::KeyClose { column, after_ms } => WindowEnd::StartPlus {
+                column,
+                width_ms: after_ms,
             },
         }
     }

@@ -515,6 +515,10 @@ impl From<&StatefulSpec> for pb::StatefulAggregate {
                     column: *column as u32,
                     kind: Some(Kind::EventTime(true)),
                 },
+                EventWindow::KeyClose { column, after_ms } => pb::EventWindow {
+                    column: *column as u32,
+                    kind: Some(Kind::KeyCloseAfterMs(*after_ms)),
+                },
             }),
         }
     }
@@ -540,6 +544,7 @@ impl TryFrom<pb::StatefulAggregate> for StatefulSpec {
                     Kind::BinWidthMs(width_ms) => EventWindow::Bin { column, width_ms },
                     Kind::Session(_) => EventWindow::Session { column },
                     Kind::EventTime(_) => EventWindow::EventTime { column },
+                    Kind::KeyCloseAfterMs(after_ms) => EventWindow::KeyClose { column, after_ms },
                 })
             }
         };
@@ -654,6 +659,10 @@ mod tests {
             },
             EventWindow::Session { column: 2 },
             EventWindow::EventTime { column: 3 },
+            EventWindow::KeyClose {
+                column: 2,
+                after_ms: 1,
+            },
         ] {
             let spec = StatefulSpec {
                 operator: 1,

@@ -4,10 +4,14 @@
 -- each auction while it was open, averaged per category.
 --
 -- Translation: Unchanged. A join of two streams with a time bound, then two
--- aggregations chained; Flink's result is a changelog (retractions).
--- Refused: the maximum per auction has no window, so it only ever updates,
--- and an average over updated rows needs the retractions Spate's update
--- mode does not carry.
+-- aggregations chained.
+--
+-- Semantics: Flink's result is a changelog: each auction's maximum is
+-- updated as bids come and the average retracts the old one. Spate needs
+-- no retractions: an auction's maximum is final once the watermark passes
+-- its end (`expires`), when no bid can join it any more, and only then
+-- does it reach the average. So the average is over closed auctions, and
+-- complete mode rewrites the table of averages each batch.
 --
 -- Output: Parquet in workspace/output/nexmark/q4/.
 -- Feed it: driver produce --nexmark, or make the tables below STORED AS
@@ -47,6 +51,7 @@ STORED AS PARQUET
 LOCATION 'output/nexmark/q4/';
 
 SET spate.trigger.interval = '1s';
+SET spate.output_mode = 'complete';
 
 INSERT INTO q4_out
 SELECT Q.category, AVG(Q.final) AS avg_final
