@@ -391,6 +391,7 @@ impl TryFrom<&KafkaSourceSpec> for pb::KafkaSource {
                 base_time_ms: g.base_time_ms,
                 out_of_order_group: g.out_of_order_group,
                 seed: g.seed,
+                make_other_streams: g.make_other_streams,
             }),
         })
     }
@@ -449,6 +450,7 @@ impl TryFrom<pb::KafkaSource> for KafkaSourceSpec {
                         base_time_ms: g.base_time_ms,
                         out_of_order_group: g.out_of_order_group,
                         seed: g.seed,
+                        make_other_streams: g.make_other_streams,
                     })
                 })
                 .transpose()?,
@@ -758,6 +760,7 @@ mod tests {
                 base_time_ms: 1_700_000_000_000,
                 out_of_order_group: 10,
                 seed: 7,
+                make_other_streams: true,
             }),
             ..source
         };
