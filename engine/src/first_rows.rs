@@ -618,7 +618,7 @@ pub(crate) fn plan_first_rows(
             }
             (None, None) => {
                 return refuse(
-                    "ordered by anything but a Kafka table's event-time column (one with a 'watermark'), ascending, a key's rows are final only once the key can get no more rows; Spate knows when that is for a key of one side of a join of two streams whose condition bounds the other side's time by a column of that side, which the query keeps (PARTITION BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q9); otherwise order by the event time, or rank per window (PARTITION BY window.start over a windowed aggregation)",
+                    "ordered by anything but a Kafka table's event-time column (one with a 'watermark'), ascending, a key's rows are final only once the key can get no more rows; Spate knows when that is for a key of one side of a join of two streams that holds the PRIMARY KEY of that side's table (declared, or a NEXMARK person's or auction's id), where the join condition bounds the other side's time by a column of that table which the query keeps (PARTITION BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q9); otherwise order by the event time, or rank per window (PARTITION BY window.start over a windowed aggregation)",
                 );
             }
         };

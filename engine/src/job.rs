@@ -833,7 +833,7 @@ impl StatefulRewrite<'_> {
         // which its window's end still bounds: it may feed a join.
         if feeds_state && window.is_none() {
             return Err(DataFusionError::Plan(
-                "an aggregation that feeds a join or another aggregation must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) of a table with a 'watermark': it passes on each window once the watermark closes it".into(),
+                "an aggregation that feeds a join or another aggregation must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) of a table with a 'watermark': it passes on each window once the watermark closes it; or GROUP BY the PRIMARY KEY of the table on one side of a join of two streams whose condition bounds the other side's time by a column of that table (GROUP BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q4), which closes each group when the join is done with its row".into(),
             ));
         }
         if feeds_state && matches!(window, Some(EventWindow::Session { .. })) {
@@ -880,8 +880,7 @@ struct ClosingGroups {
 
 /// The final aggregate `final_agg` (over `partial`) with the column that
 /// ends its groups' rows among its group keys, where `key_end` finds one
-/// for them. It assumes the keys hold the column's value, as an auction's
-/// id does its end (`key_close`).
+/// for them: the keys hold a primary key, so they decide that column.
 fn close_groups_by_key(
     final_agg: &AggregateExec,
     partial: &AggregateExec,
@@ -1005,12 +1004,13 @@ fn sources_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
 }
 
 /// When a key of `plan`'s rows can get no more rows, if its columns are
-/// all one side's of an inner join of two streams (or the side an outer
-/// join keeps): a pair is written before either row leaves the join's
-/// state, so a key's rows are all in once the join has dropped that
-/// side's row, which `expiry_of` says when, in a column `plan` must keep.
-/// It assumes the key is that side's own (an auction's id): two rows of
-/// it that end at different times are ranked at each (see `first_rows`).
+/// one side's of an inner join of two streams (or the side an outer join
+/// keeps) and hold the primary key of that side's table: a pair is
+/// written before either row leaves the join's state, so a key's rows are
+/// all in once the join has dropped its one row of that table, which
+/// `expiry_of` says when, in a column `plan` must keep. The primary key is
+/// declared, not enforced (as Flink's): two rows of one key that end at
+/// different times are ranked at each (see `first_rows`).
 fn key_close(plan: &Arc<dyn ExecutionPlan>, keys: &[usize]) -> Option<Expiry> {
     let (join, side, end) = key_end(plan, keys)?;
     let column = (0..plan.schema().fields().len()).find(|c| {
@@ -1061,7 +1061,42 @@ fn key_end<'a>(
         JoinSide::Left => left,
         _ => right,
     }?;
+    // The keys must hold the declared primary key of the table the side's
+    // rows come from, and the end be a column of that table: then a key's
+    // rows all come from one row of it, and end together.
+    let side_input = match side {
+        JoinSide::Left => join.left(),
+        _ => join.right(),
+    };
+    let (table, _) = scan_column(side_input, end.column)?;
+    let key_names: Vec<String> = traced
+        .iter()
+        .filter_map(|(_, _, c)| scan_column(side_input, *c))
+        .filter(|(scan, _)| std::ptr::eq(*scan, table))
+        .map(|(_, name)| name)
+        .collect();
+    let primary_key = &table.source().primary_key;
+    if primary_key.is_empty() || !primary_key.iter().all(|k| key_names.contains(k)) {
+        return None;
+    }
     Some((join, side, end))
+}
+
+/// Follows column `column` of `plan` down through projections, filters,
+/// shuffles and joins to the stream table it is a column of: the scan
+/// and the column's name.
+fn scan_column(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<(&KafkaScanExec, String)> {
+    if let Some(scan) = plan.downcast_ref::<KafkaScanExec>() {
+        return Some((scan, plan.schema().fields().get(column)?.name().clone()));
+    }
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        return match join_input_column(join, column)? {
+            (JoinSide::Left, column) => scan_column(join.left(), column),
+            (_, column) => scan_column(join.right(), column),
+        };
+    }
+    let (child, column) = passed_from(plan, column)?;
+    scan_column(child, column)
 }
 
 /// `plan` with column `column` of side `side` of `join` (a node of it)
@@ -1163,24 +1198,32 @@ fn column_of_stream_join(
         let (side, column) = join_input_column(join, column)?;
         return Some((join, side, column));
     }
+    let (child, column) = passed_from(plan, column)?;
+    column_of_stream_join(child, column)
+}
+
+/// Where column `column` of `plan` comes from one node down, through a
+/// projection of columns, a filter or a shuffle: that child and its column.
+fn passed_from(
+    plan: &Arc<dyn ExecutionPlan>,
+    column: usize,
+) -> Option<(&Arc<dyn ExecutionPlan>, usize)> {
     if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
         let c = projection
             .expr()
             .get(column)?
             .expr
             .downcast_ref::<Column>()?;
-        return column_of_stream_join(projection.input(), c.index());
+        return Some((projection.input(), c.index()));
     }
     if let Some(filter) = plan.downcast_ref::<FilterExec>() {
         let column = match filter.projection() {
             Some(projection) => *projection.get(column)?,
             None => column,
         };
-        return column_of_stream_join(filter.input(), column);
+        return Some((filter.input(), column));
     }
-    passes_columns(plan)
-        .then(|| column_of_stream_join(plan.children()[0], column))
-        .flatten()
+    passes_columns(plan).then(|| (plan.children()[0], column))
 }
 
 /// Whether `plan` passes its one child's columns through as they are.
@@ -1845,6 +1888,9 @@ fn per_window_refusal(
         )),
         Some(EventWindow::Session { .. }) => Some(format!(
             "{per_window}; sessions close one key at a time, so they cannot be ranked together"
+        )),
+        Some(EventWindow::KeyClose { .. }) => Some(format!(
+            "{per_window}; groups of a join side's keys close one key at a time, when the join drops its row, so they cannot be ranked together"
         )),
         Some(window) => {
             let by_window = keys.iter().any(|key| {

@@ -38,7 +38,7 @@ pub enum Statement {
     /// Answered by the planner alone: no table data to read.
     Local(DataFrame),
     /// Runs on the workers.
-    Distributed(PlannedQuery),
+    Distributed(Box<PlannedQuery>),
     /// `INSERT INTO ... SELECT`: a streaming job with this SQL.
     Job { sql: String, default_name: String },
 }
@@ -143,12 +143,12 @@ pub async fn plan_statement(env: &PlanEnv, session: &[String], text: &str) -> Re
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Statement::Distributed(PlannedQuery {
+    Ok(Statement::Distributed(Box::new(PlannedQuery {
         stages,
         schema: physical.schema(),
         source,
         explain,
-    }))
+    })))
 }
 
 /// `SET spate.<option> = value`: a job option, not a DataFusion setting.

@@ -393,6 +393,7 @@ impl TryFrom<&KafkaSourceSpec> for pb::KafkaSource {
                 seed: g.seed,
                 make_other_streams: g.make_other_streams,
             }),
+            primary_key: s.primary_key.clone(),
         })
     }
 }
@@ -454,6 +455,7 @@ impl TryFrom<pb::KafkaSource> for KafkaSourceSpec {
                     })
                 })
                 .transpose()?,
+            primary_key: s.primary_key,
         })
     }
 }
@@ -748,6 +750,7 @@ mod tests {
             dead_letter_topic: Some("dead".into()),
             exactly_once: false,
             generator: None,
+            primary_key: vec!["id".into()],
         };
         let wire = pb::KafkaSource::try_from(&source).unwrap();
         assert_eq!(KafkaSourceSpec::try_from(wire).unwrap(), source);

@@ -450,6 +450,16 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
             format!("{watermarked}; {files}; INSERT INTO out SELECT ts, count FROM (SELECT ts, CAST(amount AS BIGINT) AS count, row_number() OVER (PARTITION BY customer ORDER BY amount DESC) AS r FROM events) WHERE r = 1"),
             "a key's rows are final only once the key can get no more rows",
         ),
+        // A key of one side that is not its table's primary key: its rows
+        // come from many rows of that table, which end at different times.
+        (
+            format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); {files}; INSERT INTO out SELECT s, n FROM (SELECT e.ts AS s, CAST(e.amount AS BIGINT) AS n, row_number() OVER (PARTITION BY e.customer ORDER BY e.amount DESC) AS r FROM events e JOIN clicks c ON e.customer = c.customer AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '1' MINUTE) WHERE r = 1"),
+            "that holds the PRIMARY KEY of that side's table",
+        ),
+        (
+            format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT customer, max(n) FROM (SELECT e.customer, count(*) AS n FROM events e JOIN clicks c ON e.customer = c.customer AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '1' MINUTE GROUP BY e.customer) GROUP BY customer"),
+            "or GROUP BY the PRIMARY KEY of the table on one side of a join of two streams",
+        ),
         // Keys of both sides of a join: no one side's row closes them.
         (
             format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); {files}; INSERT INTO out SELECT s, n FROM (SELECT e.ts AS s, CAST(e.amount AS BIGINT) AS n, row_number() OVER (PARTITION BY e.customer, c.ts ORDER BY e.amount DESC) AS r FROM events e JOIN clicks c ON e.customer = c.customer AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '1' MINUTE) WHERE r = 1"),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::Constraint;
 use datafusion::datasource::TableType;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::CreateExternalTable;
@@ -96,6 +97,10 @@ pub struct KafkaSourceSpec {
     /// the tasks that read them, not fetched (see `nexmark::source`).
     #[serde(default)]
     pub generator: Option<crate::nexmark::NexmarkSource>,
+    /// The declared `PRIMARY KEY` (not enforced, as in Flink): no two rows
+    /// share these columns' values, so they decide the row's others.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
 }
 
 /// `on_error`: what a record whose value does not decode does.
@@ -330,8 +335,25 @@ impl KafkaTableFactory {
             starting_offsets,
             max_offsets_per_trigger,
             generator: None,
+            primary_key: declared_primary_key(cmd),
         })
     }
+}
+
+/// The names of the columns of a table's `PRIMARY KEY (...)`, if declared.
+pub(crate) fn declared_primary_key(cmd: &CreateExternalTable) -> Vec<String> {
+    cmd.constraints
+        .iter()
+        .find_map(|c| match c {
+            Constraint::PrimaryKey(columns) => Some(
+                columns
+                    .iter()
+                    .map(|i| cmd.schema.field(*i).name().clone())
+                    .collect(),
+            ),
+            Constraint::Unique(_) => None,
+        })
+        .unwrap_or_default()
 }
 
 /// DataFusion prefixes option keys without a dot by `format.` and lowercases

@@ -36,8 +36,8 @@ use super::{Event, FieldKind, NexmarkConfig, NexmarkGenerator, NexmarkTable};
 use crate::error::{EngineError, Result};
 use crate::kafka::{
     KEY_COLUMN, KafkaSourceSpec, OFFSET_COLUMN, OnError, PARTITION_COLUMN, PartitionOffsets,
-    RecordFormat, StartingOffsets, TIMESTAMP_COLUMN, WatermarkSpec, metadata_fields,
-    normalized_options, planned_scan,
+    RecordFormat, StartingOffsets, TIMESTAMP_COLUMN, WatermarkSpec, declared_primary_key,
+    metadata_fields, normalized_options, planned_scan,
 };
 
 /// Partitions of a NEXMARK table unless `partitions` says otherwise: a
@@ -190,6 +190,13 @@ fn source_spec(cmd: &CreateExternalTable) -> Result<KafkaSourceSpec> {
         }
     }
     let mut fields = declared_fields(&table, stream, cmd.schema.as_arrow())?;
+    // A person's and an auction's id are unique: the generator counts them.
+    let has_id = fields.iter().any(|f| f.name() == "id");
+    let primary_key = match declared_primary_key(cmd) {
+        declared if !declared.is_empty() => declared,
+        _ if has_id && stream != NexmarkTable::Bid => vec!["id".to_string()],
+        _ => Vec::new(),
+    };
     fields.extend(metadata_fields());
     let schema = Schema::new(fields);
     let watermark = watermark
@@ -210,6 +217,7 @@ fn source_spec(cmd: &CreateExternalTable) -> Result<KafkaSourceSpec> {
         dead_letter_topic: None,
         exactly_once: true,
         generator: Some(source),
+        primary_key,
     })
 }
 
@@ -588,6 +596,7 @@ mod tests {
         .await
         .unwrap();
         let spec = spec_of(&ctx, "bid").await;
+        assert!(spec.primary_key.is_empty());
         let generator = spec.generator.clone().unwrap();
         assert_eq!(generator, source(NexmarkTable::Bid, 5000, 3));
         assert_eq!(spec.watermark.as_ref().unwrap().column, "dateTime");
@@ -647,6 +656,8 @@ mod tests {
         assert_eq!(names, suite);
         assert_eq!(spec.value_column_count(), 8);
         assert_eq!(spec.topic, "nexmark:person");
+        // A person's id is unique without a declared key; bids have none.
+        assert_eq!(spec.primary_key, ["id"]);
         let generator = spec.generator.unwrap();
         assert_eq!(
             (generator.events, generator.partitions),

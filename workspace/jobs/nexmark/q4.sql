@@ -3,8 +3,10 @@
 -- The average closing price of auctions per category: the highest bid of
 -- each auction while it was open, averaged per category.
 --
--- Translation: Unchanged. A join of two streams with a time bound, then two
--- aggregations chained.
+-- Translation: The query is unchanged: a join of two streams with a time
+-- bound, then two aggregations chained. The auction table declares its
+-- PRIMARY KEY (id) NOT ENFORCED, as a Flink table would: the id decides the
+-- auction's end, which is what lets its maximum close.
 --
 -- Semantics: Flink's result is a changelog: each auction's maximum is
 -- updated as bids come and the average retracts the old one. Spate needs
@@ -27,7 +29,8 @@ CREATE EXTERNAL TABLE auction (
     expires TIMESTAMP,
     seller BIGINT,
     category BIGINT,
-    extra VARCHAR
+    extra VARCHAR,
+    PRIMARY KEY (id) NOT ENFORCED
 )
 STORED AS KAFKA
 LOCATION 'auction'

@@ -3,8 +3,10 @@
 -- Each auction with its winning bid: the highest bid made while it was
 -- open, the earliest among equal ones.
 --
--- Translation: Unchanged: a join of two streams with a time bound and a
--- top-1 per auction (ROW_NUMBER() ... <= 1).
+-- Translation: The query is unchanged: a join of two streams with a time
+-- bound and a top-1 per auction (ROW_NUMBER() ... <= 1). The auction table
+-- declares its PRIMARY KEY (id) NOT ENFORCED, as a Flink table would: the
+-- id decides the auction's end, which is what lets its ranking close.
 --
 -- Semantics: Flink writes a winner as bids come and retracts it when a
 -- higher one comes; Spate writes each auction's winner once, when the
@@ -26,7 +28,8 @@ CREATE EXTERNAL TABLE auction (
     expires TIMESTAMP,
     seller BIGINT,
     category BIGINT,
-    extra VARCHAR
+    extra VARCHAR,
+    PRIMARY KEY (id) NOT ENFORCED
 )
 STORED AS KAFKA
 LOCATION 'auction'
