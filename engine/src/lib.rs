@@ -11,6 +11,7 @@ pub mod first_rows;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod insert;
+pub mod ipc;
 pub mod job;
 pub mod join;
 pub mod kafka;

@@ -236,7 +236,7 @@ impl ExecutionPlan for ShuffleWriterExec {
                         Some(w) => w,
                         empty => empty.insert(FileWriter::try_new(Vec::new(), &schema)?),
                     };
-                    writer.write(&slice)?;
+                    writer.write(&crate::ipc::compacted(&slice)?)?;
                 }
             }
             let stem = file_stem(scope.task_index, &scope.attempt_id);

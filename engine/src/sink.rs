@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Writer;
@@ -224,16 +223,6 @@ pub fn without_password(url: &str) -> String {
     crate::redact::url_passwords(url).into_owned()
 }
 
-/// Arrow IPC file bytes of `batches`.
-pub fn ipc_file(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut writer = FileWriter::try_new(Vec::new(), schema)?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
-    writer.finish()?;
-    Ok(writer.into_inner()?)
-}
-
 /// The batches of an Arrow IPC file in the workspace.
 pub async fn read_ipc_file(ws: &Workspace, path: &str) -> Result<Vec<RecordBatch>> {
     let bytes = ws
@@ -257,7 +246,7 @@ async fn write_ipc_part(
         "{dir}/part-{:04}-{}.arrow",
         attempt.task_index, attempt.attempt_id
     );
-    ws.put(&path, ipc_file(schema, batches)?).await?;
+    ws.put(&path, crate::ipc::file(schema, batches)?).await?;
     Ok(SinkPart {
         files: vec![path],
         rows: batches.iter().map(|b| b.num_rows() as u64).sum(),

@@ -28,7 +28,6 @@ use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::compute::{filter_record_batch, not};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 
@@ -261,15 +260,6 @@ fn apply_delta(state: &mut KeyedState, delta: &[RecordBatch]) -> Result<()> {
     Ok(())
 }
 
-fn to_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut writer = FileWriter::try_new(Vec::new(), schema)?;
-    for b in batches {
-        writer.write(b)?;
-    }
-    writer.finish()?;
-    Ok(writer.into_inner()?)
-}
-
 impl PartitionState {
     /// The state batch `batch` starts from: version `batch - 1`, or nothing
     /// for the first batch; taken out of the cache, or read back.
@@ -347,7 +337,7 @@ impl PartitionState {
         let (kind, bytes) = if batch.is_multiple_of(interval) {
             (
                 VersionKind::Snapshot,
-                to_ipc(&schema, &change.state.rows()?)?,
+                crate::ipc::file(&schema, &change.state.rows()?)?,
             )
         } else {
             (VersionKind::Delta, delta_ipc(&schema, &change)?)
@@ -406,7 +396,7 @@ fn delta_ipc(schema: &SchemaRef, change: &StateChange) -> Result<Vec<u8>> {
         // they are, which costs a little and keeps one schema.
         batches.push(flag(b, true)?);
     }
-    to_ipc(&flagged_schema, &batches)
+    crate::ipc::file(&flagged_schema, &batches)
 }
 
 #[cfg(test)]

@@ -50,7 +50,8 @@ impl<'a> ResultWriter<'a> {
     }
 
     async fn write(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
-        self.writer.write(batch).map_err(EngineError::from)?;
+        let batch = spate_engine::ipc::compacted(batch)?;
+        self.writer.write(&batch).map_err(EngineError::from)?;
         self.rows += batch.num_rows() as u64;
         self.flush().await
     }
