@@ -175,7 +175,7 @@ impl PhysicalExtensionCodec for SpateCodec {
                 )?))
             }
             Node::FirstRows(first) => {
-                let spec: FirstRowsSpec = first.try_into()?;
+                let spec = FirstRowsSpec::from(first);
                 let [input] = inputs else {
                     return Err(DataFusionError::Internal(
                         "a first-rows operator has one input".into(),

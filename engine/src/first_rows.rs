@@ -67,6 +67,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::job::KeyClosing;
 use crate::join::Expiry;
 use crate::keyed::{KeyedState, StateLayout, WindowEnd};
 use crate::state::{PartitionState, StateChange, StateMetrics};
@@ -515,8 +516,9 @@ impl Step {
 /// the window function and its sort) over the rows shuffled by the keys
 /// into `partitions`, numbering the operators from `operators_before + 1`.
 /// `event_time(plan, column)` tells whether a column is a Kafka table's
-/// watermark column; `key_close(plan, keys)` where a key's rows are all in
-/// when ordered otherwise (see the module's comment). Returns the plan and
+/// watermark column; `key_close(plan, keys)` when a key's rows are all in
+/// where ordered otherwise (see the module's comment), `plan` widened with
+/// the column that says so where it lacked it. Returns the plan and
 /// the number of operators put in; other window functions are left for
 /// the streaming checks to refuse.
 pub(crate) fn plan_first_rows(
@@ -524,7 +526,7 @@ pub(crate) fn plan_first_rows(
     operators_before: u32,
     partitions: usize,
     event_time: impl Fn(&Arc<dyn ExecutionPlan>, usize) -> bool,
-    key_close: impl Fn(&Arc<dyn ExecutionPlan>, &[usize]) -> Option<Expiry>,
+    key_close: impl Fn(&Arc<dyn ExecutionPlan>, &[usize]) -> DfResult<Option<KeyClosing>>,
 ) -> DfResult<(Arc<dyn ExecutionPlan>, u32)> {
     let mut operator = operators_before;
     let planned = plan.transform_up(|node| {
@@ -597,30 +599,34 @@ pub(crate) fn plan_first_rows(
             [only] if event_time(&input, only.column) => Some(*only),
             _ => None,
         };
-        let close = match (by_event_time, key_close(&input, &keys)) {
-            // By the event time ascending, each row is final on its own.
-            (Some(time), _) if !time.descending => {
+        // By the event time ascending, each row is final on its own; else
+        // a key's rows are, once its row of a join side has left the join.
+        let (input, close, added) = match by_event_time {
+            Some(time) if !time.descending => {
                 if time.nulls_first {
                     return refuse(
                         "NULLS FIRST would number rows without a time before the others, and such rows are never final: drop NULLS FIRST (rows without a time are dropped)",
                     );
                 }
-                Expiry {
+                let close = Expiry {
                     column: time.column,
                     after_ms: 1,
+                };
+                (input, close, false)
+            }
+            _ => match key_close(&input, &keys)? {
+                Some(closing) => (closing.plan, closing.close, closing.added),
+                None if by_event_time.is_some() => {
+                    return refuse(
+                        "ORDER BY ... DESC would keep the latest rows, which are never final while the stream runs; order by the event time ascending, or rank per window (PARTITION BY window.start over a windowed aggregation)",
+                    );
                 }
-            }
-            (_, Some(close)) => close,
-            (Some(_), None) => {
-                return refuse(
-                    "ORDER BY ... DESC would keep the latest rows, which are never final while the stream runs; order by the event time ascending, or rank per window (PARTITION BY window.start over a windowed aggregation)",
-                );
-            }
-            (None, None) => {
-                return refuse(
-                    "ordered by anything but a Kafka table's event-time column (one with a 'watermark'), ascending, a key's rows are final only once the key can get no more rows; Spate knows when that is for a key of one side of a join of two streams that holds the PRIMARY KEY of that side's table (declared, or a NEXMARK person's or auction's id), where the join condition bounds the other side's time by a column of that table which the query keeps (PARTITION BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q9); otherwise order by the event time, or rank per window (PARTITION BY window.start over a windowed aggregation)",
-                );
-            }
+                None => {
+                    return refuse(
+                        "ordered by anything but a Kafka table's event-time column (one with a 'watermark'), ascending, a key's rows are final only once the key can get no more rows; Spate knows when that is for a key of one side of a join of two streams that holds the PRIMARY KEY of that side's table (declared, or a NEXMARK person's or auction's id), where the join condition bounds the other side's time by a column of that table (PARTITION BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q9); otherwise order by the event time, or rank per window (PARTITION BY window.start over a windowed aggregation)",
+                    );
+                }
+            },
         };
         let by_keys = keys
             .iter()
@@ -639,7 +645,11 @@ pub(crate) fn plan_first_rows(
             limit,
             number: window.schema().field(number).name().clone(),
         };
-        let first = Arc::new(FirstRowsExec::new(spec, input, None)) as Arc<dyn ExecutionPlan>;
+        let mut first = Arc::new(FirstRowsExec::new(spec, input, None)) as Arc<dyn ExecutionPlan>;
+        if added {
+            // The close column was passed up for the operator alone.
+            first = crate::job::without_column(first, close.column)?;
+        }
         let replace = |parent: Arc<dyn ExecutionPlan>, child| {
             parent.replace_children(
                 vec![child],

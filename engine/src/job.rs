@@ -693,6 +693,9 @@ fn check_join_output_mode(plan: &Arc<dyn ExecutionPlan>, mode: OutputMode) -> Re
     Ok(())
 }
 
+/// How else a group closes, for the refusals of aggregations without one.
+pub(crate) const KEY_CLOSE_HINT: &str = ", or the PRIMARY KEY of the table on one side of a join of two streams whose condition bounds the other side's time by a column of that table, which closes a key when the join is done with its row (GROUP BY A.id over B.ts BETWEEN A.ts AND A.expires, with PRIMARY KEY (id) NOT ENFORCED among the auction table's columns, as in Nexmark q4)";
+
 const FIRST_ROWS_FEED: &str = "ROW_NUMBER() over a stream writes each key's first rows once the watermark has passed them, so it cannot feed an aggregation or a join of two streams yet; write its rows to a Kafka table and aggregate or join that in a second job";
 
 /// The walk of `make_stateful`: children first, so that aggregations are
@@ -832,9 +835,9 @@ impl StatefulRewrite<'_> {
         // A GROUP BY without aggregates writes a group when first seen,
         // which its window's end still bounds: it may feed a join.
         if feeds_state && window.is_none() {
-            return Err(DataFusionError::Plan(
-                "an aggregation that feeds a join or another aggregation must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) of a table with a 'watermark': it passes on each window once the watermark closes it; or GROUP BY the PRIMARY KEY of the table on one side of a join of two streams whose condition bounds the other side's time by a column of that table (GROUP BY A.id over B.ts BETWEEN A.ts AND A.expires, as in Nexmark q4), which closes each group when the join is done with its row".into(),
-            ));
+            return Err(DataFusionError::Plan(format!(
+                "an aggregation that feeds a join or another aggregation passes on each group once the watermark closes it, so it must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) of a table with a 'watermark'{KEY_CLOSE_HINT}"
+            )));
         }
         if feeds_state && matches!(window, Some(EventWindow::Session { .. })) {
             return Err(DataFusionError::Plan(
@@ -843,11 +846,13 @@ impl StatefulRewrite<'_> {
         }
         if mode == OutputMode::Append && !distinct && window.is_none() {
             let why = if upstream {
-                "an aggregation over a windowed aggregation runs on each window when the watermark closes it, so it must GROUP BY that window (window.start, window.end or window itself), or SET spate.output_mode = 'update' or 'complete'"
+                "an aggregation over a streaming aggregation in append mode emits each group once, when the watermark closes it, so over a windowed aggregation it must GROUP BY that window (window.start, window.end or window itself); otherwise SET spate.output_mode = 'update' or 'complete'".to_string()
             } else {
-                "append output mode emits each group once, when the watermark closes its window, so the query must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) and the Kafka table must declare 'watermark' 'ts - INTERVAL 5 SECONDS'; or SET spate.output_mode = 'update' or 'complete'"
+                format!(
+                    "append output mode emits each group once, when the watermark closes its window, so the query must GROUP BY an event-time window (window(ts, '10 seconds') or date_bin) and the Kafka table must declare 'watermark' 'ts - INTERVAL 5 SECONDS'{KEY_CLOSE_HINT}; or SET spate.output_mode = 'update' or 'complete'"
+                )
             };
-            return Err(DataFusionError::Plan(why.into()));
+            return Err(DataFusionError::Plan(why));
         }
         let node = match &window {
             Some(EventWindow::Session { column }) => session_shuffled(&planned, *column)?,
@@ -897,12 +902,10 @@ fn close_groups_by_key(
     let Some(keys) = keys.filter(|k| !k.is_empty()) else {
         return Ok(None);
     };
-    let Some((join, side, end)) = key_end(partial.input(), &keys) else {
+    let Some(closing) = key_close(partial.input(), &keys)? else {
         return Ok(None);
     };
-    let Some((input, close)) = keeping_join_column(partial.input(), join, side, end.column)? else {
-        return Ok(None);
-    };
+    let (input, close, end) = (closing.plan, closing.close.column, closing.close);
     if let Some(at) = keys.iter().position(|k| *k == close) {
         let window = EventWindow::KeyClose {
             column: at,
@@ -928,15 +931,19 @@ fn close_groups_by_key(
         Arc::clone(&input_schema),
     )?) as Arc<dyn ExecutionPlan>;
     let partial_ptr = partial as *const AggregateExec as *const ();
-    let input = Arc::clone(final_agg.input())
-        .transform_up(|n| {
-            Ok(if Arc::as_ptr(&n) as *const () == partial_ptr {
-                Transformed::yes(Arc::clone(&closing_partial))
-            } else {
-                Transformed::no(n)
-            })
-        })?
-        .data;
+    let replaced = Arc::clone(final_agg.input()).transform_up(|n| {
+        Ok(if Arc::as_ptr(&n) as *const () == partial_ptr {
+            Transformed::yes(Arc::clone(&closing_partial))
+        } else {
+            Transformed::no(n)
+        })
+    })?;
+    if !replaced.transformed {
+        return Err(DataFusionError::Internal(
+            "a final aggregate without its partial one".into(),
+        ));
+    }
+    let input = replaced.data;
     let closing = AggregateExec::try_new(
         *final_agg.mode(),
         group_by.as_final(),
@@ -958,7 +965,7 @@ fn close_groups_by_key(
 }
 
 /// `plan`'s columns but one: a projection that leaves it out.
-fn without_column(
+pub(crate) fn without_column(
     plan: Arc<dyn ExecutionPlan>,
     dropped: usize,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -985,10 +992,9 @@ fn partial_under(plan: &Arc<dyn ExecutionPlan>) -> Option<&AggregateExec> {
         return (aggregate.mode().output_mode() == AggregateOutputMode::Partial)
             .then_some(aggregate);
     }
-    let passes = plan.is::<RepartitionExec>()
-        || plan.is::<CoalescePartitionsExec>()
-        || plan.name() == "CoalesceBatchesExec";
-    passes.then(|| partial_under(plan.children()[0])).flatten()
+    passes_columns(plan)
+        .then(|| partial_under(plan.children()[0]))
+        .flatten()
 }
 
 /// The topics a plan reads.
@@ -1003,24 +1009,42 @@ fn sources_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     topics
 }
 
-/// When a key of `plan`'s rows can get no more rows, if its columns are
-/// one side's of an inner join of two streams (or the side an outer join
+/// `plan` (passing up the column that says when, where it did not) and
+/// when a key of its rows can get no more rows, if its columns are one
+/// side's of an inner join of two streams (or the side an outer join
 /// keeps) and hold the primary key of that side's table: a pair is
 /// written before either row leaves the join's state, so a key's rows are
 /// all in once the join has dropped its one row of that table, which
-/// `expiry_of` says when, in a column `plan` must keep. The primary key is
-/// declared, not enforced (as Flink's): two rows of one key that end at
-/// different times are ranked at each (see `first_rows`).
-fn key_close(plan: &Arc<dyn ExecutionPlan>, keys: &[usize]) -> Option<Expiry> {
-    let (join, side, end) = key_end(plan, keys)?;
-    let column = (0..plan.schema().fields().len()).find(|c| {
-        column_of_stream_join(plan, *c)
-            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == end.column)
-    })?;
-    Some(Expiry {
-        column,
-        after_ms: end.after_ms,
-    })
+/// `expiry_of` says when. The primary key is declared, not enforced (as
+/// Flink's): two rows of one key that end at different times are ranked
+/// or grouped at each (see `first_rows`).
+pub(crate) fn key_close(
+    plan: &Arc<dyn ExecutionPlan>,
+    keys: &[usize],
+) -> DfResult<Option<KeyClosing>> {
+    let Some((join, side, end)) = key_end(plan, keys) else {
+        return Ok(None);
+    };
+    let Some((widened, column)) = keeping_join_column(plan, join, side, end.column)? else {
+        return Ok(None);
+    };
+    Ok(Some(KeyClosing {
+        added: column >= plan.schema().fields().len(),
+        plan: widened,
+        close: Expiry {
+            column,
+            after_ms: end.after_ms,
+        },
+    }))
+}
+
+/// A plan whose keys close with a join's row (`key_close`).
+pub(crate) struct KeyClosing {
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// When a row's key is closed: its column of `plan`, and after it.
+    pub close: Expiry,
+    /// Whether `close.column` was added to the plan's columns (last).
+    pub added: bool,
 }
 
 /// The join of two streams whose one side's rows `keys` of `plan` come
@@ -1051,11 +1075,7 @@ fn key_end<'a>(
         return None;
     }
     let (left, right) = expiry_of(join, |side, column| {
-        let input = match side {
-            JoinSide::Left => join.left(),
-            _ => join.right(),
-        };
-        trace_time(input, column).and_then(TimeColumn::floor_ms)
+        trace_time(side_input(join, side), column).and_then(TimeColumn::floor_ms)
     });
     let end = match side {
         JoinSide::Left => left,
@@ -1063,15 +1083,17 @@ fn key_end<'a>(
     }?;
     // The keys must hold the declared primary key of the table the side's
     // rows come from, and the end be a column of that table: then a key's
-    // rows all come from one row of it, and end together.
-    let side_input = match side {
-        JoinSide::Left => join.left(),
-        _ => join.right(),
-    };
-    let (table, _) = scan_column(side_input, end.column)?;
+    // rows all come from one row of it, and end together. Not where the
+    // side is itself a join of two streams: it writes a pair when its
+    // later row comes, maybe after the end.
+    let input = side_input(join, side);
+    if input.exists(|n| Ok(joins_two_streams(n.as_ref()))).ok()? {
+        return None;
+    }
+    let (table, _) = scan_column(input, end.column)?;
     let key_names: Vec<String> = traced
         .iter()
-        .filter_map(|(_, _, c)| scan_column(side_input, *c))
+        .filter_map(|(_, _, c)| scan_column(input, *c))
         .filter(|(scan, _)| std::ptr::eq(*scan, table))
         .map(|(_, name)| name)
         .collect();
@@ -1090,10 +1112,13 @@ fn scan_column(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<(&KafkaSc
         return Some((scan, plan.schema().fields().get(column)?.name().clone()));
     }
     if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
-        return match join_input_column(join, column)? {
-            (JoinSide::Left, column) => scan_column(join.left(), column),
-            (_, column) => scan_column(join.right(), column),
-        };
+        // Joins whose rows are a left row's columns, then a right row's.
+        let pairs = matches!(
+            join.join_type(),
+            JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+        );
+        let (side, column) = join_input_column(join, column).filter(|_| pairs)?;
+        return scan_column(side_input(join, side), column);
     }
     let (child, column) = passed_from(plan, column)?;
     scan_column(child, column)
@@ -1109,11 +1134,7 @@ fn keeping_join_column(
     side: JoinSide,
     column: usize,
 ) -> DfResult<Option<(Arc<dyn ExecutionPlan>, usize)>> {
-    let kept = (0..plan.schema().fields().len()).find(|c| {
-        column_of_stream_join(plan, *c)
-            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == column)
-    });
-    if let Some(at) = kept {
+    if let Some(at) = output_column_of(plan, join, side, column) {
         return Ok(Some((Arc::clone(plan), at)));
     }
     let width = plan.schema().fields().len();
@@ -1182,6 +1203,28 @@ fn keeping_join_column(
         return Ok(Some((passed, at)));
     }
     Ok(None)
+}
+
+/// The column of `plan`'s output that is column `column` of side `side`
+/// of `join`, if `plan` passes it up.
+fn output_column_of(
+    plan: &Arc<dyn ExecutionPlan>,
+    join: &HashJoinExec,
+    side: JoinSide,
+    column: usize,
+) -> Option<usize> {
+    (0..plan.schema().fields().len()).find(|c| {
+        column_of_stream_join(plan, *c)
+            .is_some_and(|(j, s, at)| std::ptr::eq(j, join) && s == side && at == column)
+    })
+}
+
+/// A join's input on `side`.
+fn side_input(join: &HashJoinExec, side: JoinSide) -> &Arc<dyn ExecutionPlan> {
+    match side {
+        JoinSide::Left => join.left(),
+        _ => join.right(),
+    }
 }
 
 /// Follows column `column` of `plan` down through projections, filters
@@ -1407,11 +1450,7 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
     if let Some(join) = stream_join {
         let (side, column) = join_input_column(join, column)?;
         let floor_ms = output_floor(join, side, column, |side, column| {
-            let input = match side {
-                JoinSide::Left => join.left(),
-                _ => join.right(),
-            };
-            trace_time(input, column).and_then(TimeColumn::floor_ms)
+            trace_time(side_input(join, side), column).and_then(TimeColumn::floor_ms)
         })?;
         return Some(TimeColumn::Joined { floor_ms });
     }
@@ -1770,11 +1809,7 @@ fn make_stream_joins(
             join.null_aware,
         )?;
         let (left, right) = expiry_of(&shuffled, |side, column| {
-            let plan = match side {
-                JoinSide::Left => shuffled.left(),
-                _ => shuffled.right(),
-            };
-            trace_time(plan, column).and_then(TimeColumn::floor_ms)
+            trace_time(side_input(&shuffled, side), column).and_then(TimeColumn::floor_ms)
         });
         let unbounded = |outer: &str, other: &str| {
             DataFusionError::Plan(format!(

@@ -603,15 +603,8 @@ impl From<&FirstRowsSpec> for pb::FirstRows {
         pb::FirstRows {
             operator: spec.operator,
             keys: spec.keys.iter().map(|k| *k as u32).collect(),
-            order: spec
-                .order
-                .iter()
-                .map(|o| pb::OrderKey {
-                    column: o.column as u32,
-                    descending: o.descending,
-                    nulls_first: o.nulls_first,
-                })
-                .collect(),
+            time: spec.close.column as u32,
+            order: spec.order.iter().map(|o| (*o).into()).collect(),
             close: Some(spec.close.into()),
             limit: spec.limit,
             number: spec.number.clone(),
@@ -619,29 +612,54 @@ impl From<&FirstRowsSpec> for pb::FirstRows {
     }
 }
 
-impl TryFrom<pb::FirstRows> for FirstRowsSpec {
-    type Error = EngineError;
+impl From<pb::OrderKey> for OrderKey {
+    fn from(o: pb::OrderKey) -> Self {
+        OrderKey {
+            column: o.column as usize,
+            descending: o.descending,
+            nulls_first: o.nulls_first,
+        }
+    }
+}
 
-    fn try_from(f: pb::FirstRows) -> Result<Self> {
-        Ok(FirstRowsSpec {
+impl From<OrderKey> for pb::OrderKey {
+    fn from(o: OrderKey) -> Self {
+        pb::OrderKey {
+            column: o.column as u32,
+            descending: o.descending,
+            nulls_first: o.nulls_first,
+        }
+    }
+}
+
+impl From<pb::FirstRows> for FirstRowsSpec {
+    fn from(f: pb::FirstRows) -> Self {
+        // A plan stored by an earlier version (a resumed job's) has only
+        // the event time: its rows are ordered by it, and final after it.
+        let time = f.time as usize;
+        let mut order: Vec<OrderKey> = f.order.into_iter().map(Into::into).collect();
+        if order.is_empty() {
+            order.push(OrderKey {
+                column: time,
+                descending: false,
+                nulls_first: false,
+            });
+        }
+        let close = f.close.map_or(
+            Expiry {
+                column: time,
+                after_ms: 1,
+            },
+            Expiry::from,
+        );
+        FirstRowsSpec {
             operator: f.operator,
             keys: f.keys.into_iter().map(|k| k as usize).collect(),
-            order: f
-                .order
-                .into_iter()
-                .map(|o| OrderKey {
-                    column: o.column as usize,
-                    descending: o.descending,
-                    nulls_first: o.nulls_first,
-                })
-                .collect(),
-            close: f
-                .close
-                .ok_or_else(|| undecodable("first rows' close"))?
-                .into(),
+            order,
+            close,
             limit: f.limit,
             number: f.number,
-        })
+        }
     }
 }
 
@@ -652,6 +670,57 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field};
 
     use super::*;
+
+    #[test]
+    fn first_rows_cross_the_wire_and_old_plans_still_decode() {
+        let spec = FirstRowsSpec {
+            operator: 2,
+            keys: vec![0],
+            order: vec![
+                OrderKey {
+                    column: 3,
+                    descending: true,
+                    nulls_first: true,
+                },
+                OrderKey {
+                    column: 1,
+                    descending: false,
+                    nulls_first: false,
+                },
+            ],
+            close: Expiry {
+                column: 2,
+                after_ms: 1,
+            },
+            limit: 1,
+            number: "rownum".into(),
+        };
+        assert_eq!(FirstRowsSpec::from(pb::FirstRows::from(&spec)), spec);
+        // An earlier version's plan: ROW_NUMBER() OVER (... ORDER BY ts).
+        let old = pb::FirstRows {
+            operator: 1,
+            keys: vec![0],
+            time: 4,
+            limit: 3,
+            number: "n".into(),
+            ..Default::default()
+        };
+        let decoded = FirstRowsSpec::from(old);
+        assert_eq!(
+            (decoded.order, decoded.close),
+            (
+                vec![OrderKey {
+                    column: 4,
+                    descending: false,
+                    nulls_first: false
+                }],
+                Expiry {
+                    column: 4,
+                    after_ms: 1
+                }
+            )
+        );
+    }
 
     #[test]
     fn every_event_window_crosses_the_wire() {

@@ -367,6 +367,52 @@ fn add(produced: &mut [i64], more: Vec<i64>) {
     }
 }
 
+/// Auctions (whose id is their key) joined with their bids and with
+/// their sellers' sign-ups: each auction's best bid is final once the
+/// watermark passes its end, but not where the auction side is itself a
+/// join of two streams, which may write a pair after that.
+#[tokio::test]
+async fn a_top_n_per_primary_key_of_a_join_side_closes_with_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = PlanEnv::new(Workspace::open(dir.path()).unwrap(), "localhost:9092");
+    let tables = "
+        CREATE EXTERNAL TABLE auctions (id BIGINT, ts TIMESTAMP, ends TIMESTAMP, seller BIGINT,
+            PRIMARY KEY (id) NOT ENFORCED)
+            STORED AS KAFKA LOCATION 'auctions' OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS');
+        CREATE EXTERNAL TABLE bids (auction BIGINT, price BIGINT, ts TIMESTAMP)
+            STORED AS KAFKA LOCATION 'bids' OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS');
+        CREATE EXTERNAL TABLE sellers (id BIGINT, ts TIMESTAMP)
+            STORED AS KAFKA LOCATION 'sellers' OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS');
+        CREATE EXTERNAL TABLE out (id BIGINT, price BIGINT) STORED AS PARQUET LOCATION 'out/';";
+    let best = |from: &str| {
+        format!(
+            "{tables} INSERT INTO out SELECT id, price FROM (SELECT a.id, a.ends, b.price,
+                row_number() OVER (PARTITION BY a.id ORDER BY b.price DESC) AS r
+             FROM {from} JOIN bids b ON a.id = b.auction AND b.ts BETWEEN a.ts AND a.ends)
+             WHERE r = 1"
+        )
+    };
+    let job = plan_job(&env, &best("auctions a"), "best").await.unwrap();
+    assert!(
+        job.explain.contains(
+            "first 1 per [id] by [price DESC], each once the watermark reaches ends + 1 ms"
+        ),
+        "{}",
+        job.explain
+    );
+    let nested = best(
+        "auctions a JOIN sellers s ON a.seller = s.id AND s.ts BETWEEN a.ts AND a.ts + INTERVAL '1' MINUTE",
+    );
+    let error = plan_job(&env, &nested, "best")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("a key's rows are final only once the key can get no more rows"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
     let broker = DevBroker::start().unwrap();
@@ -458,7 +504,7 @@ async fn queries_a_stream_cannot_run_are_refused_with_the_reason() {
         ),
         (
             format!("{watermarked}; CREATE EXTERNAL TABLE clicks (customer VARCHAR, ts TIMESTAMP) STORED AS KAFKA LOCATION 'clicks' OPTIONS ('watermark' 'ts'); CREATE EXTERNAL TABLE out (c VARCHAR, n BIGINT) STORED AS PARQUET LOCATION 'out/'; SET spate.output_mode = 'complete'; INSERT INTO out SELECT customer, max(n) FROM (SELECT e.customer, count(*) AS n FROM events e JOIN clicks c ON e.customer = c.customer AND c.ts BETWEEN e.ts AND e.ts + INTERVAL '1' MINUTE GROUP BY e.customer) GROUP BY customer"),
-            "or GROUP BY the PRIMARY KEY of the table on one side of a join of two streams",
+            "or the PRIMARY KEY of the table on one side of a join of two streams",
         ),
         // Keys of both sides of a join: no one side's row closes them.
         (

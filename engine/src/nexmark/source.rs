@@ -64,6 +64,7 @@ pub struct NexmarkSource {
     pub seed: u64,
     /// Make the other streams' events too, and drop them, as a source of
     /// one interleaved stream does (Flink's): a benchmark's like for like.
+    #[serde(default)]
     pub make_other_streams: bool,
 }
 
