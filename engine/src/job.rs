@@ -1434,13 +1434,6 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
             _ => None,
         };
     }
-    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
-        let column = match filter.projection() {
-            Some(projection) => *projection.get(column)?,
-            None => column,
-        };
-        return trace_time(filter.input(), column);
-    }
     let stream_join = match plan.downcast_ref::<StreamJoinExec>() {
         Some(wrapped) => Some(wrapped.join()),
         None => plan
@@ -1463,9 +1456,9 @@ fn trace_time(plan: &Arc<dyn ExecutionPlan>, column: usize) -> Option<TimeColumn
             _ => None,
         };
     }
-    passes_columns(plan)
-        .then(|| trace_time(plan.children()[0], column))
-        .flatten()
+    // Filters and shuffles (projections returned above).
+    let (child, column) = passed_from(plan, column)?;
+    trace_time(child, column)
 }
 
 /// Sessions of one key merge with each other, so they must meet in one
