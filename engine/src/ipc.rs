@@ -49,20 +49,24 @@ pub fn compacted(batch: &RecordBatch) -> Result<RecordBatch> {
         };
         held > 2 * used + 4096
     };
-    if !batch.columns().iter().any(wasteful) {
-        return Ok(batch.clone());
-    }
+    let mut compacted = false;
     let columns = batch
         .columns()
         .iter()
-        .map(|column| match column.data_type() {
-            DataType::Utf8View if wasteful(column) => {
-                Arc::new(column.as_string_view().gc()) as ArrayRef
+        .map(|column| {
+            if !wasteful(column) {
+                return Arc::clone(column);
             }
-            DataType::BinaryView if wasteful(column) => Arc::new(column.as_binary_view().gc()),
-            _ => Arc::clone(column),
+            compacted = true;
+            match column.data_type() {
+                DataType::Utf8View => Arc::new(column.as_string_view().gc()) as ArrayRef,
+                _ => Arc::new(column.as_binary_view().gc()),
+            }
         })
         .collect();
+    if !compacted {
+        return Ok(batch.clone());
+    }
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
