@@ -90,6 +90,9 @@ impl At {
 #[derive(Debug)]
 struct Segment {
     rows: RecordBatch,
+    /// Each row's key number in `Keys`, so a row leaves the index
+    /// without its key being encoded again.
+    keys: Vec<u32>,
     live: Vec<bool>,
     live_rows: usize,
     /// The earliest window end among the live rows, once computed; a
@@ -162,6 +165,28 @@ impl Keys {
     }
 }
 
+/// A batch's rows grouped by key, each group matched to the state's live
+/// row of its key (see [`KeyedState::group`]).
+#[derive(Debug)]
+pub struct Grouped {
+    /// Each row's group, numbered in order of first appearance.
+    pub group_of_row: Vec<usize>,
+    /// Each group's first row.
+    pub first_row: Vec<usize>,
+    /// Where the state holds a live row of a group: (segment, row).
+    held: Vec<(usize, usize)>,
+    /// The group of each of those rows.
+    pub held_groups: Vec<usize>,
+    /// Each group's key number in the index.
+    key_numbers: Vec<u32>,
+}
+
+impl Grouped {
+    pub fn groups(&self) -> usize {
+        self.first_row.len()
+    }
+}
+
 /// One partition's state: its rows by group key.
 #[derive(Debug)]
 pub struct KeyedState {
@@ -225,7 +250,11 @@ impl KeyedState {
     pub fn memory_size(&self) -> usize {
         self.segments
             .iter()
-            .map(|s| s.rows.get_array_memory_size() + s.live.capacity())
+            .map(|s| {
+                s.rows.get_array_memory_size()
+                    + s.live.capacity()
+                    + s.keys.capacity() * size_of::<u32>()
+            })
             .sum::<usize>()
             + self.index.allocation_size()
             + self.keys.heap_size()
@@ -262,6 +291,126 @@ impl KeyedState {
         Ok(interleave_record_batch(&segments, &found)?)
     }
 
+    /// Groups `rows` by key and matches each group to the state: the index
+    /// learns every key, so [`KeyedState::replace`] needs no second lookup.
+    /// Each key is encoded and hashed once, and the index (large, so out
+    /// of the CPU's caches) is probed once per group, not per row.
+    pub fn group(&mut self, rows: &RecordBatch) -> Result<Grouped> {
+        let key_rows = self.key_rows(rows)?;
+        let count = key_rows.num_rows();
+        let mut grouped = Grouped {
+            group_of_row: Vec::with_capacity(count),
+            first_row: Vec::new(),
+            held: Vec::new(),
+            held_groups: Vec::new(),
+            key_numbers: Vec::new(),
+        };
+        let mut hashes: Vec<u64> = Vec::new();
+        let mut local: HashTable<u32> = HashTable::with_capacity(count);
+        for row in 0..count {
+            let key = key_rows.row(row).data();
+            let hash = self.hasher.hash_one(key);
+            let group = match local.entry(
+                hash,
+                |g| key_rows.row(grouped.first_row[*g as usize]).data() == key,
+                |g| hashes[*g as usize],
+            ) {
+                Entry::Occupied(entry) => *entry.get(),
+                Entry::Vacant(entry) => {
+                    let group = grouped.first_row.len() as u32;
+                    grouped.first_row.push(row);
+                    hashes.push(hash);
+                    entry.insert(group);
+                    group
+                }
+            };
+            grouped.group_of_row.push(group as usize);
+        }
+        grouped.key_numbers.reserve(grouped.first_row.len());
+        if self.index.is_empty() {
+            // A first batch or a state read back: its keys in one go, without regrowing.
+            let bytes = grouped
+                .first_row
+                .iter()
+                .map(|row| key_rows.row(*row).data().len());
+            self.reserve(grouped.first_row.len(), bytes.sum());
+        }
+        for (group, (&row, &hash)) in grouped.first_row.iter().zip(&hashes).enumerate() {
+            let key = key_rows.row(row).data();
+            let (keys, hasher) = (&mut self.keys, &self.hasher);
+            let k = match self.index.entry(
+                hash,
+                |k| keys.key(*k) == key,
+                |k| hasher.hash_one(keys.key(*k)),
+            ) {
+                Entry::Occupied(entry) => *entry.get(),
+                Entry::Vacant(entry) => *entry.insert(keys.push(key, At::GONE)).get(),
+            };
+            if let Some(at) = keys.at[k as usize].live() {
+                grouped.held.push((at.segment as usize, at.row as usize));
+                grouped.held_groups.push(group);
+            }
+            grouped.key_numbers.push(k);
+        }
+        Ok(grouped)
+    }
+
+    /// The live rows of the groups `grouped` found in the state, in the
+    /// order of its `held_groups`.
+    pub fn held_rows(&self, grouped: &Grouped) -> Result<RecordBatch> {
+        if grouped.held.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.layout.schema)));
+        }
+        let segments: Vec<&RecordBatch> = self.segments.iter().map(|s| &s.rows).collect();
+        Ok(interleave_record_batch(&segments, &grouped.held)?)
+    }
+
+    /// Puts the groups of a [`KeyedState::group`] call in the state: row
+    /// `g` of `rows` is group `g`'s, and replaces its live row.
+    pub fn replace(&mut self, grouped: &Grouped, rows: RecordBatch) -> Result<()> {
+        if rows.num_rows() != grouped.groups() {
+            return Err(crate::error::EngineError::internal(format!(
+                "{} rows replace {} groups",
+                rows.num_rows(),
+                grouped.groups()
+            )));
+        }
+        if rows.num_rows() == 0 {
+            return Ok(());
+        }
+        let rows = RecordBatch::try_new(Arc::clone(&self.layout.schema), rows.columns().to_vec())?;
+        let segment = self.segments.len() as u32;
+        for (row, &k) in grouped.key_numbers.iter().enumerate() {
+            let at = At {
+                segment,
+                row: row as u32,
+            };
+            if let Some(old) = std::mem::replace(&mut self.keys.at[k as usize], at).live() {
+                Self::kill(&mut self.segments, old);
+                self.dead_rows += 1;
+            } else {
+                self.live_rows += 1;
+            }
+        }
+        self.segments.push(Segment {
+            live: vec![true; rows.num_rows()],
+            live_rows: rows.num_rows(),
+            keys: grouped.key_numbers.clone(),
+            rows,
+            earliest_end: None,
+        });
+        self.compact_if_sparse()
+    }
+
+    /// Room for `count` more keys of `bytes` bytes in all.
+    fn reserve(&mut self, count: usize, bytes: usize) {
+        let hasher = &self.hasher;
+        let keys = &self.keys;
+        self.index.reserve(count, |k| hasher.hash_one(keys.key(*k)));
+        self.keys.at.reserve(count);
+        self.keys.bytes.reserve(bytes);
+    }
+
     /// Puts `rows` in the state: each replaces the live row of its group,
     /// if there is one.
     pub fn upsert(&mut self, rows: RecordBatch) -> Result<()> {
@@ -272,17 +421,15 @@ impl KeyedState {
         let key_rows = self.key_rows(&rows)?;
         if self.index.is_empty() {
             // A state read back: its keys in one go, without regrowing.
-            let hasher = &self.hasher;
-            let keys = &self.keys;
-            self.index
-                .reserve(key_rows.num_rows(), |k| hasher.hash_one(keys.key(*k)));
-            self.keys.at.reserve(key_rows.num_rows());
-            self.keys.bytes.reserve(key_rows.lengths().sum());
+            self.reserve(key_rows.num_rows(), key_rows.lengths().sum());
         }
         let segment = self.segments.len() as u32;
+        let mut row_keys = Vec::with_capacity(rows.num_rows());
+        // Pushed first: a group twice in `rows` kills its earlier row here.
         self.segments.push(Segment {
             live: vec![true; rows.num_rows()],
             live_rows: rows.num_rows(),
+            keys: Vec::new(),
             rows,
             earliest_end: None,
         });
@@ -301,8 +448,9 @@ impl KeyedState {
                 |k| hasher.hash_one(keys.key(*k)),
             ) {
                 Entry::Occupied(entry) => {
-                    let k = *entry.get() as usize;
-                    if let Some(old) = std::mem::replace(&mut keys.at[k], at).live() {
+                    let k = *entry.get();
+                    row_keys.push(k);
+                    if let Some(old) = std::mem::replace(&mut keys.at[k as usize], at).live() {
                         Self::kill(&mut self.segments, old);
                         self.live_rows -= 1;
                         self.dead_rows += 1;
@@ -310,10 +458,12 @@ impl KeyedState {
                 }
                 Entry::Vacant(entry) => {
                     let k = keys.push(key, at);
+                    row_keys.push(k);
                     entry.insert(k);
                 }
             }
         }
+        self.segments[segment as usize].keys = row_keys;
         self.compact_if_sparse()
     }
 
@@ -334,6 +484,7 @@ impl KeyedState {
             return Ok(RecordBatch::new_empty(schema));
         };
         let mut closed = Vec::new();
+        let mut leaving = Vec::new();
         for segment in &mut self.segments {
             if segment.live_rows == 0 {
                 continue;
@@ -358,23 +509,40 @@ impl KeyedState {
                 .collect();
             closed.push(filter_record_batch(&segment.rows, &mask)?);
             segment.earliest_end = Some(earliest_live_after(segment, &ends, &mask));
+            leaving.extend(mask.values().set_indices().map(|row| segment.keys[row]));
         }
-        let closed = concat_batches(&schema, &closed)?;
         // Their keys leave the index, which marks their rows dead.
-        self.remove(&closed)?;
-        Ok(closed)
+        for k in leaving {
+            self.remove_key_number(k);
+        }
+        self.compact_if_sparse()?;
+        Ok(concat_batches(&schema, &closed)?)
     }
 
     fn remove_key(&mut self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
-        let keys = &mut self.keys;
+        let keys = &self.keys;
         if let Ok(entry) = self.index.find_entry(hash, |k| keys.key(*k) == key) {
             let (k, _) = entry.remove();
-            if let Some(old) = std::mem::replace(&mut keys.at[k as usize], At::GONE).live() {
-                Self::kill(&mut self.segments, old);
-                self.live_rows -= 1;
-                self.dead_rows += 1;
-            }
+            self.forget(k);
+        }
+    }
+
+    /// Removes key number `k`, whose bytes the arena holds.
+    fn remove_key_number(&mut self, k: u32) {
+        let hash = self.hasher.hash_one(self.keys.key(k));
+        if let Ok(entry) = self.index.find_entry(hash, |other| *other == k) {
+            entry.remove();
+            self.forget(k);
+        }
+    }
+
+    /// Key number `k` has left the index: its live row dies.
+    fn forget(&mut self, k: u32) {
+        if let Some(old) = std::mem::replace(&mut self.keys.at[k as usize], At::GONE).live() {
+            Self::kill(&mut self.segments, old);
+            self.live_rows -= 1;
+            self.dead_rows += 1;
         }
     }
 
@@ -432,10 +600,15 @@ impl KeyedState {
             *k = renumbered[*k as usize];
             *k != u32::MAX
         });
+        let mut row_keys = vec![0u32; rows.num_rows()];
+        for (k, at) in keys.at.iter().enumerate() {
+            row_keys[at.row as usize] = k as u32;
+        }
         self.keys = keys;
         self.segments = vec![Segment {
             live: vec![true; rows.num_rows()],
             live_rows: rows.num_rows(),
+            keys: row_keys,
             rows,
             earliest_end: None,
         }];
@@ -545,14 +718,43 @@ mod tests {
                 changed.insert(key, rng.random_range(0..1000));
             }
             let rows: Vec<_> = changed.into_iter().collect();
-            let touched = state.rows_of_groups_in(&batch(&rows)).unwrap();
             let expected: Model = rows
                 .iter()
                 .filter_map(|(k, _)| model.get(k).map(|v| (*k, *v)))
                 .collect();
-            assert_eq!(contents(&[touched]), expected, "batch {batch_no}");
-            state.upsert(batch(&rows)).unwrap();
-            model.extend(rows.iter().copied());
+            if batch_no % 2 == 0 {
+                let touched = state.rows_of_groups_in(&batch(&rows)).unwrap();
+                assert_eq!(contents(&[touched]), expected, "batch {batch_no}");
+                state.upsert(batch(&rows)).unwrap();
+                model.extend(rows.iter().copied());
+            } else {
+                // Grouped: each key twice, reduced by summing with its held row.
+                let twice: Vec<_> = rows.iter().chain(&rows).copied().collect();
+                let grouped = state.group(&batch(&twice)).unwrap();
+                assert_eq!(grouped.groups(), rows.len());
+                let held = state.held_rows(&grouped).unwrap();
+                assert_eq!(
+                    contents(std::slice::from_ref(&held)),
+                    expected,
+                    "batch {batch_no}"
+                );
+                let mut reduced: Vec<_> = grouped
+                    .first_row
+                    .iter()
+                    .map(|row| (twice[*row].0, 0))
+                    .collect();
+                for (row, group) in grouped.group_of_row.iter().enumerate() {
+                    reduced[*group].1 += twice[row].1;
+                }
+                let held_totals = held.column(2).as_primitive::<Int64Type>();
+                for (i, group) in grouped.held_groups.iter().enumerate() {
+                    reduced[*group].1 += held_totals.value(i);
+                }
+                state.replace(&grouped, batch(&reduced)).unwrap();
+                for (k, v) in rows {
+                    *model.entry(k).or_default() += 2 * v;
+                }
+            }
 
             let gone: Vec<_> = model
                 .iter()

@@ -20,17 +20,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StructArray, UInt32Array,
 };
-use datafusion::arrow::compute::{and, cast, concat_batches, filter_record_batch, not};
+use datafusion::arrow::compute::{and, cast, concat_batches, filter_record_batch, not, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, aggregate_expressions};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -40,7 +41,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{KeyedState, StateLayout, WindowEnd};
+use crate::keyed::{Grouped, KeyedState, StateLayout, WindowEnd};
 use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// Spark's output modes.
@@ -241,6 +242,7 @@ impl ExecutionPlan for StatefulAggregateExec {
                 aggr_expr: agg.aggr_expr().to_vec(),
                 filter_expr: agg.filter_expr().to_vec(),
                 input_schema: agg.input_schema(),
+                output_schema: agg.schema(),
             },
         };
         let new_rows = agg.input().execute(partition, Arc::clone(&context))?;
@@ -282,6 +284,8 @@ struct AggregateParts {
     aggr_expr: Vec<Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>>,
     filter_expr: Vec<Option<Arc<dyn PhysicalExpr>>>,
     input_schema: SchemaRef,
+    /// The final aggregate's rows: group columns, then each aggregate's value.
+    output_schema: SchemaRef,
 }
 
 impl AggregateParts {
@@ -302,6 +306,122 @@ impl AggregateParts {
             Arc::clone(&self.input_schema),
         )?;
         collect(Arc::new(aggregate), context).await
+    }
+
+    /// Whether the aggregates can be merged by group number, without a
+    /// hash table of their own: each has a groups accumulator, and the
+    /// grouping has no sets. A GROUP BY without aggregates (DISTINCT)
+    /// keeps the aggregate, which tells new groups from seen ones.
+    fn merges_by_group_index(&self) -> bool {
+        !self.aggr_expr.is_empty() && self.accumulates_by_group_index()
+    }
+
+    fn accumulates_by_group_index(&self) -> bool {
+        self.group_by.is_single()
+            && self
+                .aggr_expr
+                .iter()
+                .all(|aggregate| aggregate.groups_accumulator_supported())
+    }
+
+    /// One partial row per group of `grouped`: its held row in the state
+    /// (`held`, in the order of `held_groups`) and the batch's rows merged
+    /// by each aggregate's groups accumulator at the group's number. The
+    /// state's index grouped them, so no hash table is built here.
+    fn merge_grouped(
+        &self,
+        grouped: &Grouped,
+        held: &RecordBatch,
+        new_rows: &RecordBatch,
+        partial_schema: &SchemaRef,
+    ) -> DfResult<RecordBatch> {
+        let first_rows = UInt32Array::from_iter_values(grouped.first_row.iter().map(|r| *r as u32));
+        let mut columns = new_rows.columns()[..self.group_by.num_group_exprs()]
+            .iter()
+            .map(|column| take(column, &first_rows, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inputs = [
+            (held, grouped.held_groups.as_slice()),
+            (new_rows, grouped.group_of_row.as_slice()),
+        ];
+        for mut accumulator in self.merged_accumulators(&inputs, grouped.groups())? {
+            columns.extend(accumulator.state(EmitTo::All)?);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(partial_schema), columns)?)
+    }
+
+    /// Each aggregate's groups accumulator with the partial rows of
+    /// `inputs` merged in, row `i` of an input into group `group_of_row[i]`.
+    fn merged_accumulators(
+        &self,
+        inputs: &[(&RecordBatch, &[usize])],
+        groups: usize,
+    ) -> DfResult<Vec<Box<dyn GroupsAccumulator>>> {
+        let merged = aggregate_expressions(
+            &self.aggr_expr,
+            &AggregateMode::PartialReduce,
+            self.group_by.num_group_exprs(),
+        )?;
+        self.aggr_expr
+            .iter()
+            .zip(merged)
+            .map(|(aggregate, state_columns)| {
+                let mut accumulator = aggregate.create_groups_accumulator()?;
+                for (rows, group_of_row) in inputs {
+                    if rows.num_rows() == 0 {
+                        continue;
+                    }
+                    let states = state_columns
+                        .iter()
+                        .map(|expr| expr.evaluate(rows)?.into_array(rows.num_rows()))
+                        .collect::<DfResult<Vec<_>>>()?;
+                    accumulator.merge_batch(&states, group_of_row, groups)?;
+                }
+                Ok(accumulator)
+            })
+            .collect()
+    }
+
+    /// The final values of partial rows that hold each group once (the
+    /// state's rows are): every row is its own group, so each accumulator
+    /// merges row `i` into group `i` and no hash table is built. Falls
+    /// back to a `Final` aggregate where an accumulator has no groups
+    /// form or the grouping has sets.
+    async fn finalize(
+        &self,
+        rows: RecordBatch,
+        partial_schema: &SchemaRef,
+        context: Arc<TaskContext>,
+    ) -> DfResult<Vec<RecordBatch>> {
+        if !self.accumulates_by_group_index() {
+            return self
+                .run(
+                    AggregateMode::Final,
+                    vec![rows],
+                    Arc::clone(partial_schema),
+                    context,
+                )
+                .await;
+        }
+        let count = rows.num_rows();
+        let evaluate = |expr: &Arc<dyn PhysicalExpr>| expr.evaluate(&rows)?.into_array(count);
+        let mut columns = self
+            .group_by
+            .input_exprs()
+            .iter()
+            .map(evaluate)
+            .collect::<DfResult<Vec<_>>>()?;
+        let each_its_own: Vec<usize> = (0..count).collect();
+        for mut accumulator in self.merged_accumulators(&[(&rows, &each_its_own)], count)? {
+            columns.push(accumulator.evaluate(EmitTo::All)?);
+        }
+        let finalized = RecordBatch::try_new(Arc::clone(&self.output_schema), columns)?;
+        // Batches of the session's size, as an aggregate emits them.
+        let size = context.session_config().batch_size().max(1);
+        Ok((0..count)
+            .step_by(size)
+            .map(|start| finalized.slice(start, size.min(count - start)))
+            .collect())
     }
 }
 
@@ -370,12 +490,7 @@ impl Merge {
             Vec::new()
         } else {
             self.rebuild
-                .run(
-                    AggregateMode::Final,
-                    vec![merged.to_emit],
-                    Arc::clone(&self.partial_schema),
-                    context,
-                )
+                .finalize(merged.to_emit, &self.partial_schema, context)
                 .await?
         };
         let removed_rows = merged.removed.num_rows();
@@ -402,15 +517,26 @@ impl Merge {
         watermark_ms: Option<i64>,
         context: &Arc<TaskContext>,
     ) -> DfResult<Merged> {
-        let touched = state.rows_of_groups_in(&new_rows)?;
-        let mut reduced = self.reduce(&[touched.clone(), new_rows], context).await?;
-        if self.emits_first_seen() {
-            // A group seen before is already written and has nothing to
-            // change: only new groups enter the state and the output.
-            let seen = key_in(&reduced, &touched, self.groups())?;
-            reduced = filter_record_batch(&reduced, &not(&seen)?)?;
-        }
-        state.upsert(reduced.clone())?;
+        let reduced = if self.rebuild.merges_by_group_index() {
+            let grouped = state.group(&new_rows)?;
+            let held = state.held_rows(&grouped)?;
+            let reduced =
+                self.rebuild
+                    .merge_grouped(&grouped, &held, &new_rows, &self.partial_schema)?;
+            state.replace(&grouped, reduced.clone())?;
+            reduced
+        } else {
+            let touched = state.rows_of_groups_in(&new_rows)?;
+            let mut reduced = self.reduce(&[touched.clone(), new_rows], context).await?;
+            if self.emits_first_seen() {
+                // A group seen before is already written and has nothing to
+                // change: only new groups enter the state and the output.
+                let seen = key_in(&reduced, &touched, self.groups())?;
+                reduced = filter_record_batch(&reduced, &not(&seen)?)?;
+            }
+            state.upsert(reduced.clone())?;
+            reduced
+        };
         let closed = match (self.mode, watermark_ms) {
             // Complete mode shows every group every time, so nothing leaves.
             (OutputMode::Complete, _) | (_, None) => {
