@@ -187,6 +187,15 @@ impl Grouped {
     }
 }
 
+/// What [`KeyedState::expire_since`] removed.
+#[derive(Debug)]
+pub struct Expired {
+    /// Every row the watermark closed.
+    pub rows: RecordBatch,
+    /// Those of groups the state held before the batch began.
+    pub held_before: RecordBatch,
+}
+
 /// One partition's state: its rows by group key.
 #[derive(Debug)]
 pub struct KeyedState {
@@ -199,6 +208,9 @@ pub struct KeyedState {
     hasher: foldhash::fast::FixedState,
     live_rows: usize,
     dead_rows: usize,
+    /// Keys numbered from here on came with the current batch (see
+    /// [`KeyedState::begin_batch`]); None: no batch was begun.
+    first_key_of_batch: Option<u32>,
 }
 
 impl KeyedState {
@@ -219,6 +231,7 @@ impl KeyedState {
             hasher: foldhash::fast::FixedState::default(),
             live_rows: 0,
             dead_rows: 0,
+            first_key_of_batch: None,
         })
     }
 
@@ -476,14 +489,32 @@ impl KeyedState {
         self.compact_if_sparse()
     }
 
+    /// Marks where a batch starts: [`KeyedState::expire_since`] tells the
+    /// groups it brings from those the state held before it.
+    pub fn begin_batch(&mut self) {
+        self.first_key_of_batch = Some(self.keys.at.len() as u32);
+    }
+
     /// Removes and returns the rows whose windows end at or before the
     /// watermark; only segments that may hold one are looked at.
     pub fn expire(&mut self, watermark_ms: i64) -> Result<RecordBatch> {
+        Ok(self.expire_since(watermark_ms)?.rows)
+    }
+
+    /// [`KeyedState::expire`], and which of the rows are of groups the
+    /// state held before the batch began: a group that came and went
+    /// within the batch was never saved, so a delta need not remove it.
+    pub fn expire_since(&mut self, watermark_ms: i64) -> Result<Expired> {
         let schema = Arc::clone(&self.layout.schema);
         let Some(window_end) = self.layout.window_end else {
-            return Ok(RecordBatch::new_empty(schema));
+            return Ok(Expired {
+                rows: RecordBatch::new_empty(Arc::clone(&schema)),
+                held_before: RecordBatch::new_empty(schema),
+            });
         };
+        let first_new_key = self.first_key_of_batch.unwrap_or(u32::MAX);
         let mut closed = Vec::new();
+        let mut held_before = Vec::new();
         let mut leaving = Vec::new();
         for segment in &mut self.segments {
             if segment.live_rows == 0 {
@@ -509,14 +540,25 @@ impl KeyedState {
                 .collect();
             closed.push(filter_record_batch(&segment.rows, &mask)?);
             segment.earliest_end = Some(earliest_live_after(segment, &ends, &mask));
-            leaving.extend(mask.values().set_indices().map(|row| segment.keys[row]));
+            let leaving_keys = mask.values().set_indices().map(|row| segment.keys[row]);
+            let before = leaving.len();
+            leaving.extend(leaving_keys);
+            if leaving[before..].iter().any(|k| *k < first_new_key) {
+                let held: BooleanArray = (0..segment.rows.num_rows())
+                    .map(|row| Some(mask.value(row) && segment.keys[row] < first_new_key))
+                    .collect();
+                held_before.push(filter_record_batch(&segment.rows, &held)?);
+            }
         }
         // Their keys leave the index, which marks their rows dead.
         for k in leaving {
             self.remove_key_number(k);
         }
         self.compact_if_sparse()?;
-        Ok(concat_batches(&schema, &closed)?)
+        Ok(Expired {
+            rows: concat_batches(&schema, &closed)?,
+            held_before: concat_batches(&schema, &held_before)?,
+        })
     }
 
     fn remove_key(&mut self, key: &[u8]) {
@@ -590,7 +632,13 @@ impl KeyedState {
         // Keys of removed groups go too; the index's entries are renumbered.
         let mut keys = Keys::default();
         let mut renumbered = vec![u32::MAX; self.keys.at.len()];
+        let mut first_key_of_batch = None;
         for (k, at) in self.keys.at.iter().enumerate() {
+            // Renumbering keeps the keys' order, so the batch's keys still
+            // come last.
+            if Some(k as u32) == self.first_key_of_batch {
+                first_key_of_batch = Some(keys.at.len() as u32);
+            }
             if let Some(at) = at.live() {
                 let row = ranks[at.segment as usize][at.row as usize];
                 renumbered[k] = keys.push(self.keys.key(k as u32), At { segment: 0, row });
@@ -603,6 +651,9 @@ impl KeyedState {
         let mut row_keys = vec![0u32; rows.num_rows()];
         for (k, at) in keys.at.iter().enumerate() {
             row_keys[at.row as usize] = k as u32;
+        }
+        if self.first_key_of_batch.is_some() {
+            self.first_key_of_batch = first_key_of_batch.or(Some(keys.at.len() as u32));
         }
         self.keys = keys;
         self.segments = vec![Segment {
@@ -711,6 +762,8 @@ mod tests {
         let mut model = Model::new();
         let mut compacted = false;
         for batch_no in 0..400i64 {
+            state.begin_batch();
+            let held_at_start: Vec<(i64, i64)> = model.keys().copied().collect();
             // Keys over a small space, so groups are updated again and again.
             let mut changed = BTreeMap::new();
             for _ in 0..rng.random_range(0..300) {
@@ -768,7 +821,18 @@ mod tests {
 
             if batch_no % 7 == 0 {
                 let watermark = batch_no / 20 * 10 - 5;
-                let closed = contents(&[state.expire(watermark).unwrap()]);
+                let expired = state.expire_since(watermark).unwrap();
+                let closed = contents(std::slice::from_ref(&expired.rows));
+                let held_before: Model = closed
+                    .iter()
+                    .filter(|(k, _)| held_at_start.binary_search(k).is_ok())
+                    .map(|(k, v)| (*k, *v))
+                    .collect();
+                assert_eq!(
+                    contents(&[expired.held_before]),
+                    held_before,
+                    "closed at {watermark}, held before batch {batch_no}"
+                );
                 let expected: Model = model
                     .iter()
                     .filter(|((_, start), _)| start + 10 <= watermark)
@@ -782,6 +846,44 @@ mod tests {
             assert_eq!(contents(&state.rows().unwrap()), model, "batch {batch_no}");
         }
         assert!(compacted, "the test never compacted the state");
+    }
+
+    #[test]
+    fn a_group_that_came_and_went_within_the_batch_is_not_held_before() {
+        let mut state = KeyedState::new(layout()).unwrap();
+        state.begin_batch();
+        state
+            .upsert(batch(&[((1, 0), 10), ((2, 100), 20)]))
+            .unwrap();
+        // Batch 2: group 1 is updated, 3 is new; both close.
+        state.begin_batch();
+        let grouped = state.group(&batch(&[((3, 0), 30), ((1, 0), 11)])).unwrap();
+        state
+            .replace(&grouped, batch(&[((3, 0), 30), ((1, 0), 21)]))
+            .unwrap();
+        let expired = state.expire_since(10).unwrap();
+        assert_eq!(
+            contents(std::slice::from_ref(&expired.rows)),
+            Model::from([((1, 0), 21), ((3, 0), 30)])
+        );
+        assert_eq!(
+            contents(&[expired.held_before]),
+            Model::from([((1, 0), 21)])
+        );
+
+        // Through a compaction, which renumbers the keys: many groups come
+        // and go within batch 3 while group 2, held before, closes.
+        state.begin_batch();
+        let many: Vec<_> = (10..5_000).map(|id| ((id, 50), id)).collect();
+        state.upsert(batch(&many)).unwrap();
+        state.remove(&batch(&many[..4_000])).unwrap();
+        assert_eq!(state.segments.len(), 1, "compacted");
+        let expired = state.expire_since(200).unwrap();
+        assert_eq!(expired.rows.num_rows(), 991);
+        assert_eq!(
+            contents(&[expired.held_before]),
+            Model::from([((2, 100), 20)])
+        );
     }
 
     #[test]

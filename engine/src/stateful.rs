@@ -41,7 +41,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{Grouped, KeyedState, StateLayout, WindowEnd};
+use crate::keyed::{Expired, Grouped, KeyedState, StateLayout, WindowEnd};
 use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// Spark's output modes.
@@ -493,7 +493,7 @@ impl Merge {
                 .finalize(merged.to_emit, &self.partial_schema, context)
                 .await?
         };
-        let removed_rows = merged.removed.num_rows();
+        let removed_rows = merged.closed_rows;
         Ok(Step {
             emit,
             kept_rows: merged.state.len(),
@@ -517,6 +517,7 @@ impl Merge {
         watermark_ms: Option<i64>,
         context: &Arc<TaskContext>,
     ) -> DfResult<Merged> {
+        state.begin_batch();
         let reduced = if self.rebuild.merges_by_group_index() {
             let grouped = state.group(&new_rows)?;
             let held = state.held_rows(&grouped)?;
@@ -537,12 +538,13 @@ impl Merge {
             state.upsert(reduced.clone())?;
             reduced
         };
-        let closed = match (self.mode, watermark_ms) {
+        let expired = match (self.mode, watermark_ms) {
             // Complete mode shows every group every time, so nothing leaves.
-            (OutputMode::Complete, _) | (_, None) => {
-                RecordBatch::new_empty(Arc::clone(&self.partial_schema))
-            }
-            (_, Some(watermark_ms)) => state.expire(watermark_ms)?,
+            (OutputMode::Complete, _) | (_, None) => Expired {
+                rows: RecordBatch::new_empty(Arc::clone(&self.partial_schema)),
+                held_before: RecordBatch::new_empty(Arc::clone(&self.partial_schema)),
+            },
+            (_, Some(watermark_ms)) => state.expire_since(watermark_ms)?,
         };
         let changed = match (state.layout().window_end, watermark_ms, self.mode) {
             (Some(end), Some(watermark_ms), OutputMode::Append | OutputMode::Update) => {
@@ -550,9 +552,10 @@ impl Merge {
             }
             _ => reduced.clone(),
         };
+        let closed_rows = expired.rows.num_rows();
         let to_emit = match self.mode {
             OutputMode::Append if self.emits_first_seen() => reduced,
-            OutputMode::Append => closed.clone(),
+            OutputMode::Append => expired.rows,
             OutputMode::Update => reduced,
             OutputMode::Complete => concat_batches(&self.partial_schema, &state.rows()?)?,
         };
@@ -560,7 +563,8 @@ impl Merge {
             state,
             to_emit,
             changed,
-            removed: closed,
+            closed_rows,
+            removed: expired.held_before,
         })
     }
 
@@ -602,6 +606,7 @@ impl Merge {
             state: KeyedState::from_rows(state.layout().clone(), keep)?,
             to_emit,
             changed,
+            closed_rows: removed.num_rows(),
             removed,
         })
     }
@@ -638,8 +643,11 @@ struct Merged {
     to_emit: RecordBatch,
     /// Rows of groups the batch changed that stay in the state.
     changed: RecordBatch,
-    /// Rows of groups that left the state.
+    /// Rows of groups that left the state, which a delta records: those
+    /// the state held before the batch.
     removed: RecordBatch,
+    /// Groups that left the state, whether held before the batch or not.
+    closed_rows: usize,
 }
 
 impl EventWindow {
