@@ -23,7 +23,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::windows::epoch_millis;
 
 /// How a state row's window ends, for the watermark to close it.
@@ -382,7 +382,7 @@ impl KeyedState {
     /// `g` of `rows` is group `g`'s, and replaces its live row.
     pub fn replace(&mut self, grouped: &Grouped, rows: RecordBatch) -> Result<()> {
         if rows.num_rows() != grouped.groups() {
-            return Err(crate::error::EngineError::internal(format!(
+            return Err(EngineError::internal(format!(
                 "{} rows replace {} groups",
                 rows.num_rows(),
                 grouped.groups()
@@ -540,10 +540,15 @@ impl KeyedState {
                 .collect();
             closed.push(filter_record_batch(&segment.rows, &mask)?);
             segment.earliest_end = Some(earliest_live_after(segment, &ends, &mask));
-            let leaving_keys = mask.values().set_indices().map(|row| segment.keys[row]);
             let before = leaving.len();
-            leaving.extend(leaving_keys);
-            if leaving[before..].iter().any(|k| *k < first_new_key) {
+            leaving.extend(mask.values().set_indices().map(|row| segment.keys[row]));
+            let held = leaving[before..]
+                .iter()
+                .filter(|k| **k < first_new_key)
+                .count();
+            if held == leaving.len() - before {
+                held_before.push(closed[closed.len() - 1].clone());
+            } else if held > 0 {
                 let held: BooleanArray = (0..segment.rows.num_rows())
                     .map(|row| Some(mask.value(row) && segment.keys[row] < first_new_key))
                     .collect();

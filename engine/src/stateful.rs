@@ -3,12 +3,14 @@
 //! this operator takes the place of the `FinalPartitioned` aggregate above
 //! the shuffle:
 //!
-//! 1. the rows of state(N-1) for the groups this batch touched (looked up
-//!    by key in the `KeyedState`) and the batch's partial rows are merged
-//!    with an `AggregateExec` in `PartialReduce` mode: still partial state,
-//!    one row per group, which replaces those groups' rows in the state;
-//! 2. rows to emit are finalised with an `AggregateExec` in `Final` mode:
-//!    closed windows (append), changed groups (update) or all (complete);
+//! 1. the batch's partial rows are grouped against the `KeyedState`'s
+//!    index, and each group's row of state(N-1) and its new rows are merged
+//!    by the aggregates' groups accumulators at the group's number: still
+//!    partial state, one row per group, which replaces those groups' rows
+//!    in the state (aggregates without a groups form, and GROUP BY without
+//!    aggregates, take an `AggregateExec` in `PartialReduce` mode instead);
+//! 2. rows to emit are finalised, each its own group: closed windows
+//!    (append), changed groups (update) or all (complete);
 //! 3. windows the watermark closed leave the state (append and update), so
 //!    state holds what is open, not history; the rest is saved as state(N).
 //!
@@ -309,15 +311,17 @@ impl AggregateParts {
     }
 
     /// Whether the aggregates can be merged by group number, without a
-    /// hash table of their own: each has a groups accumulator, and the
-    /// grouping has no sets. A GROUP BY without aggregates (DISTINCT)
-    /// keeps the aggregate, which tells new groups from seen ones.
+    /// hash table of their own: there is a GROUP BY (a global aggregate's
+    /// rows have no key to index) and each aggregate has a groups
+    /// accumulator. A GROUP BY without aggregates (DISTINCT) keeps the
+    /// aggregate, which tells new groups from seen ones.
     fn merges_by_group_index(&self) -> bool {
         !self.aggr_expr.is_empty() && self.accumulates_by_group_index()
     }
 
     fn accumulates_by_group_index(&self) -> bool {
-        self.group_by.is_single()
+        !self.group_by.expr().is_empty()
+            && self.group_by.is_single()
             && self
                 .aggr_expr
                 .iter()
@@ -335,6 +339,9 @@ impl AggregateParts {
         new_rows: &RecordBatch,
         partial_schema: &SchemaRef,
     ) -> DfResult<RecordBatch> {
+        if grouped.groups() == 0 {
+            return Ok(RecordBatch::new_empty(Arc::clone(partial_schema)));
+        }
         let first_rows = UInt32Array::from_iter_values(grouped.first_row.iter().map(|r| *r as u32));
         let mut columns = new_rows.columns()[..self.group_by.num_group_exprs()]
             .iter()
@@ -385,8 +392,8 @@ impl AggregateParts {
     /// The final values of partial rows that hold each group once (the
     /// state's rows are): every row is its own group, so each accumulator
     /// merges row `i` into group `i` and no hash table is built. Falls
-    /// back to a `Final` aggregate where an accumulator has no groups
-    /// form or the grouping has sets.
+    /// back to a `Final` aggregate where [`Self::merges_by_group_index`]
+    /// would.
     async fn finalize(
         &self,
         rows: RecordBatch,

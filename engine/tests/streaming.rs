@@ -29,13 +29,14 @@ const TABLES: &str = "
 CREATE EXTERNAL TABLE events (ts TIMESTAMP, customer VARCHAR, amount DOUBLE)
   STORED AS KAFKA LOCATION 'events'
   OPTIONS ('watermark' 'ts - INTERVAL 5 SECONDS');
-CREATE EXTERNAL TABLE out (window_start TIMESTAMP, window_end TIMESTAMP, customer VARCHAR, revenue DOUBLE, n BIGINT)
+CREATE EXTERNAL TABLE out (window_start TIMESTAMP, window_end TIMESTAMP, customer VARCHAR, revenue DOUBLE, n BIGINT, mean DOUBLE, top DOUBLE)
   STORED AS PARQUET LOCATION 'out/';
 SET spate.shuffle.partitions = 3;
 ";
 
-const SLIDING: &str = "SELECT window.start, window.end, customer, sum(amount) AS revenue, count(*) AS n \
-FROM events GROUP BY window(ts, '30 seconds', '10 seconds'), customer";
+// avg keeps two state columns (count, sum), which the merge must carry.
+const SLIDING: &str = "SELECT window.start, window.end, customer, sum(amount) AS revenue, count(*) AS n, \
+avg(amount) AS mean, max(amount) AS top FROM events GROUP BY window(ts, '30 seconds', '10 seconds'), customer";
 
 fn event(ts_ms: i64, i: i64) -> String {
     let ts = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap();
