@@ -196,6 +196,16 @@ pub struct Expired {
     pub held_before: RecordBatch,
 }
 
+impl Expired {
+    /// Nothing expired.
+    pub fn none(schema: &SchemaRef) -> Self {
+        Expired {
+            rows: RecordBatch::new_empty(Arc::clone(schema)),
+            held_before: RecordBatch::new_empty(Arc::clone(schema)),
+        }
+    }
+}
+
 /// One partition's state: its rows by group key.
 #[derive(Debug)]
 pub struct KeyedState {
@@ -297,11 +307,16 @@ impl KeyedState {
             .collect();
         found.sort_unstable();
         found.dedup();
-        if found.is_empty() {
+        self.rows_at(&found)
+    }
+
+    /// The rows at `(segment, row)` positions, in their order.
+    fn rows_at(&self, at: &[(usize, usize)]) -> Result<RecordBatch> {
+        if at.is_empty() {
             return Ok(RecordBatch::new_empty(Arc::clone(&self.layout.schema)));
         }
         let segments: Vec<&RecordBatch> = self.segments.iter().map(|s| &s.rows).collect();
-        Ok(interleave_record_batch(&segments, &found)?)
+        Ok(interleave_record_batch(&segments, at)?)
     }
 
     /// Groups `rows` by key and matches each group to the state: the index
@@ -371,11 +386,7 @@ impl KeyedState {
     /// The live rows of the groups `grouped` found in the state, in the
     /// order of its `held_groups`.
     pub fn held_rows(&self, grouped: &Grouped) -> Result<RecordBatch> {
-        if grouped.held.is_empty() {
-            return Ok(RecordBatch::new_empty(Arc::clone(&self.layout.schema)));
-        }
-        let segments: Vec<&RecordBatch> = self.segments.iter().map(|s| &s.rows).collect();
-        Ok(interleave_record_batch(&segments, &grouped.held)?)
+        self.rows_at(&grouped.held)
     }
 
     /// Puts the groups of a [`KeyedState::group`] call in the state: row
@@ -507,10 +518,7 @@ impl KeyedState {
     pub fn expire_since(&mut self, watermark_ms: i64) -> Result<Expired> {
         let schema = Arc::clone(&self.layout.schema);
         let Some(window_end) = self.layout.window_end else {
-            return Ok(Expired {
-                rows: RecordBatch::new_empty(Arc::clone(&schema)),
-                held_before: RecordBatch::new_empty(schema),
-            });
+            return Ok(Expired::none(&schema));
         };
         let first_new_key = self.first_key_of_batch.unwrap_or(u32::MAX);
         let mut closed = Vec::new();

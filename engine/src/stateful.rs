@@ -547,10 +547,7 @@ impl Merge {
         };
         let expired = match (self.mode, watermark_ms) {
             // Complete mode shows every group every time, so nothing leaves.
-            (OutputMode::Complete, _) | (_, None) => Expired {
-                rows: RecordBatch::new_empty(Arc::clone(&self.partial_schema)),
-                held_before: RecordBatch::new_empty(Arc::clone(&self.partial_schema)),
-            },
+            (OutputMode::Complete, _) | (_, None) => Expired::none(&self.partial_schema),
             (_, Some(watermark_ms)) => state.expire_since(watermark_ms)?,
         };
         let changed = match (state.layout().window_end, watermark_ms, self.mode) {
