@@ -69,7 +69,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::KeyClosing;
 use crate::join::Expiry;
-use crate::keyed::{KeyedState, StateLayout, WindowEnd};
+use crate::keyed::{Expired, KeyedState, StateLayout, WindowEnd};
 use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// The column numbering a pending row (its key in the pending state).
@@ -393,23 +393,27 @@ impl Step {
         ))];
         columns.extend(new.columns().iter().cloned());
         let numbered = RecordBatch::try_new(Arc::clone(&self.pending.schema), columns)?;
+        pending.begin_batch();
         pending.upsert(numbered.clone())?;
 
         // 3. Those the watermark passed are final: numbered per key.
         let done = match watermark_ms {
-            Some(watermark_ms) => pending.expire(watermark_ms)?,
-            None => RecordBatch::new_empty(Arc::clone(&self.pending.schema)),
+            Some(watermark_ms) => pending.expire_since(watermark_ms)?,
+            None => Expired::none(&self.pending.schema),
         };
-        let (emit, changed_counts) = self.number(&done, &written, &converter)?;
+        let (emit, changed_counts) = self.number(&done.rows, &written, &converter)?;
         if changed_counts.num_rows() > 0 {
             written.upsert(changed_counts.clone())?;
         }
+        // A row that came and closed within the batch is neither a change
+        // nor a removal: the delta would bring it back and write it again.
+        let waiting = pending.without_groups_of(&numbered, &done.rows)?;
         Ok(Done {
             emit: (emit.num_rows() > 0).then_some(emit),
             pending: StateChange {
                 state: pending,
-                changed: vec![numbered],
-                removed: vec![done],
+                changed: vec![waiting],
+                removed: vec![done.held_before],
             },
             written: StateChange {
                 state: written,
@@ -837,5 +841,47 @@ mod tests {
             .unwrap();
         assert_eq!(written(&third), [(2, 8, 160, 1)]);
         assert!(third.pending.state.is_empty());
+    }
+    /// Each batch's state read back from its saved versions, as a worker
+    /// that never held the partition (or restarted) does.
+    #[tokio::test]
+    async fn a_row_that_comes_and_closes_in_one_batch_is_not_read_back() {
+        use crate::state::{PartitionState, StateCache};
+        use crate::workspace::Workspace;
+
+        let mut step = winning_bids();
+        step.limit = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path()).unwrap();
+        // A cache that keeps nothing: every batch reads its state back.
+        let store = |name: &str| PartitionState {
+            workspace: ws.clone(),
+            dir: format!("state/{name}"),
+            cache: Arc::new(StateCache::with_limit(0)),
+        };
+        let (pending_store, written_store) = (store("pending"), store("written"));
+        let batches: [(&[(i64, i64, i64, i64)], i64); 3] = [
+            (&[(1, 100, 5, 10)], 50),
+            // Auction 2 ends before the watermark: its bid closes at once.
+            (&[(2, 100, 7, 150)], 200),
+            (&[], 300),
+        ];
+        let mut wrote = Vec::new();
+        for (b, (rows, watermark)) in batches.into_iter().enumerate() {
+            let b = b as u64 + 1;
+            let pending = pending_store.load_before(b, &step.pending).await.unwrap();
+            let written_state = written_store.load_before(b, &step.written).await.unwrap();
+            let done = step
+                .run(pending, written_state, &[pairs(rows)], b, Some(watermark))
+                .unwrap();
+            wrote.extend(written(&done));
+            pending_store.save(b, done.pending).await.unwrap();
+            written_store.save(b, done.written).await.unwrap();
+        }
+        assert_eq!(
+            wrote,
+            [(1, 5, 10, 1), (2, 7, 150, 1)],
+            "each bid is written once, though its auction has room for two"
+        );
     }
 }

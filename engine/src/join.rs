@@ -50,7 +50,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::keyed::{KeyedState, StateLayout, WindowEnd};
+use crate::keyed::{Expired, KeyedState, StateLayout, WindowEnd};
 use crate::state::{PartitionState, StateChange, StateMetrics};
 
 /// The column numbering a side's rows in its state (its group key).
@@ -448,6 +448,7 @@ impl JoinStep {
             } else {
                 new
             };
+            state.begin_batch();
             let mut changed = vec![new.clone()];
             state.upsert(new)?;
             if side.outer && !matched.is_empty() {
@@ -460,39 +461,21 @@ impl JoinStep {
                 }
             }
             let gone = match watermark_ms {
-                Some(watermark_ms) => state.expire(watermark_ms)?,
-                None => RecordBatch::new_empty(Arc::clone(&side.layout.schema)),
+                Some(watermark_ms) => state.expire_since(watermark_ms)?,
+                None => Expired::none(&side.layout.schema),
             };
-            // A row that came and left in this batch is no change: a delta
-            // replays removals before changes, and would bring it back.
-            if gone.num_rows() > 0 {
-                let gone_ids: HashSet<i64> = gone
-                    .column(0)
-                    .as_primitive::<Int64Type>()
-                    .values()
-                    .iter()
-                    .copied()
-                    .collect();
-                for batch in &mut changed {
-                    let stays: BooleanArray = batch
-                        .column(0)
-                        .as_primitive::<Int64Type>()
-                        .values()
-                        .iter()
-                        .map(|id| Some(!gone_ids.contains(id)))
-                        .collect();
-                    *batch = filter_record_batch(batch, &stays)?;
-                }
+            for batch in &mut changed {
+                *batch = state.without_groups_of(batch, &gone.rows)?;
             }
             changes.push((changed, gone));
         }
         let (right_changed, right_gone) = changes.pop().expect("two sides");
         let (left_changed, left_gone) = changes.pop().expect("two sides");
         if self.left.outer {
-            emit.push(self.unmatched_left(&self.left.unmatched(&left_gone)?)?);
+            emit.push(self.unmatched_left(&self.left.unmatched(&left_gone.rows)?)?);
         }
         if self.right.outer {
-            emit.push(self.unmatched_right(&self.right.unmatched(&right_gone)?)?);
+            emit.push(self.unmatched_right(&self.right.unmatched(&right_gone.rows)?)?);
         }
         emit.retain(|b| b.num_rows() > 0);
         Ok(Joined {
@@ -500,12 +483,13 @@ impl JoinStep {
             left: StateChange {
                 state: left,
                 changed: left_changed,
-                removed: vec![left_gone],
+                // Groups that came and went within the batch were never saved.
+                removed: vec![left_gone.held_before],
             },
             right: StateChange {
                 state: right,
                 changed: right_changed,
-                removed: vec![right_gone],
+                removed: vec![right_gone.held_before],
             },
         })
     }

@@ -574,6 +574,40 @@ impl KeyedState {
         })
     }
 
+    /// `rows` without those of the groups `gone` holds a row of. A batch's
+    /// changed rows leave out the groups that expired within it: a delta
+    /// applies its removals before its changes, and would bring them back.
+    pub fn without_groups_of(&self, rows: &RecordBatch, gone: &RecordBatch) -> Result<RecordBatch> {
+        if gone.num_rows() == 0 || rows.num_rows() == 0 {
+            return Ok(rows.clone());
+        }
+        let gone_keys = self.key_rows(gone)?;
+        let mut gone_set: HashTable<usize> = HashTable::with_capacity(gone_keys.num_rows());
+        for row in 0..gone_keys.num_rows() {
+            let key = gone_keys.row(row).data();
+            gone_set
+                .entry(
+                    self.hasher.hash_one(key),
+                    |r| gone_keys.row(*r).data() == key,
+                    |r| self.hasher.hash_one(gone_keys.row(*r).data()),
+                )
+                .or_insert(row);
+        }
+        let keys = self.key_rows(rows)?;
+        let stays: BooleanArray = (0..keys.num_rows())
+            .map(|row| {
+                let key = keys.row(row).data();
+                let gone = gone_set
+                    .find(self.hasher.hash_one(key), |r| {
+                        gone_keys.row(*r).data() == key
+                    })
+                    .is_some();
+                Some(!gone)
+            })
+            .collect();
+        Ok(filter_record_batch(rows, &stays)?)
+    }
+
     fn remove_key(&mut self, key: &[u8]) {
         let hash = self.hasher.hash_one(key);
         let keys = &self.keys;
