@@ -198,6 +198,9 @@ pub trait TaskRunner: Send + Sync {
     /// Tasks of `job` still on a worker, including cancelled ones that
     /// have not left it yet.
     fn tasks_in_flight(&self, job: &str) -> usize;
+
+    /// Tasks that can run at once: a batch's source stage has no more.
+    fn slots(&self) -> usize;
 }
 
 /// A launched task: a future of how it ended that cancels the task when
@@ -258,6 +261,10 @@ impl TaskRunner for Arc<Cluster> {
                 .iter()
                 .filter(|t| t.spec.job_id == job)
                 .count()
+    }
+
+    fn slots(&self) -> usize {
+        self.alive_slots()
     }
 }
 

@@ -24,8 +24,8 @@ pub struct BatchStages<'a> {
     pub sink: &'a SinkSpec,
     /// Failures of one task, by its own error, before the batch fails.
     pub max_task_failures: u32,
-    /// Kafka ranges of the batch; the source stage runs one task per
-    /// non-empty range.
+    /// Kafka ranges of the batch, which the source stage's tasks share
+    /// (see [`source_places`]).
     pub ranges: &'a [OffsetRange],
 }
 
@@ -68,6 +68,43 @@ struct TaskPlace {
     inputs: Vec<(u32, Vec<String>)>,
 }
 
+/// A source stage's tasks: at most one per slot, each reading its share
+/// of the topic's partitions (partition `i` of the batch's ranges, in
+/// topic and partition order, goes to task `i % slots`), skipping
+/// partitions with nothing new.
+///
+/// One task per partition would make a stage-1 partial aggregation see a
+/// partition's records alone, and a group's events spread over partitions
+/// would each leave as a row of their own: the shuffle carried nearly a
+/// row per event where a task reading many partitions merges them, as
+/// each Flink source subtask reads several. The share is fixed by the
+/// partition's place, not by its records, so that a partition goes back to
+/// the same task, and the task to the worker that holds the partition's
+/// Kafka consumer and what it fetched ahead.
+fn source_places(ranges: &[OffsetRange], topic: Option<&str>, slots: usize) -> Vec<TaskPlace> {
+    let mut ranges: Vec<&OffsetRange> = ranges
+        .iter()
+        .filter(|r| topic.is_none_or(|t| r.topic == t))
+        .collect();
+    ranges.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    let tasks = slots.clamp(1, ranges.len().max(1));
+    let mut places: Vec<TaskPlace> = (0..tasks as u32)
+        .map(|index| TaskPlace {
+            index,
+            ranges: Vec::new(),
+            partition: 0,
+            inputs: Vec::new(),
+        })
+        .collect();
+    for (i, range) in ranges.into_iter().enumerate() {
+        if !range.is_empty() {
+            places[i % tasks].ranges.push(range.clone());
+        }
+    }
+    places.retain(|p| !p.ranges.is_empty());
+    places
+}
+
 /// A task that ran to its end: success, and the attempts before it.
 struct Ran {
     done: TaskDone,
@@ -108,19 +145,7 @@ impl BatchStages<'_> {
         committed: &BTreeMap<u32, Vec<String>>,
     ) -> Vec<TaskPlace> {
         if stage.reads.is_empty() && !stage.reads_files {
-            return self
-                .ranges
-                .iter()
-                .filter(|r| !r.is_empty())
-                .filter(|r| stage.topic.as_ref().is_none_or(|t| &r.topic == t))
-                .enumerate()
-                .map(|(index, range)| TaskPlace {
-                    index: index as u32,
-                    ranges: vec![range.clone()],
-                    partition: 0,
-                    inputs: Vec::new(),
-                })
-                .collect();
+            return source_places(self.ranges, stage.topic.as_deref(), self.tasks.slots());
         }
         // One task per partition: of the shuffle it reads, or of its file scans.
         let inputs: Vec<(u32, Vec<String>)> = stage
@@ -234,4 +259,61 @@ pub fn millis(d: Duration) -> u64 {
 /// Unique across master restarts, so attempts never share output file names.
 pub fn attempt_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(topic: &str, partition: i32, records: i64) -> OffsetRange {
+        OffsetRange {
+            topic: topic.into(),
+            partition,
+            start: 10,
+            end: 10 + records,
+        }
+    }
+
+    /// Each task's `(topic, partition)`s, by task index.
+    fn shares(places: &[TaskPlace]) -> Vec<(u32, Vec<i32>)> {
+        places
+            .iter()
+            .map(|p| (p.index, p.ranges.iter().map(|r| r.partition).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_source_stage_has_a_task_per_slot_reading_a_fixed_share_of_partitions() {
+        // Out of order, one with nothing new, and another topic's.
+        let ranges = [
+            range("a", 4, 7),
+            range("a", 1, 3),
+            range("b", 0, 9),
+            range("a", 0, 5),
+            range("a", 3, 0),
+            range("a", 2, 1),
+        ];
+        assert_eq!(
+            shares(&source_places(&ranges, Some("a"), 2)),
+            [(0, vec![0, 2, 4]), (1, vec![1])]
+        );
+        // A partition keeps its task when others have nothing new.
+        let quiet = [
+            range("a", 0, 0),
+            range("a", 1, 2),
+            range("a", 2, 0),
+            range("a", 3, 4),
+        ];
+        assert_eq!(shares(&source_places(&quiet, None, 2)), [(1, vec![1, 3])]);
+        // More slots than partitions: one task each; no slots: one task.
+        assert_eq!(
+            shares(&source_places(&ranges[..2], None, 8)),
+            [(0, vec![1]), (1, vec![4])]
+        );
+        assert_eq!(
+            shares(&source_places(&ranges[..2], None, 0)),
+            [(0, vec![1, 4])]
+        );
+        assert!(source_places(&[], None, 2).is_empty());
+    }
 }

@@ -153,6 +153,11 @@ impl TaskRunner for Arc<ScriptedTasks> {
     fn tasks_in_flight(&self, _job: &str) -> usize {
         self.hanging.load(Ordering::SeqCst)
     }
+
+    /// Two, so that a source task reads several partitions.
+    fn slots(&self) -> usize {
+        2
+    }
 }
 
 /// Kafka's answers in turn; the last one repeats.
