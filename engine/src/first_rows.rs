@@ -860,11 +860,12 @@ mod tests {
             cache: Arc::new(StateCache::with_limit(0)),
         };
         let (pending_store, written_store) = (store("pending"), store("written"));
-        let batches: [(&[(i64, i64, i64, i64)], i64); 3] = [
-            (&[(1, 100, 5, 10)], 50),
-            // Auction 2 ends before the watermark: its bid closes at once.
-            (&[(2, 100, 7, 150)], 200),
-            (&[], 300),
+        // Each batch's pairs and watermark. Auction 2 ends before the
+        // watermark of the batch its bid comes in: the bid closes at once.
+        let batches = [
+            (pairs(&[(1, 100, 5, 10)]), 50),
+            (pairs(&[(2, 100, 7, 150)]), 200),
+            (pairs(&[]), 300),
         ];
         let mut wrote = Vec::new();
         for (b, (rows, watermark)) in batches.into_iter().enumerate() {
@@ -872,7 +873,7 @@ mod tests {
             let pending = pending_store.load_before(b, &step.pending).await.unwrap();
             let written_state = written_store.load_before(b, &step.written).await.unwrap();
             let done = step
-                .run(pending, written_state, &[pairs(rows)], b, Some(watermark))
+                .run(pending, written_state, &[rows], b, Some(watermark))
                 .unwrap();
             wrote.extend(written(&done));
             pending_store.save(b, done.pending).await.unwrap();
