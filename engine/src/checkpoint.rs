@@ -47,6 +47,12 @@ pub struct OffsetsEntry {
     /// because the table allows it (`fail_on_data_loss` false).
     #[serde(default)]
     pub skipped_records: u64,
+    /// How many tasks the source stage shares the ranges among (see
+    /// `master/src/stages.rs`); logged so that a re-run shares them the
+    /// same way, as a sink that keeps its progress per task needs. None,
+    /// in entries written before it was logged: a task per range.
+    #[serde(default)]
+    pub source_tasks: Option<u32>,
     #[serde(default)]
     pub writer: Option<Writer>,
 }

@@ -247,6 +247,7 @@ async fn run_query(
         sink,
         max_task_failures: spate_config::settings().query.max_task_failures.max(1),
         ranges: &ranges,
+        source_tasks: Some(master.cluster.alive_slots()),
     };
     let mut committed = std::collections::BTreeMap::new();
     let mut parts = Vec::new();

@@ -27,6 +27,9 @@ pub struct BatchStages<'a> {
     /// Kafka ranges of the batch, which the source stage's tasks share
     /// (see [`source_places`]).
     pub ranges: &'a [OffsetRange],
+    /// How many tasks share them: the slots when the batch was logged;
+    /// None for a batch logged before that was: a task per range.
+    pub source_tasks: Option<usize>,
 }
 
 /// A task that ended well: what it did, and how long it spent outside its
@@ -68,10 +71,10 @@ struct TaskPlace {
     inputs: Vec<(u32, Vec<String>)>,
 }
 
-/// A source stage's tasks: at most one per slot, each reading its share
-/// of the topic's partitions (partition `i` of the batch's ranges, in
-/// topic and partition order, goes to task `i % slots`), skipping
-/// partitions with nothing new.
+/// A source stage's tasks: at most `tasks` (the slots when the batch was
+/// logged), each reading its share of the topic's partitions (partition
+/// `i` of the batch's ranges, in topic and partition order, goes to task
+/// `i % tasks`), skipping partitions with nothing new.
 ///
 /// One task per partition would make a stage-1 partial aggregation see a
 /// partition's records alone, and a group's events spread over partitions
@@ -81,13 +84,13 @@ struct TaskPlace {
 /// partition's place, not by its records, so that a partition goes back to
 /// the same task, and the task to the worker that holds the partition's
 /// Kafka consumer and what it fetched ahead.
-fn source_places(ranges: &[OffsetRange], topic: Option<&str>, slots: usize) -> Vec<TaskPlace> {
+fn source_places(ranges: &[OffsetRange], topic: Option<&str>, tasks: usize) -> Vec<TaskPlace> {
     let mut ranges: Vec<&OffsetRange> = ranges
         .iter()
         .filter(|r| topic.is_none_or(|t| r.topic == t))
         .collect();
     ranges.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let tasks = slots.clamp(1, ranges.len().max(1));
+    let tasks = tasks.clamp(1, ranges.len().max(1));
     let mut places: Vec<TaskPlace> = (0..tasks as u32)
         .map(|index| TaskPlace {
             index,
@@ -103,6 +106,23 @@ fn source_places(ranges: &[OffsetRange], topic: Option<&str>, slots: usize) -> V
     }
     places.retain(|p| !p.ranges.is_empty());
     places
+}
+
+/// A task per non-empty range, numbered in the batch's order: how batches
+/// logged without `source_tasks` ran, and so run again.
+fn task_per_range(ranges: &[OffsetRange], topic: Option<&str>) -> Vec<TaskPlace> {
+    ranges
+        .iter()
+        .filter(|r| !r.is_empty())
+        .filter(|r| topic.is_none_or(|t| r.topic == t))
+        .enumerate()
+        .map(|(index, range)| TaskPlace {
+            index: index as u32,
+            ranges: vec![range.clone()],
+            partition: 0,
+            inputs: Vec::new(),
+        })
+        .collect()
 }
 
 /// A task that ran to its end: success, and the attempts before it.
@@ -145,7 +165,11 @@ impl BatchStages<'_> {
         committed: &BTreeMap<u32, Vec<String>>,
     ) -> Vec<TaskPlace> {
         if stage.reads.is_empty() && !stage.reads_files {
-            return source_places(self.ranges, stage.topic.as_deref(), self.tasks.slots());
+            let topic = stage.topic.as_deref();
+            return match self.source_tasks {
+                Some(tasks) => source_places(self.ranges, topic, tasks),
+                None => task_per_range(self.ranges, topic),
+            };
         }
         // One task per partition: of the shuffle it reads, or of its file scans.
         let inputs: Vec<(u32, Vec<String>)> = stage

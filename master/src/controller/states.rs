@@ -426,6 +426,7 @@ impl State for Idle {
             created_ms: now_ms(),
             watermark_ms,
             skipped_records,
+            source_tasks: Some(ctx.tasks.slots().max(1) as u32),
             writer: Some(ctx.writer.clone()),
         };
         let logging = Instant::now();
@@ -523,6 +524,7 @@ impl State for RunningStage {
             sink: &planned.sink,
             max_task_failures: planned.options.max_task_failures,
             ranges: &self.batch.entry.ranges,
+            source_tasks: self.batch.entry.source_tasks.map(|n| n as usize),
         };
         let running = Instant::now();
         // Killed mid-stage, the stage's future is dropped, and with it the

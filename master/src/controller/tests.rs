@@ -383,6 +383,7 @@ async fn a_logged_batch_runs_again_with_exactly_its_ranges() {
             }],
             created_ms: 0,
             watermark_ms: None,
+            source_tasks: None,
             skipped_records: 0,
             writer: None,
         })
@@ -403,6 +404,16 @@ async fn a_logged_batch_runs_again_with_exactly_its_ranges() {
         .collect();
     assert_eq!(ranges, [(0, 0, 4), (1, 4, 10)]);
     assert_eq!(committed_ids(&ws).await, (0..10).collect::<Vec<_>>());
+    // Batch 0 was logged without how many tasks share its ranges (a task
+    // per range); batch 1 with the slots then, which a re-run keeps.
+    assert_eq!(
+        checkpoint.offsets(0).await.unwrap().unwrap().source_tasks,
+        None
+    );
+    assert_eq!(
+        checkpoint.offsets(1).await.unwrap().unwrap().source_tasks,
+        Some(2)
+    );
 }
 
 #[tokio::test]
