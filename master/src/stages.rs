@@ -74,7 +74,7 @@ struct TaskPlace {
 /// A source stage's tasks: at most `tasks` (the slots when the batch was
 /// logged), each reading its share of the topic's partitions (partition
 /// `i` of the batch's ranges, in topic and partition order, goes to task
-/// `i % tasks`), skipping partitions with nothing new.
+/// `i % tasks`); a task whose partitions have nothing new does not run.
 ///
 /// One task per partition would make a stage-1 partial aggregation see a
 /// partition's records alone, and a group's events spread over partitions
@@ -100,11 +100,12 @@ fn source_places(ranges: &[OffsetRange], topic: Option<&str>, tasks: usize) -> V
         })
         .collect();
     for (i, range) in ranges.into_iter().enumerate() {
-        if !range.is_empty() {
-            places[i % tasks].ranges.push(range.clone());
-        }
+        places[i % tasks].ranges.push(range.clone());
     }
-    places.retain(|p| !p.ranges.is_empty());
+    // A task keeps its empty ranges (its scan skips them), so its first
+    // range, by which the scheduler sends it back to the same worker, is
+    // the same every batch.
+    places.retain(|p| p.ranges.iter().any(|r| !r.is_empty()));
     places
 }
 
@@ -261,12 +262,21 @@ impl BatchStages<'_> {
                     format!("{times}: {}", failure.message)
                 }
             };
-            let what = match place.ranges.first() {
-                Some(range) => format!(
-                    "topic '{}' partition {} offsets {}..{}",
-                    range.topic, range.partition, range.start, range.end
-                ),
-                None => format!("partition {}", place.partition),
+            let read: Vec<String> = place
+                .ranges
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    format!(
+                        "topic '{}' partition {} offsets {}..{}",
+                        r.topic, r.partition, r.start, r.end
+                    )
+                })
+                .collect();
+            let what = if read.is_empty() {
+                format!("partition {}", place.partition)
+            } else {
+                read.join(", ")
             };
             return Err(format!(
                 "task {task_index} of stage {} of batch {batch} ({what}) {why}",
@@ -319,9 +329,10 @@ mod tests {
         ];
         assert_eq!(
             shares(&source_places(&ranges, Some("a"), 2)),
-            [(0, vec![0, 2, 4]), (1, vec![1])]
+            [(0, vec![0, 2, 4]), (1, vec![1, 3])]
         );
-        // A partition keeps its task when others have nothing new.
+        // A partition keeps its task when others have nothing new, and a
+        // task its first partition.
         let quiet = [
             range("a", 0, 0),
             range("a", 1, 2),
@@ -329,6 +340,11 @@ mod tests {
             range("a", 3, 4),
         ];
         assert_eq!(shares(&source_places(&quiet, None, 2)), [(1, vec![1, 3])]);
+        let first_quiet = [range("a", 0, 0), range("a", 1, 0), range("a", 2, 6)];
+        assert_eq!(
+            shares(&source_places(&first_quiet, None, 2)),
+            [(0, vec![0, 2])]
+        );
         // More slots than partitions: one task each; no slots: one task.
         assert_eq!(
             shares(&source_places(&ranges[..2], None, 8)),
