@@ -407,12 +407,12 @@ impl Step {
         }
         // A row that came and closed within the batch is neither a change
         // nor a removal: the delta would bring it back and write it again.
-        let waiting = pending.without_groups_of(&numbered, &done.rows)?;
+        let waiting = pending.without_groups_of(&[numbered], &done.rows)?;
         Ok(Done {
             emit: (emit.num_rows() > 0).then_some(emit),
             pending: StateChange {
                 state: pending,
-                changed: vec![waiting],
+                changed: waiting,
                 removed: vec![done.held_before],
             },
             written: StateChange {

@@ -464,9 +464,7 @@ impl JoinStep {
                 Some(watermark_ms) => state.expire_since(watermark_ms)?,
                 None => Expired::none(&side.layout.schema),
             };
-            for batch in &mut changed {
-                *batch = state.without_groups_of(batch, &gone.rows)?;
-            }
+            let changed = state.without_groups_of(&changed, &gone.rows)?;
             changes.push((changed, gone));
         }
         let (right_changed, right_gone) = changes.pop().expect("two sides");

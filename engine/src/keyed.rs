@@ -574,12 +574,17 @@ impl KeyedState {
         })
     }
 
-    /// `rows` without those of the groups `gone` holds a row of. A batch's
-    /// changed rows leave out the groups that expired within it: a delta
-    /// applies its removals before its changes, and would bring them back.
-    pub fn without_groups_of(&self, rows: &RecordBatch, gone: &RecordBatch) -> Result<RecordBatch> {
-        if gone.num_rows() == 0 || rows.num_rows() == 0 {
-            return Ok(rows.clone());
+    /// Each of `batches` without the rows of the groups `gone` holds a row
+    /// of. A batch's changed rows leave out the groups that expired within
+    /// it: a delta applies its removals before its changes, and would
+    /// bring them back. `gone`'s keys are encoded and hashed once for all.
+    pub fn without_groups_of(
+        &self,
+        batches: &[RecordBatch],
+        gone: &RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
+        if gone.num_rows() == 0 {
+            return Ok(batches.to_vec());
         }
         let gone_keys = self.key_rows(gone)?;
         let mut gone_set: HashTable<usize> = HashTable::with_capacity(gone_keys.num_rows());
@@ -593,19 +598,27 @@ impl KeyedState {
                 )
                 .or_insert(row);
         }
-        let keys = self.key_rows(rows)?;
-        let stays: BooleanArray = (0..keys.num_rows())
-            .map(|row| {
-                let key = keys.row(row).data();
-                let gone = gone_set
-                    .find(self.hasher.hash_one(key), |r| {
-                        gone_keys.row(*r).data() == key
+        batches
+            .iter()
+            .map(|rows| {
+                if rows.num_rows() == 0 {
+                    return Ok(rows.clone());
+                }
+                let keys = self.key_rows(rows)?;
+                let stays: BooleanArray = (0..keys.num_rows())
+                    .map(|row| {
+                        let key = keys.row(row).data();
+                        let gone = gone_set
+                            .find(self.hasher.hash_one(key), |r| {
+                                gone_keys.row(*r).data() == key
+                            })
+                            .is_some();
+                        Some(!gone)
                     })
-                    .is_some();
-                Some(!gone)
+                    .collect();
+                Ok(filter_record_batch(rows, &stays)?)
             })
-            .collect();
-        Ok(filter_record_batch(rows, &stays)?)
+            .collect()
     }
 
     fn remove_key(&mut self, key: &[u8]) {
