@@ -82,6 +82,12 @@ struct ThroughputArgs {
     /// Runs of each pipeline, interleaved; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// B1/B2: runs of each pipeline before the measured ones, printed but
+    /// left out of the medians. A process's first run pays for its
+    /// threads' first memory (librdkafka's fetch buffers fault in about
+    /// 1 GB), which a long-running worker pays once.
+    #[arg(long, default_value_t = 1)]
+    warmup_runs: u32,
 }
 
 #[derive(clap::Args, Clone, Copy)]

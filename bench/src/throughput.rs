@@ -2,20 +2,28 @@
 //! this process vs the tight pipeline one would write by hand in one thread
 //! (rdkafka assign and consume, arrow-json decode, the same query in
 //! DataFusion, the result written as Parquet), over the same topic, runs
-//! interleaved, medians reported. Spate's figure is per CPU-second of its
+//! interleaved after a warm-up run of each (printed, not counted: a
+//! process's first run faults in its threads' first memory), medians
+//! reported. Spate's figure is per CPU-second of its
 //! own threads: the broker runs in another process and its CPU is counted
 //! apart. Both answers are checked to agree on their row counts. B6 and B7
 //! (Spark, Flink) reuse Spate's runs over the same events.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::json::reader::Decoder;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::config::TableParquetOptions;
 use datafusion::common::file_options::parquet_writer::ParquetWriterOptions;
-use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -156,7 +164,11 @@ async fn measure(
     broker: &BrokerProcess,
 ) -> Result<Vec<Measured>, Error> {
     let mut runs: Vec<Vec<(Sample, Sample, Duration)>> = vec![Vec::new(); workloads.len()];
-    for run in 1..=args.runs {
+    for run in 1..=args.warmup_runs + args.runs {
+        let label = match run.checked_sub(args.warmup_runs) {
+            Some(measured @ 1..) => format!("run {measured}"),
+            _ => format!("warm-up {run}"),
+        };
         for (index, workload) in workloads.iter().enumerate() {
             let (raw, raw_rows) =
                 raw_pipeline(broker.bootstrap_servers(), args.partitions, *workload).await?;
@@ -165,7 +177,7 @@ async fn measure(
                 spate_job(broker.bootstrap_servers(), *workload, args).await?;
             let broker_cpu = broker.cpu().saturating_sub(broker_before);
             eprintln!(
-                "run {run}: {}: raw {:.2}s ({:.2} CPU-s), spate {:.2}s ({:.2} CPU-s; the broker {:.2} CPU-s)",
+                "{label}: {}: raw {:.2}s ({:.2} CPU-s), spate {:.2}s ({:.2} CPU-s; the broker {:.2} CPU-s)",
                 workload.name(),
                 raw.wall.as_secs_f64(),
                 raw.cpu.as_secs_f64(),
@@ -181,7 +193,9 @@ async fn measure(
                 )
                 .into());
             }
-            runs[index].push((raw, spate, broker_cpu));
+            if run > args.warmup_runs {
+                runs[index].push((raw, spate, broker_cpu));
+            }
         }
     }
     Ok(workloads
@@ -222,12 +236,13 @@ fn figure(measured: &Measured, args: &ThroughputArgs) -> Figure {
     let ratio = per_cpu_second / raw_per_cpu_second;
     Figure {
         bench: format!(
-            "{} ({} events, {} workers x {} slot, medians of {})",
+            "{} ({} events, {} workers x {} slot, medians of {} after {} warm-up)",
             measured.workload.name(),
             args.events + 1,
             args.workers,
             args.slots,
-            args.runs
+            args.runs,
+            args.warmup_runs
         ),
         spate: format!(
             "{per_cpu_second:.0} events per CPU-second ({:.2} CPU-s; {per_worker_core:.0}/s per worker core; the broker {:.2} CPU-s apart)",
@@ -253,12 +268,20 @@ async fn raw_pipeline(
     partitions: i32,
     workload: Workload,
 ) -> Result<(Sample, u64), Error> {
+    // No long poll, as Spate's readers; and a prefetch of 4 MiB (on the
+    // consumer's one queue) refilled as soon as it drains. With
+    // librdkafka's 64 MiB runs took 3.0-4.6 CPU-s and 3.6-4.2 s, most of
+    // the extra in the kernel, faulting in and clearing fresh memory; with
+    // 4 MiB and the default 1 s back-off of a full queue the fetcher
+    // starved (40 s a run); this way a run takes 2.7 CPU-s and 2.1 s.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "raw-bench")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .set("queued.min.messages", "1000000")
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "1")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0i64;
@@ -267,40 +290,34 @@ async fn raw_pipeline(
         remaining += high - low;
         assignment.add_partition_offset("events", p, Offset::Offset(low))?;
     }
+    // The columns as DataFusion plans `ts TIMESTAMP, customer VARCHAR,
+    // amount DOUBLE`, which is what Spate's table decodes into.
     let schema = Arc::new(Schema::new(vec![
         Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
-        Field::new("customer", DataType::Utf8, true),
+        Field::new("customer", DataType::Utf8View, true),
         Field::new("amount", DataType::Float64, true),
     ]));
-    let mut decoder = ReaderBuilder::new(Arc::clone(&schema))
+    let decoder = ReaderBuilder::new(Arc::clone(&schema))
         .with_batch_size(8192)
         .build_decoder()?;
     let scratch = tempfile::tempdir()?;
     let ctx = spate_engine::job::session(&PlanEnv::new(Workspace::open(scratch.path())?, ""));
     consumer.assign(&assignment)?;
     let (started, cpu_before) = (Instant::now(), own_cpu());
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    while remaining > 0 {
-        let Some(message) = consumer.poll(Duration::from_secs(5)) else {
-            return Err("the raw pipeline stalled".into());
-        };
-        let message = message?;
-        if let Some(payload) = message.payload() {
-            decoder.decode(payload)?;
-        }
-        remaining -= 1;
-        if decoder.len() >= 8192 {
-            batches.extend(decoder.flush()?);
-        }
-    }
-    batches.extend(decoder.flush()?);
+    // The query reads the records as they are polled and decoded, batch by
+    // batch, and its results are written as they come: no more of the
+    // input or the output is held than the query itself needs.
+    let input = PolledRecords {
+        schema: Arc::clone(&schema),
+        polled: Mutex::new(Some((consumer, decoder, remaining))),
+    };
     ctx.register_table(
         "events",
-        Arc::new(MemTable::try_new(Arc::clone(&schema), vec![batches])?),
+        Arc::new(StreamingTable::try_new(schema, vec![Arc::new(input)])?),
     )?;
     let frame = spate_engine::job::sql(&ctx, workload.query()).await?;
     let result_schema = Arc::new(frame.schema().as_arrow().clone());
-    let result = frame.collect().await?;
+    let mut results = frame.execute_stream().await?;
     let file = std::fs::File::create(scratch.path().join("out.parquet"))?;
     // The same writer settings as Spate's Parquet sink: DataFusion's defaults.
     // (ArrowWriter embeds the Arrow schema itself, as DataFusion's sink has it do.)
@@ -312,16 +329,77 @@ async fn raw_pipeline(
         result_schema,
         Some(properties.writer_options().clone()),
     )?;
-    for batch in &result {
-        writer.write(batch)?;
+    let mut rows = 0u64;
+    while let Some(batch) = results.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
     }
     writer.close()?;
-    let rows = result.iter().map(|b| b.num_rows() as u64).sum();
     let sample = Sample {
         wall: started.elapsed(),
         cpu: own_cpu().saturating_sub(cpu_before),
     };
     Ok((sample, rows))
+}
+
+/// The tight pipeline's input: the assigned consumer polled record by
+/// record on the query's own thread (with the records it has yet to
+/// give), each record's value fed to the JSON decoder, a batch handed on
+/// every 8,192 records.
+struct PolledRecords {
+    schema: SchemaRef,
+    polled: Mutex<Option<(BaseConsumer, Decoder, i64)>>,
+}
+
+impl std::fmt::Debug for PolledRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolledRecords")
+    }
+}
+
+impl PartitionStream for PolledRecords {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let mut polled = self.polled.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let batches = std::iter::from_fn(move || {
+            let (consumer, decoder, remaining) = polled.as_mut()?;
+            next_batch(consumer, decoder, remaining).transpose()
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::iter(batches),
+        ))
+    }
+}
+
+/// The next batch of up to 8,192 records; `None` once all were read.
+fn next_batch(
+    consumer: &BaseConsumer,
+    decoder: &mut Decoder,
+    remaining: &mut i64,
+) -> DfResult<Option<RecordBatch>> {
+    while *remaining > 0 && decoder.len() < 8192 {
+        // A record already fetched is taken without a timeout to keep, as
+        // Spate's scan takes it.
+        let Some(message) = consumer
+            .poll(Duration::ZERO)
+            .or_else(|| consumer.poll(Duration::from_secs(5)))
+        else {
+            return Err(DataFusionError::Execution(
+                "the raw pipeline stalled".into(),
+            ));
+        };
+        let message = message.map_err(|e| DataFusionError::External(e.into()))?;
+        if let Some(payload) = message.payload() {
+            decoder.decode(payload)?;
+        }
+        *remaining -= 1;
+    }
+    Ok(decoder.flush()?)
 }
 
 /// The query as a streaming job on a master and workers in this process,
