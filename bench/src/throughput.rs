@@ -39,6 +39,10 @@ const JSON_FILES: u64 = 8;
 /// Spate per CPU-second of its threads against the tight pipeline's.
 const TARGET_OF_TIGHT_PIPELINE: f64 = 0.8;
 
+/// Rows of the tight pipeline's decoded batches: its JSON decoder's batch
+/// size, and when its input hands a batch on.
+const RAW_BATCH_ROWS: usize = 8192;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     /// B1: a filter and projection.
@@ -165,9 +169,11 @@ async fn measure(
 ) -> Result<Vec<Measured>, Error> {
     let mut runs: Vec<Vec<(Sample, Sample, Duration)>> = vec![Vec::new(); workloads.len()];
     for run in 1..=args.warmup_runs + args.runs {
-        let label = match run.checked_sub(args.warmup_runs) {
-            Some(measured @ 1..) => format!("run {measured}"),
-            _ => format!("warm-up {run}"),
+        // The measured run's number; None for a warm-up run.
+        let measured = run.checked_sub(args.warmup_runs).filter(|m| *m > 0);
+        let label = match measured {
+            Some(measured) => format!("run {measured}"),
+            None => format!("warm-up {run}"),
         };
         for (index, workload) in workloads.iter().enumerate() {
             let (raw, raw_rows) =
@@ -193,7 +199,7 @@ async fn measure(
                 )
                 .into());
             }
-            if run > args.warmup_runs {
+            if measured.is_some() {
                 runs[index].push((raw, spate, broker_cpu));
             }
         }
@@ -298,7 +304,7 @@ async fn raw_pipeline(
         Field::new("amount", DataType::Float64, true),
     ]));
     let decoder = ReaderBuilder::new(Arc::clone(&schema))
-        .with_batch_size(8192)
+        .with_batch_size(RAW_BATCH_ROWS)
         .build_decoder()?;
     let scratch = tempfile::tempdir()?;
     let ctx = spate_engine::job::session(&PlanEnv::new(Workspace::open(scratch.path())?, ""));
@@ -346,7 +352,7 @@ async fn raw_pipeline(
 /// The tight pipeline's input: the assigned consumer polled record by
 /// record on the query's own thread (with the records it has yet to
 /// give), each record's value fed to the JSON decoder, a batch handed on
-/// every 8,192 records.
+/// every `RAW_BATCH_ROWS` records.
 struct PolledRecords {
     schema: SchemaRef,
     polled: Mutex<Option<(BaseConsumer, Decoder, i64)>>,
@@ -376,13 +382,15 @@ impl PartitionStream for PolledRecords {
     }
 }
 
-/// The next batch of up to 8,192 records; `None` once all were read.
+/// The next batch of up to `RAW_BATCH_ROWS` records; `None` once all
+/// were read. The decoder takes no row past its batch size, so a record
+/// is fed to it only while it has room.
 fn next_batch(
     consumer: &BaseConsumer,
     decoder: &mut Decoder,
     remaining: &mut i64,
 ) -> DfResult<Option<RecordBatch>> {
-    while *remaining > 0 && decoder.len() < 8192 {
+    while *remaining > 0 && decoder.len() < RAW_BATCH_ROWS {
         // A record already fetched is taken without a timeout to keep, as
         // Spate's scan takes it.
         let Some(message) = consumer
