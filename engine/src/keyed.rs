@@ -12,6 +12,13 @@
 //!
 //! Windows the watermark may close are found per segment: a segment whose
 //! earliest live window end is after the watermark is not looked at.
+//!
+//! A state larger than the worker's state cache is spilled
+//! ([`KeyedState::spill`]): its rows go to a local file looked up by key
+//! (`Spilled`), and the index starts empty. A batch's groups are looked up
+//! in the index first, then in the file; a group found in the file is taken
+//! into memory (its row copied into a segment, the file's row marked dead),
+//! so a key is live in one place at most and a batch costs what it touches.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -20,10 +27,11 @@ use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch, interleave_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
-use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
+use hashbrown::{HashSet, HashTable};
 
 use crate::error::{EngineError, Result};
+use crate::spilled::Spilled;
 use crate::windows::epoch_millis;
 
 /// How a state row's window ends, for the watermark to close it.
@@ -221,6 +229,11 @@ pub struct KeyedState {
     /// Keys numbered from here on came with the current batch (see
     /// [`KeyedState::begin_batch`]); None: no batch was begun.
     first_key_of_batch: Option<u32>,
+    /// Rows beyond memory, of groups the index does not know.
+    spilled: Option<Spilled>,
+    /// Keys the current batch took from `spilled`: numbered as the batch's
+    /// own, but of groups held before it.
+    faulted: HashSet<u32>,
 }
 
 impl KeyedState {
@@ -242,7 +255,47 @@ impl KeyedState {
             live_rows: 0,
             dead_rows: 0,
             first_key_of_batch: None,
+            spilled: None,
+            faulted: HashSet::new(),
         })
+    }
+
+    /// The same state with its rows in a local file, looked up by key
+    /// (see `Spilled`): what stays on the heap is a directory of the file,
+    /// a bit per row, and what later batches change. A spilled state spills
+    /// again as a whole, its file and its changes into one new file.
+    pub fn spill(mut self) -> Result<KeyedState> {
+        let started = std::time::Instant::now();
+        let file = self.spilled.take();
+        let parts = self
+            .segment_rows()?
+            .into_iter()
+            .map(|rows| {
+                let keys = self.key_rows(&rows)?;
+                Ok((rows, keys))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hasher = self.hasher;
+        let hash = |key: &[u8]| hasher.hash_one(key);
+        let spilled = match file {
+            Some(file) => file.respill(&self.layout.schema, &parts, hash)?,
+            None => Spilled::write(&self.layout.schema, &parts, hash)?,
+        };
+        drop(parts);
+        tracing::debug!(
+            rows = spilled.len(),
+            file_mb = spilled.file_bytes() >> 20,
+            took_ms = started.elapsed().as_millis() as u64,
+            "spilled a partition's state"
+        );
+        let mut state = KeyedState::new(self.layout)?;
+        state.spilled = Some(spilled);
+        Ok(state)
+    }
+
+    /// What a spilled state's file takes on disk; 0 when it is all in memory.
+    pub fn spilled_bytes(&self) -> usize {
+        self.spilled.as_ref().map_or(0, Spilled::file_bytes)
     }
 
     /// The state holding `rows`, one per group.
@@ -262,29 +315,50 @@ impl KeyedState {
 
     /// Live rows: one per group.
     pub fn len(&self) -> usize {
-        self.live_rows
+        self.live_rows + self.spilled.as_ref().map_or(0, Spilled::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.live_rows == 0
+        self.len() == 0
     }
 
-    /// What the rows and the index take in memory.
+    /// What the rows and the index take on the heap (a spilled state's
+    /// file is not counted: the operating system pages it).
     pub fn memory_size(&self) -> usize {
-        self.segments
-            .iter()
-            .map(|s| {
-                s.rows.get_array_memory_size()
-                    + s.live.capacity()
-                    + s.keys.capacity() * size_of::<u32>()
-            })
-            .sum::<usize>()
+        self.spilled.as_ref().map_or(0, Spilled::heap_size)
+            + self.faulted.allocation_size()
+            + self
+                .segments
+                .iter()
+                .map(|s| {
+                    s.rows.get_array_memory_size()
+                        + s.live.capacity()
+                        + s.keys.capacity() * size_of::<u32>()
+                })
+                .sum::<usize>()
             + self.index.allocation_size()
             + self.keys.heap_size()
     }
 
-    /// The live rows, segment by segment.
+    /// The live rows: those of a spilled state's file, then segment by
+    /// segment.
     pub fn rows(&self) -> Result<Vec<RecordBatch>> {
+        let mut batches = Vec::with_capacity(self.segments.len() + 1);
+        if let Some(rows) = self
+            .spilled
+            .as_ref()
+            .map(Spilled::rows)
+            .transpose()?
+            .flatten()
+        {
+            batches.push(rows);
+        }
+        batches.extend(self.segment_rows()?);
+        Ok(batches)
+    }
+
+    /// The live rows in memory, segment by segment.
+    fn segment_rows(&self) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::with_capacity(self.segments.len());
         for segment in &self.segments {
             if segment.live_rows == segment.rows.num_rows() {
@@ -301,13 +375,33 @@ impl KeyedState {
     /// may hold several rows of a group), in no set order.
     pub fn rows_of_groups_in(&self, of: &RecordBatch) -> Result<RecordBatch> {
         let keys = self.key_rows(of)?;
-        let mut found: Vec<(usize, usize)> = (0..keys.num_rows())
-            .filter_map(|i| self.find(keys.row(i).data()))
-            .map(|at| (at.segment as usize, at.row as usize))
-            .collect();
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        let mut spilled_rows: Vec<usize> = Vec::new();
+        for i in 0..keys.num_rows() {
+            let key = keys.row(i).data();
+            let hash = self.hasher.hash_one(key);
+            match self.index.find(hash, |k| self.keys.key(*k) == key) {
+                Some(k) => found.extend(
+                    self.keys.at[*k as usize]
+                        .live()
+                        .map(|at| (at.segment as usize, at.row as usize)),
+                ),
+                None => spilled_rows.extend(self.spilled.as_ref().and_then(|s| s.find(hash, key))),
+            }
+        }
         found.sort_unstable();
         found.dedup();
-        self.rows_at(&found)
+        let in_memory = self.rows_at(&found)?;
+        let Some(spilled) = self.spilled.as_ref().filter(|_| !spilled_rows.is_empty()) else {
+            return Ok(in_memory);
+        };
+        spilled_rows.sort_unstable();
+        spilled_rows.dedup();
+        let from_file = spilled.take(spilled_rows)?;
+        Ok(concat_batches(
+            &self.layout.schema,
+            [&from_file, &in_memory],
+        )?)
     }
 
     /// The rows at `(segment, row)` positions, in their order.
@@ -363,6 +457,8 @@ impl KeyedState {
                 .map(|row| key_rows.row(*row).data().len());
             self.reserve(grouped.first_row.len(), bytes.sum());
         }
+        // Groups found in a spilled state's file: (key number, file row, group).
+        let mut faults: Vec<(u32, usize, usize)> = Vec::new();
         for (group, (&row, &hash)) in grouped.first_row.iter().zip(&hashes).enumerate() {
             let key = key_rows.row(row).data();
             let (keys, hasher) = (&mut self.keys, &self.hasher);
@@ -372,7 +468,16 @@ impl KeyedState {
                 |k| hasher.hash_one(keys.key(*k)),
             ) {
                 Entry::Occupied(entry) => *entry.get(),
-                Entry::Vacant(entry) => *entry.insert(keys.push(key, At::GONE)).get(),
+                Entry::Vacant(entry) => {
+                    let k = *entry.insert(keys.push(key, At::GONE)).get();
+                    if let Some(spilled) = &mut self.spilled
+                        && let Some(file_row) = spilled.find(hash, key)
+                    {
+                        spilled.kill(file_row);
+                        faults.push((k, file_row, group));
+                    }
+                    k
+                }
             };
             if let Some(at) = keys.at[k as usize].live() {
                 grouped.held.push((at.segment as usize, at.row as usize));
@@ -380,7 +485,40 @@ impl KeyedState {
             }
             grouped.key_numbers.push(k);
         }
+        if !faults.is_empty() {
+            self.fault_in(&faults, &mut grouped)?;
+        }
         Ok(grouped)
+    }
+
+    /// Takes groups found in a spilled state's file into memory, as a
+    /// segment of their own, and marks them held by `grouped`.
+    fn fault_in(&mut self, faults: &[(u32, usize, usize)], grouped: &mut Grouped) -> Result<()> {
+        let spilled = self
+            .spilled
+            .as_ref()
+            .ok_or_else(|| EngineError::internal("groups faulted in from no spilled state"))?;
+        let rows = spilled.take(faults.iter().map(|(_, file_row, _)| *file_row))?;
+        let rows = RecordBatch::try_new(Arc::clone(&self.layout.schema), rows.columns().to_vec())?;
+        let segment = self.segments.len() as u32;
+        for (row, &(k, _, group)) in faults.iter().enumerate() {
+            self.keys.at[k as usize] = At {
+                segment,
+                row: row as u32,
+            };
+            grouped.held.push((segment as usize, row));
+            grouped.held_groups.push(group);
+            self.faulted.insert(k);
+        }
+        self.live_rows += faults.len();
+        self.segments.push(Segment {
+            live: vec![true; faults.len()],
+            live_rows: faults.len(),
+            keys: faults.iter().map(|(k, _, _)| *k).collect(),
+            rows,
+            earliest_end: None,
+        });
+        Ok(())
     }
 
     /// The live rows of the groups `grouped` found in the state, in the
@@ -484,6 +622,13 @@ impl KeyedState {
                     let k = keys.push(key, at);
                     row_keys.push(k);
                     entry.insert(k);
+                    // The row replaces its group's in a spilled state's file.
+                    if let Some(spilled) = &mut self.spilled
+                        && let Some(file_row) = spilled.find(hash, key)
+                    {
+                        spilled.kill(file_row);
+                        self.faulted.insert(k);
+                    }
                 }
             }
         }
@@ -504,6 +649,7 @@ impl KeyedState {
     /// groups it brings from those the state held before it.
     pub fn begin_batch(&mut self) {
         self.first_key_of_batch = Some(self.keys.at.len() as u32);
+        self.faulted.clear();
     }
 
     /// Removes and returns the rows whose windows end at or before the
@@ -521,9 +667,20 @@ impl KeyedState {
             return Ok(Expired::none(&schema));
         };
         let first_new_key = self.first_key_of_batch.unwrap_or(u32::MAX);
+        let faulted = &self.faulted;
+        let held_before_batch = |k: u32| k < first_new_key || faulted.contains(&k);
         let mut closed = Vec::new();
         let mut held_before = Vec::new();
         let mut leaving = Vec::new();
+        if let Some(spilled) = &mut self.spilled {
+            // A file's rows are all of groups held before the batch.
+            let rows = spilled.expire(window_end, watermark_ms)?;
+            if rows.num_rows() > 0 {
+                let rows = RecordBatch::try_new(Arc::clone(&schema), rows.columns().to_vec())?;
+                held_before.push(rows.clone());
+                closed.push(rows);
+            }
+        }
         for segment in &mut self.segments {
             if segment.live_rows == 0 {
                 continue;
@@ -552,13 +709,13 @@ impl KeyedState {
             leaving.extend(mask.values().set_indices().map(|row| segment.keys[row]));
             let held = leaving[before..]
                 .iter()
-                .filter(|k| **k < first_new_key)
+                .filter(|k| held_before_batch(**k))
                 .count();
             if held == leaving.len() - before {
                 held_before.push(closed[closed.len() - 1].clone());
             } else if held > 0 {
                 let held: BooleanArray = (0..segment.rows.num_rows())
-                    .map(|row| Some(mask.value(row) && segment.keys[row] < first_new_key))
+                    .map(|row| Some(mask.value(row) && held_before_batch(segment.keys[row])))
                     .collect();
                 held_before.push(filter_record_batch(&segment.rows, &held)?);
             }
@@ -627,6 +784,10 @@ impl KeyedState {
         if let Ok(entry) = self.index.find_entry(hash, |k| keys.key(*k) == key) {
             let (k, _) = entry.remove();
             self.forget(k);
+        } else if let Some(spilled) = &mut self.spilled
+            && let Some(file_row) = spilled.find(hash, key)
+        {
+            spilled.kill(file_row);
         }
     }
 
@@ -646,12 +807,6 @@ impl KeyedState {
             self.live_rows -= 1;
             self.dead_rows += 1;
         }
-    }
-
-    fn find(&self, key: &[u8]) -> Option<At> {
-        let hash = self.hasher.hash_one(key);
-        let k = self.index.find(hash, |k| self.keys.key(*k) == key)?;
-        self.keys.at[*k as usize].live()
     }
 
     fn kill(segments: &mut [Segment], at: At) {
@@ -688,7 +843,7 @@ impl KeyedState {
                     .collect(),
             );
         }
-        let rows = concat_batches(&self.layout.schema, &self.rows()?)?;
+        let rows = concat_batches(&self.layout.schema, &self.segment_rows()?)?;
         // Keys of removed groups go too; the index's entries are renumbered.
         let mut keys = Keys::default();
         let mut renumbered = vec![u32::MAX; self.keys.at.len()];
@@ -715,6 +870,12 @@ impl KeyedState {
         if self.first_key_of_batch.is_some() {
             self.first_key_of_batch = first_key_of_batch.or(Some(keys.at.len() as u32));
         }
+        self.faulted = self
+            .faulted
+            .iter()
+            .map(|k| renumbered[*k as usize])
+            .filter(|k| *k != u32::MAX)
+            .collect();
         self.keys = keys;
         self.segments = vec![Segment {
             live: vec![true; rows.num_rows()],
@@ -817,6 +978,19 @@ mod tests {
 
     #[test]
     fn updates_removals_and_expiry_keep_one_row_per_group_through_compactions() {
+        against_a_model(None);
+    }
+
+    #[test]
+    fn a_spilled_state_is_the_same_state() {
+        // Spilled every 13 batches: between spills, groups come from the
+        // file, are updated, removed and closed, and spill again.
+        against_a_model(Some(13));
+    }
+
+    /// Random batches, checked against a map after each; the state spilled
+    /// every `spill_every` batches.
+    fn against_a_model(spill_every: Option<i64>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut state = KeyedState::new(layout()).unwrap();
         let mut model = Model::new();
@@ -904,6 +1078,11 @@ mod tests {
             compacted |= state.segments.len() == 1 && batch_no > 0;
             assert_eq!(state.len(), model.len());
             assert_eq!(contents(&state.rows().unwrap()), model, "batch {batch_no}");
+            if spill_every.is_some_and(|every| batch_no % every == every - 1) {
+                state = state.spill().unwrap();
+                assert!(state.segments.is_empty() && state.spilled_bytes() > 0);
+                assert_eq!(contents(&state.rows().unwrap()), model, "spilled");
+            }
         }
         assert!(compacted, "the test never compacted the state");
     }
@@ -944,6 +1123,36 @@ mod tests {
             contents(&[expired.held_before]),
             Model::from([((2, 100), 20)])
         );
+    }
+
+    #[test]
+    fn a_group_taken_from_a_spilled_file_was_held_before_the_batch() {
+        let rows: Vec<_> = (0..1_000).map(|i| ((i, 0), i)).collect();
+        let mut state = KeyedState::from_rows(layout(), batch(&rows))
+            .unwrap()
+            .spill()
+            .unwrap();
+        // Group 1 through `group`, group 2 through `upsert`, group 5000 is
+        // new, 4 removed; all close with the batch, with the file's other rows.
+        state.begin_batch();
+        let grouped = state.group(&batch(&[((1, 0), 5), ((5000, 0), 7)])).unwrap();
+        let held = state.held_rows(&grouped).unwrap();
+        assert_eq!(contents(&[held]), Model::from([((1, 0), 1)]));
+        state
+            .replace(&grouped, batch(&[((1, 0), 6), ((5000, 0), 7)]))
+            .unwrap();
+        state.upsert(batch(&[((2, 0), 20)])).unwrap();
+        state.remove(&batch(&[((4, 0), 0)])).unwrap();
+        assert_eq!(state.len(), 1_000);
+        let expired = state.expire_since(10).unwrap();
+        assert_eq!(expired.rows.num_rows(), 1_000);
+        let held_before = contents(&[expired.held_before]);
+        assert_eq!(held_before.len(), 999, "all but the new group");
+        assert_eq!(held_before[&(1, 0)], 6);
+        assert_eq!(held_before[&(2, 0)], 20);
+        assert!(!held_before.contains_key(&(5000, 0)));
+        assert!(!held_before.contains_key(&(4, 0)), "removed");
+        assert!(state.is_empty());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod redact;
 pub mod redis;
 pub mod shuffle;
 pub mod sink;
+mod spilled;
 pub mod stages;
 pub mod state;
 pub mod stateful;

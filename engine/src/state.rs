@@ -16,7 +16,9 @@
 //! A worker keeps the latest version it wrote or read per partition in
 //! memory (`StateCache`), indexed by group key (`KeyedState`), up to
 //! `worker.state_memory_mb`: past it, the partitions used least recently
-//! are dropped. A task takes its partition's state out of the cache and
+//! are dropped. A partition larger than the whole cache is spilled: its
+//! rows go to a local file that batches look up by key, and the cache
+//! holds what stays on the heap (see `KeyedState::spill`). A task takes its partition's state out of the cache and
 //! puts the next version back, so a batch changes the state in place. A
 //! partition not in memory (dropped, moved from another worker, or taken
 //! by another attempt of the same task) is read back from the workspace.
@@ -41,6 +43,7 @@ struct Cached {
     version: u64,
     state: KeyedState,
     bytes: usize,
+    spilled_bytes: usize,
     /// When it was last put or got, on the cache's own clock.
     used: u64,
 }
@@ -49,8 +52,10 @@ struct Cached {
 struct Versions {
     by_dir: HashMap<String, Cached>,
     bytes: usize,
+    spilled_bytes: usize,
     clock: u64,
     evicted: u64,
+    spills: u64,
 }
 
 /// The latest state version per partition folder that this process holds,
@@ -72,9 +77,14 @@ impl Default for StateCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheUse {
     pub partitions: usize,
+    /// On the heap.
     pub bytes: usize,
+    /// In spilled partitions' local files.
+    pub spilled_bytes: usize,
     /// Partitions dropped to stay within the limit, since the start.
     pub evicted: u64,
+    /// Times a partition was spilled, since the start.
+    pub spills: u64,
 }
 
 impl StateCache {
@@ -90,7 +100,9 @@ impl StateCache {
         CacheUse {
             partitions: versions.by_dir.len(),
             bytes: versions.bytes,
+            spilled_bytes: versions.spilled_bytes,
             evicted: versions.evicted,
+            spills: versions.spills,
         }
     }
 
@@ -103,29 +115,53 @@ impl StateCache {
         }
         let cached = versions.by_dir.remove(dir)?;
         versions.bytes -= cached.bytes;
+        versions.spilled_bytes -= cached.spilled_bytes;
         Some(cached.state)
     }
 
     fn put(&self, dir: &str, version: u64, state: KeyedState) {
-        let bytes = state.memory_size();
+        // A partition larger than the whole cache keeps its rows in a local
+        // file, looked up by key; should that fail, it is read back from
+        // the workspace, which holds every version.
+        let spilling = state.memory_size() > self.limit_bytes;
+        // Spilled, a partition keeps under a byte per row on the heap.
+        let state = if spilling && state.len() > self.limit_bytes {
+            None
+        } else if spilling {
+            match state.spill() {
+                Ok(spilled) => Some(spilled),
+                Err(e) => {
+                    tracing::warn!("the state of {dir} is read back next batch: {e}");
+                    None
+                }
+            }
+        } else {
+            Some(state)
+        };
+        let bytes = state.as_ref().map_or(0, KeyedState::memory_size);
+        let spilled_bytes = state.as_ref().map_or(0, KeyedState::spilled_bytes);
         let mut versions = self.versions.lock().expect("state cache lock");
         versions.clock += 1;
+        versions.spills += u64::from(spilling && state.is_some());
         let used = versions.clock;
         if let Some(old) = versions.by_dir.remove(dir) {
             versions.bytes -= old.bytes;
+            versions.spilled_bytes -= old.spilled_bytes;
         }
-        // A partition larger than the whole cache is read from the workspace.
-        if bytes > self.limit_bytes {
+        // Even spilled, it is larger than the whole cache: read from the workspace.
+        let Some(state) = state.filter(|_| bytes <= self.limit_bytes) else {
             versions.evicted += 1;
             return;
-        }
+        };
         versions.bytes += bytes;
+        versions.spilled_bytes += spilled_bytes;
         versions.by_dir.insert(
             dir.to_string(),
             Cached {
                 version,
                 state,
                 bytes,
+                spilled_bytes,
                 used,
             },
         );
@@ -140,6 +176,7 @@ impl StateCache {
             };
             if let Some(gone) = versions.by_dir.remove(&oldest) {
                 versions.bytes -= gone.bytes;
+                versions.spilled_bytes -= gone.spilled_bytes;
                 versions.evicted += 1;
             }
         }
@@ -434,16 +471,28 @@ mod cache_tests {
             CacheUse {
                 partitions: 2,
                 bytes: 2 * one,
-                evicted: 1
+                spilled_bytes: 0,
+                evicted: 1,
+                spills: 0,
             }
         );
         let c = cache.take("c", 1).expect("c is cached");
         assert_eq!(c.len(), 1000);
         assert_eq!(cache.usage().bytes, one, "what is taken is not held");
 
+        // Larger than the whole cache: spilled, and kept.
         let small = StateCache::with_limit(one / 2);
         small.put("a", 1, rows(1000));
-        assert_eq!(small.usage().partitions, 0, "too big to keep");
+        assert_eq!(small.usage().partitions, 1);
+        assert!(small.usage().bytes < one / 2);
+        assert!(small.usage().spilled_bytes > 0);
+        assert_eq!(small.usage().spills, 1);
+        let a = small.take("a", 1).expect("a is cached");
+        assert!(a.spilled_bytes() > 0, "spilled");
+        assert_eq!(a.len(), 1000);
+        let tiny = StateCache::with_limit(16);
+        tiny.put("a", 1, rows(1000));
+        assert_eq!(tiny.usage().partitions, 0, "too big to keep, even spilled");
     }
 }
 
