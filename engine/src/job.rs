@@ -351,6 +351,16 @@ pub fn session_with_partitions(env: &PlanEnv, partitions: usize) -> SessionConte
     options.optimizer.enable_dynamic_filter_pushdown = false;
     options.optimizer.enable_join_dynamic_filter_pushdown = false;
     options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    // A task's partial aggregate reads its Kafka partitions one after
+    // another, and a group's rows lie spread over them: probed on its first
+    // 100,000 rows (DataFusion's default), one partition's, it sees each
+    // group about once and stops aggregating, so every row went to the
+    // shuffle. Probed on a million, a micro-batch task's whole input as a
+    // rule, it aggregates where the task's rows share groups and still
+    // stops where they do not.
+    options
+        .execution
+        .skip_partial_aggregation_probe_rows_threshold = 1_000_000;
     // A COUNT(DISTINCT x) alone would become two aggregations, and a
     // streaming job keeps state for one: the distinct set stays state.
     let optimizer_rules = datafusion::optimizer::Optimizer::new()
