@@ -237,14 +237,14 @@ async fn one_run(ids: u64, args: &StateArgs, limited: bool) -> Result<Run, Error
         let started = Instant::now();
         collect(Arc::clone(&exec) as _, ctx.task_ctx()).await?;
         let took = started.elapsed().as_millis() as u64;
+        let usage = cache.usage();
         if batch == 1 {
-            spills_before = cache.usage().spills;
+            spills_before = usage.spills;
         }
         let metrics = exec.metrics().unwrap_or_default();
         let metric = |name| metrics.sum_by_name(name).map_or(0, |v| v.as_usize() as u64);
         let written = metric("state_bytes_written");
         run.state_bytes = metric("state_bytes") as usize;
-        let usage = cache.usage();
         if batch > 1 {
             run.spills = usage.spills - spills_before;
             run.spilled_bytes = run.spilled_bytes.max(usage.spilled_bytes);

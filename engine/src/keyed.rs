@@ -470,10 +470,9 @@ impl KeyedState {
                 Entry::Occupied(entry) => *entry.get(),
                 Entry::Vacant(entry) => {
                     let k = *entry.insert(keys.push(key, At::GONE)).get();
-                    if let Some(spilled) = &mut self.spilled
-                        && let Some(file_row) = spilled.find(hash, key)
+                    if let Some(file_row) =
+                        self.spilled.as_mut().and_then(|s| s.take_out(hash, key))
                     {
-                        spilled.kill(file_row);
                         faults.push((k, file_row, group));
                     }
                     k
@@ -624,9 +623,8 @@ impl KeyedState {
                     entry.insert(k);
                     // The row replaces its group's in a spilled state's file.
                     if let Some(spilled) = &mut self.spilled
-                        && let Some(file_row) = spilled.find(hash, key)
+                        && spilled.take_out(hash, key).is_some()
                     {
-                        spilled.kill(file_row);
                         self.faulted.insert(k);
                     }
                 }
@@ -784,10 +782,8 @@ impl KeyedState {
         if let Ok(entry) = self.index.find_entry(hash, |k| keys.key(*k) == key) {
             let (k, _) = entry.remove();
             self.forget(k);
-        } else if let Some(spilled) = &mut self.spilled
-            && let Some(file_row) = spilled.find(hash, key)
-        {
-            spilled.kill(file_row);
+        } else if let Some(spilled) = &mut self.spilled {
+            spilled.take_out(hash, key);
         }
     }
 

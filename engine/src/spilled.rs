@@ -87,14 +87,14 @@ impl Spilled {
         parts: &[(RecordBatch, Rows)],
         hash: impl Fn(&[u8]) -> u64,
     ) -> Result<Spilled> {
-        let from_file = file.map_or(0, Spilled::len);
-        let total = from_file + parts.iter().map(|(rows, _)| rows.num_rows()).sum::<usize>();
+        let file_live = file.map_or(0, Spilled::len);
+        let total = file_live + parts.iter().map(|(rows, _)| rows.num_rows()).sum::<usize>();
         if total >= u32::MAX as usize {
             return Err(EngineError::internal(format!(
                 "{total} rows are too many for one partition's spilled state"
             )));
         }
-        let mut order: Vec<(u64, u32, u32)> = Vec::with_capacity(total - from_file);
+        let mut order: Vec<(u64, u32, u32)> = Vec::with_capacity(total - file_live);
         for (part, (_, keys)) in parts.iter().enumerate() {
             for row in 0..keys.num_rows() {
                 order.push((hash(keys.row(row).data()), part as u32, row as u32));
@@ -113,37 +113,30 @@ impl Spilled {
         let mut at: Vec<(usize, usize)> = Vec::with_capacity(total);
         let mut hashes: Vec<u64> = Vec::with_capacity(total);
         let mut keys = BinaryBuilder::with_capacity(total, key_bytes);
-        let mut file_rows = file
+        // The file's live rows, already in hash order: (hash, key, row).
+        let mut from_file = file
             .into_iter()
-            .flat_map(|f| (0..f.rows.num_rows()).filter(|row| f.is_live(*row)))
+            .flat_map(|f| {
+                (0..f.rows.num_rows())
+                    .filter(|row| f.is_live(*row))
+                    .map(move |row| (f.hashes[row], f.keys.value(row), row))
+            })
             .peekable();
-        let mut new_rows = order.iter().peekable();
+        let mut from_parts = order.iter().peekable();
         loop {
-            let file_hash = file_rows
-                .peek()
-                .zip(file)
-                .map(|(row, file)| file.hashes[*row]);
-            let take_file = match (file_hash, new_rows.peek()) {
+            let file_first = match (from_file.peek(), from_parts.peek()) {
                 (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(file_hash), Some((new_hash, _, _))) => file_hash <= *new_hash,
+                (Some((file_hash, _, _)), Some((part_hash, _, _))) => file_hash <= part_hash,
+                (file_next, _) => file_next.is_some(),
             };
-            match (take_file, file) {
-                (true, Some(file)) => {
-                    let row = file_rows.next().unwrap_or_default();
-                    at.push((0, row));
-                    hashes.push(file.hashes[row]);
-                    keys.append_value(file.keys.value(row));
-                }
-                _ => {
-                    let Some(&(hash, part, row)) = new_rows.next() else {
-                        break;
-                    };
-                    at.push((first_part + part as usize, row as usize));
-                    hashes.push(hash);
-                    keys.append_value(parts[part as usize].1.row(row as usize).data());
-                }
+            if file_first && let Some((hash, key, row)) = from_file.next() {
+                at.push((0, row));
+                hashes.push(hash);
+                keys.append_value(key);
+            } else if let Some(&(hash, part, row)) = from_parts.next() {
+                at.push((first_part + part as usize, row as usize));
+                hashes.push(hash);
+                keys.append_value(parts[part as usize].1.row(row as usize).data());
             }
         }
         drop(order);
@@ -275,9 +268,16 @@ impl Spilled {
             .find(|row| self.is_live(*row) && self.keys.value(*row) == key)
     }
 
-    /// Row `row`'s group left this file: a batch took it into memory or
-    /// removed it.
-    pub fn kill(&mut self, row: usize) {
+    /// The live row of the group whose key is `key`, hashed `hash`, which
+    /// leaves the file (the batch takes the group into memory or removes
+    /// it); None when the file holds no live row of it.
+    pub fn take_out(&mut self, hash: u64, key: &[u8]) -> Option<usize> {
+        let row = self.find(hash, key)?;
+        self.kill(row);
+        Some(row)
+    }
+
+    fn kill(&mut self, row: usize) {
         debug_assert!(self.is_live(row));
         self.live[row / 64] &= !(1 << (row % 64));
         self.live_rows -= 1;

@@ -18,8 +18,9 @@
 //! `worker.state_memory_mb`: past it, the partitions used least recently
 //! are dropped. A partition larger than the whole cache is spilled: its
 //! rows go to a local file that batches look up by key, and the cache
-//! holds what stays on the heap (see `KeyedState::spill`). A task takes its partition's state out of the cache and
-//! puts the next version back, so a batch changes the state in place. A
+//! holds what stays on the heap (see `KeyedState::spill`). A task takes its
+//! partition's state out of the cache and puts the next version back, so a
+//! batch changes the state in place. A
 //! partition not in memory (dropped, moved from another worker, or taken
 //! by another attempt of the same task) is read back from the workspace.
 
@@ -56,6 +57,16 @@ struct Versions {
     clock: u64,
     evicted: u64,
     spills: u64,
+}
+
+impl Versions {
+    /// A partition's version, out of the cache and its byte counts.
+    fn remove(&mut self, dir: &str) -> Option<Cached> {
+        let cached = self.by_dir.remove(dir)?;
+        self.bytes -= cached.bytes;
+        self.spilled_bytes -= cached.spilled_bytes;
+        Some(cached)
+    }
 }
 
 /// The latest state version per partition folder that this process holds,
@@ -113,10 +124,7 @@ impl StateCache {
         if versions.by_dir.get(dir)?.version != version {
             return None;
         }
-        let cached = versions.by_dir.remove(dir)?;
-        versions.bytes -= cached.bytes;
-        versions.spilled_bytes -= cached.spilled_bytes;
-        Some(cached.state)
+        versions.remove(dir).map(|cached| cached.state)
     }
 
     fn put(&self, dir: &str, version: u64, state: KeyedState) {
@@ -144,10 +152,7 @@ impl StateCache {
         versions.clock += 1;
         versions.spills += u64::from(spilling && state.is_some());
         let used = versions.clock;
-        if let Some(old) = versions.by_dir.remove(dir) {
-            versions.bytes -= old.bytes;
-            versions.spilled_bytes -= old.spilled_bytes;
-        }
+        versions.remove(dir);
         // Even spilled, it is larger than the whole cache: read from the workspace.
         let Some(state) = state.filter(|_| bytes <= self.limit_bytes) else {
             versions.evicted += 1;
@@ -174,9 +179,7 @@ impl StateCache {
             else {
                 break;
             };
-            if let Some(gone) = versions.by_dir.remove(&oldest) {
-                versions.bytes -= gone.bytes;
-                versions.spilled_bytes -= gone.spilled_bytes;
+            if versions.remove(&oldest).is_some() {
                 versions.evicted += 1;
             }
         }
